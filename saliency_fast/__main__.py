@@ -1,0 +1,5 @@
+"""``python -m saliency_fast ...`` runs the command-line tool."""
+
+from saliency_fast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Argument validation shared by the public ops and the reference (the C++ ops check the same).
+
+Each check raises ``TypeError`` for a wrong kind of thing (dtype, type) and ``ValueError`` for a
+wrong value (shape, device, unknown option), with a message that names the argument and says
+what was expected, so bad input never reaches a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+REDUCE_CHOICES = ("none", "sum", "l2", "abs_sum")
+
+
+def tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def floating(name: str, value: torch.Tensor) -> None:
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float32, float64, bfloat16, float16), got {value.dtype}"
+        )
+
+
+def same_device(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if value.device != ref.device:
+        raise ValueError(f"{name} is on {value.device} but {ref_name} is on {ref.device}; expected the same device")
+
+
+def same_dtype(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if value.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {value.dtype} but {ref_name} has {ref.dtype}; expected the same dtype")
+
+
+def same_shape(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if value.shape != ref.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)} but {ref_name} has {tuple(ref.shape)}; expected the same shape"
+        )
+
+
+def one_dim(name: str, value: torch.Tensor) -> None:
+    if value.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
+
+
+def x_and_baseline(x, baseline) -> None:
+    tensor("x", x)
+    tensor("baseline", baseline)
+    floating("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dim (the last is the embedding dim), got a scalar")
+    same_device("baseline", baseline, "x", x)
+    same_dtype("baseline", baseline, "x", x)
+    same_shape("baseline", baseline, "x", x)
+
+
+def check_interpolate_args(x, baseline, alphas) -> None:
+    x_and_baseline(x, baseline)
+    tensor("alphas", alphas)
+    floating("alphas", alphas)
+    one_dim("alphas", alphas)
+    same_device("alphas", alphas, "x", x)
+
+
+def check_accumulate_args(grads, weights, x, baseline, reduce, partial) -> None:
+    x_and_baseline(x, baseline)
+    tensor("grads", grads)
+    tensor("weights", weights)
+    if reduce not in REDUCE_CHOICES:
+        raise ValueError(f"reduce must be one of {REDUCE_CHOICES}, got {reduce!r}")
+    same_device("grads", grads, "x", x)
+    same_dtype("grads", grads, "x", x)
+    if tuple(grads.shape[1:]) != tuple(x.shape) or grads.dim() != x.dim() + 1:
+        raise ValueError(
+            f"grads must have shape (steps, *x.shape) = (m, {', '.join(map(str, x.shape))}), "
+            f"got {tuple(grads.shape)}"
+        )
+    floating("weights", weights)
+    one_dim("weights", weights)
+    same_device("weights", weights, "x", x)
+    if weights.shape[0] != grads.shape[0]:
+        raise ValueError(
+            f"weights must have one entry per step of grads ({grads.shape[0]}), got {weights.shape[0]}"
+        )
+    if partial is not None:
+        tensor("partial", partial)
+        same_device("partial", partial, "x", x)
+        same_shape("partial", partial, "x", x)
+        accepted = {x.dtype, torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype}
+        if partial.dtype not in accepted:
+            raise TypeError(
+                f"partial must have dtype {' or '.join(sorted(map(str, accepted)))} (x's dtype or its "
+                f"accumulation dtype), got {partial.dtype}"
+            )

@@ -1,0 +1,169 @@
+"""Public ops: the native kernel when it is loaded (and has a kernel for the tensor's device),
+else the pure-PyTorch reference in :mod:`saliency_fast.reference`, which is their spec.
+
+Fake (meta) kernels make the native ops traceable by ``torch.compile``; autograd formulas are
+written with differentiable torch ops (and the ops themselves), so double backward works.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saliency_fast import _checks, _native, reference
+
+_forced_backend: str | None = None
+
+
+def set_backend(name: str) -> None:
+    """Force ``"native"`` or ``"reference"`` for this process; ``"auto"`` restores the default."""
+    global _forced_backend
+    if name not in _native.BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {_native.BACKEND_CHOICES}, got {name!r}")
+    if name == "native" and not _native.status().loaded:
+        raise RuntimeError(f"native backend requested but unavailable: {_native.status().reason}")
+    _forced_backend = None if name == "auto" else name
+
+
+def active_backend() -> str:
+    if _forced_backend is not None:
+        return _forced_backend
+    return "native" if _native.status().loaded else "reference"
+
+
+def _use_native(device: torch.device) -> bool:
+    if active_backend() != "native":
+        return False
+    return _native.status().cuda if device.type == "cuda" else device.type == "cpu" and _native.status().cpu
+
+
+def _native_op(name: str):
+    return getattr(torch.ops.saliency_fast, name).default
+
+
+def ig_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """``out[k] = baseline + alphas[k] * (x - baseline)``; see :func:`reference.ig_interpolate`."""
+    _checks.check_interpolate_args(x, baseline, alphas)
+    if _use_native(x.device):
+        return _native_op("ig_interpolate")(x, baseline, alphas)
+    return reference.ig_interpolate(x, baseline, alphas)
+
+
+def ig_accumulate(
+    grads: torch.Tensor,
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    reduce: str = "none",
+    partial: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``reduce(partial + (x - baseline) * sum_k weights[k] * grads[k])`` in one pass over ``grads``;
+    see :func:`reference.ig_accumulate`."""
+    _checks.check_accumulate_args(grads, weights, x, baseline, reduce, partial)
+    if _use_native(x.device):
+        return _native_op("ig_accumulate")(grads, weights, x, baseline, reduce, partial)
+    return reference.ig_accumulate(grads, weights, x, baseline, reduce, partial)
+
+
+def ig_accumulate_(
+    acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, baseline: torch.Tensor
+) -> torch.Tensor:
+    """In place: ``acc += (x - baseline) * sum_k weights[k] * grads[k]``; returns ``acc``.
+
+    The buffer form of :func:`ig_accumulate` for chunked steps under ``torch.no_grad``: no
+    allocation per chunk. ``acc`` may be float32 for half-precision inputs. Not differentiable
+    (use :func:`ig_accumulate` with ``partial`` when gradients must flow).
+    """
+    _checks.check_accumulate_args(grads, weights, x, baseline, "none", acc)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (acc, grads, weights, x, baseline)):
+        raise RuntimeError("ig_accumulate_ is not differentiable; use ig_accumulate(..., partial=acc) instead")
+    if _use_native(x.device):
+        _native_op("ig_accumulate_")(acc, grads, weights, x, baseline)
+    else:
+        acc.copy_(reference.ig_accumulate(grads, weights, x, baseline, "none", acc))
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration of fake kernels and autograd for the native ops (only when they are loaded).
+
+
+def _register_native() -> None:
+    lib = f"{_native.OP_NAMESPACE}::"
+
+    @torch.library.register_fake(lib + "ig_interpolate")
+    def _(x, baseline, alphas):
+        return x.new_empty((alphas.shape[0], *x.shape))
+
+    @torch.library.register_fake(lib + "ig_accumulate")
+    def _(grads, weights, x, baseline, reduce, partial=None):
+        shape = x.shape if reduce == "none" else x.shape[:-1]
+        return x.new_empty(shape, dtype=partial.dtype if partial is not None else x.dtype)
+
+    @torch.library.register_fake(lib + "ig_accumulate_")
+    def _(acc, grads, weights, x, baseline):
+        return None
+
+    torch.library.register_autograd(
+        lib + "ig_interpolate", _interpolate_backward, setup_context=_interpolate_setup
+    )
+    torch.library.register_autograd(
+        lib + "ig_accumulate", _accumulate_backward, setup_context=_accumulate_setup
+    )
+
+
+def _interpolate_setup(ctx, inputs, output):
+    x, baseline, alphas = inputs
+    ctx.save_for_backward(x, baseline, alphas)
+
+
+def _interpolate_backward(ctx, grad_out):
+    x, baseline, alphas = ctx.saved_tensors
+    acc = reference.opmath_dtype(x.dtype)
+    g = grad_out.to(acc)
+    a = alphas.to(acc)
+    grad_x = torch.tensordot(a, g, dims=1)
+    grad_b = g.sum(0) - grad_x
+    grad_alphas = None
+    if ctx.needs_input_grad[2]:
+        grad_alphas = (g * (x - baseline).to(acc)).flatten(1).sum(1).to(alphas.dtype)
+    return grad_x.to(x.dtype), grad_b.to(baseline.dtype), grad_alphas
+
+
+def _accumulate_setup(ctx, inputs, output):
+    grads, weights, x, baseline, reduce, partial = inputs
+    ctx.reduce = reduce
+    ctx.has_partial = partial is not None
+    ctx.save_for_backward(grads, weights, x, baseline, partial)
+
+
+def _accumulate_backward(ctx, grad_out):
+    grads, weights, x, baseline, partial = ctx.saved_tensors
+    acc = reference.opmath_dtype(x.dtype)
+    grad_total = _reduce_backward(grad_out.to(acc), ctx.reduce, lambda: ig_accumulate(
+        grads, weights, x, baseline, "none", partial).to(acc), x.shape)
+    diff = (x - baseline).to(acc)
+    weighted = torch.tensordot(weights.to(acc), grads.to(acc), dims=1)
+    w_shape = (-1,) + (1,) * x.dim()
+    grad_grads = (weights.to(acc).reshape(w_shape) * (diff * grad_total)).to(grads.dtype)
+    grad_weights = (grads.to(acc) * (diff * grad_total)).flatten(1).sum(1).to(weights.dtype)
+    grad_x = (weighted * grad_total).to(x.dtype)
+    grad_partial = grad_total.to(partial.dtype) if ctx.has_partial else None
+    return grad_grads, grad_weights, grad_x, -grad_x.to(baseline.dtype), None, grad_partial
+
+
+def _reduce_backward(grad_out, reduce, unreduced, shape):
+    """d reduce(total) / d total applied to ``grad_out``; ``unreduced()`` recomputes ``total``
+    (differentiably, for double backward) only for the reductions that need it."""
+    if reduce == "none":
+        return grad_out
+    if reduce == "sum":
+        return grad_out.unsqueeze(-1).expand(shape)
+    total = unreduced()
+    if reduce == "abs_sum":
+        return grad_out.unsqueeze(-1) * torch.sign(total)
+    norm = torch.linalg.vector_norm(total, dim=-1, keepdim=True)  # l2: d||t|| = t / ||t||, 0 at t = 0
+    return torch.where(norm > 0, grad_out.unsqueeze(-1) * total / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0)
+
+
+if _native.status().loaded:
+    _register_native()
