@@ -1,0 +1,1 @@
+"""Hugging Face glue: the Explainer, tokens, targets, baselines, causal generation."""
