@@ -52,7 +52,7 @@ def _wheel_cuda_includes() -> list[str]:
 def extensions():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [str(ROOT / "csrc" / "include")]
-    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cxx_flags = ["-O3", "-fvisibility=hidden"]  # the -std torch needs is added by cpp_extension
     if build_cuda():
         os.environ.setdefault("CUDA_HOME", _cuda_home())
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
@@ -63,7 +63,7 @@ def extensions():
                 "saliency_fast._C",
                 sources,
                 include_dirs=include_dirs + _wheel_cuda_includes(),
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             )
         ]
     return [

@@ -1,0 +1,147 @@
+#include "saliency_fast/ig_args.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
+
+namespace saliency_fast::ig {
+namespace {
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_floating(const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), name,
+                   " must have a floating dtype (float32, float64, bfloat16, float16), got ", t.scalar_type());
+}
+
+void check_same_device(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device(),
+                    "; expected the same device");
+}
+
+void check_same_shape(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", t.sizes(), " but x has ", x.sizes(),
+                    "; expected the same shape");
+}
+
+void check_same_dtype(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
+                   x.scalar_type(), "; expected the same dtype");
+}
+
+void check_one_dim(const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
+}
+
+void check_x_and_baseline(const at::Tensor& x, const at::Tensor& baseline) {
+  TORCH_CHECK_VALUE(x.defined() && baseline.defined(), "x and baseline must be defined tensors");
+  check_floating("x", x);
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least one dim (the last is the embedding dim), got a scalar");
+  check_same_device("baseline", baseline, x);
+  check_same_dtype("baseline", baseline, x);
+  check_same_shape("baseline", baseline, x);
+}
+
+Reduce parse_reduce(std::string_view reduce) {
+  if (reduce == "none") return Reduce::None;
+  if (reduce == "sum") return Reduce::Sum;
+  if (reduce == "l2") return Reduce::L2;
+  if (reduce == "abs_sum") return Reduce::AbsSum;
+  TORCH_CHECK_VALUE(false, "reduce must be one of ('none', 'sum', 'l2', 'abs_sum'), got '", reduce, "'");
+}
+
+// partial / acc: same device and shape as x, dtype x's or (for half types) float32.
+void check_accumulator(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  check_same_device(name, t, x);
+  check_same_shape(name, t, x);
+  const auto opmath = at::toOpMathType(x.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type() || t.scalar_type() == opmath, name, " must have dtype ",
+                   x.scalar_type(), " or ", opmath, " (x's dtype or its accumulation dtype), got ", t.scalar_type());
+}
+
+AccumulateArgs prepare_accumulate_common(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
+                                         const at::Tensor& baseline) {
+  check_x_and_baseline(x, baseline);
+  TORCH_CHECK_VALUE(grads.defined() && weights.defined(), "grads and weights must be defined tensors");
+  check_same_device("grads", grads, x);
+  check_same_dtype("grads", grads, x);
+  TORCH_CHECK_VALUE(grads.dim() == x.dim() + 1 && grads.sizes().slice(1) == x.sizes(),
+                    "grads must have shape (steps, *x.shape) with x.shape = ", x.sizes(), ", got ", grads.sizes());
+  check_floating("weights", weights);
+  check_one_dim("weights", weights);
+  check_same_device("weights", weights, x);
+  TORCH_CHECK_VALUE(weights.size(0) == grads.size(0), "weights must have one entry per step of grads (",
+                    grads.size(0), "), got ", weights.size(0));
+
+  AccumulateArgs args;
+  args.grads = grads.contiguous();
+  args.weights = weights.to(at::toOpMathType(x.scalar_type())).contiguous();
+  args.x = x.contiguous();
+  args.baseline = baseline.contiguous();
+  args.steps = grads.size(0);
+  args.numel = x.numel();
+  args.dim = x.size(-1);
+  args.rows = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
+  return args;
+}
+
+}  // namespace
+
+InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas) {
+  check_x_and_baseline(x, baseline);
+  TORCH_CHECK_VALUE(alphas.defined(), "alphas must be a defined tensor");
+  check_floating("alphas", alphas);
+  check_one_dim("alphas", alphas);
+  check_same_device("alphas", alphas, x);
+
+  InterpolateArgs args;
+  args.x = x.contiguous();
+  args.baseline = baseline.contiguous();
+  args.alphas = alphas.to(at::toOpMathType(x.scalar_type())).contiguous();
+  args.steps = alphas.size(0);
+  args.numel = x.numel();
+  std::vector<int64_t> shape{args.steps};
+  shape.insert(shape.end(), x.sizes().begin(), x.sizes().end());
+  args.out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  return args;
+}
+
+AccumulateArgs prepare_accumulate(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
+                                  const at::Tensor& baseline, std::string_view reduce,
+                                  const std::optional<at::Tensor>& partial) {
+  AccumulateArgs args = prepare_accumulate_common(grads, weights, x, baseline);
+  args.reduce = parse_reduce(reduce);
+  auto out_dtype = x.scalar_type();
+  if (partial.has_value() && partial->defined()) {
+    check_accumulator("partial", *partial, x);
+    args.partial = partial->contiguous();
+    out_dtype = partial->scalar_type();
+  }
+  const auto out_shape = args.reduce == Reduce::None ? x.sizes() : x.sizes().slice(0, x.dim() - 1);
+  args.out = at::empty(out_shape, x.options().dtype(out_dtype).memory_format(at::MemoryFormat::Contiguous));
+  return args;
+}
+
+AccumulateArgs prepare_accumulate_inplace(const at::Tensor& acc, const at::Tensor& grads, const at::Tensor& weights,
+                                          const at::Tensor& x, const at::Tensor& baseline) {
+  AccumulateArgs args = prepare_accumulate_common(grads, weights, x, baseline);
+  TORCH_CHECK_VALUE(acc.defined(), "acc must be a defined tensor");
+  check_accumulator("acc", acc, x);
+  TORCH_CHECK_VALUE(at::has_internal_overlap(acc) != at::MemOverlap::Yes,
+                    "acc must not have overlapping memory (e.g. an expanded tensor); pass a writable buffer");
+  args.partial = acc.contiguous();
+  args.out = args.partial;
+  return args;
+}
+
+void finish_accumulate_inplace(const at::Tensor& acc, const AccumulateArgs& args) {
+  if (!args.out.is_same(acc)) {
+    acc.copy_(args.out);
+  }
+}
+
+}  // namespace saliency_fast::ig

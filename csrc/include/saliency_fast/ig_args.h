@@ -1,0 +1,47 @@
+// Validation and preparation of the IG ops' arguments, shared by the CPU and CUDA entry points.
+// The checks mirror saliency_fast/_checks.py (ValueError for shapes/devices/options, TypeError
+// for dtypes, each naming the argument), so calling torch.ops.saliency_fast.* directly with bad
+// input raises the same kind of error and a kernel never reads out of bounds.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include <ATen/core/Tensor.h>
+
+#include "saliency_fast/ig.h"
+
+namespace saliency_fast::ig {
+
+// Contiguous inputs, alphas in the opmath dtype, and the allocated output.
+struct InterpolateArgs {
+  at::Tensor x, baseline, alphas, out;
+  int64_t steps = 0;  // len(alphas)
+  int64_t numel = 0;  // elements of x
+};
+
+// Contiguous inputs, weights in the opmath dtype, the output, and sizes. `partial` is undefined
+// when absent; for the in-place op it is the (contiguous) accumulator and `out` aliases it.
+struct AccumulateArgs {
+  at::Tensor grads, weights, x, baseline, partial, out;
+  Reduce reduce = Reduce::None;
+  int64_t steps = 0;  // grads.size(0)
+  int64_t numel = 0;  // elements of x
+  int64_t dim = 0;    // the embedding (last) dim of x
+  int64_t rows = 0;   // numel / dim: one reduced output per row
+};
+
+InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas);
+
+AccumulateArgs prepare_accumulate(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
+                                  const at::Tensor& baseline, std::string_view reduce,
+                                  const std::optional<at::Tensor>& partial);
+
+// ig_accumulate_: `acc` becomes both partial and out (a contiguous copy when acc is strided;
+// finish_accumulate_inplace then writes it back).
+AccumulateArgs prepare_accumulate_inplace(const at::Tensor& acc, const at::Tensor& grads, const at::Tensor& weights,
+                                          const at::Tensor& x, const at::Tensor& baseline);
+void finish_accumulate_inplace(const at::Tensor& acc, const AccumulateArgs& args);
+
+}  // namespace saliency_fast::ig
