@@ -1,0 +1,87 @@
+"""``saliency-fast batch``: attribute a whole data set, resumably (registered by saliency_fast.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from saliency_fast.jobs.config import ENGINE_CHOICES, JobConfig
+
+# config field -> (flag, help); every default is JobConfig's own
+_CONFIG_FLAGS = {
+    "model": ("--model", "a local Hugging Face model directory, or 'default' for the embedded all-MiniLM-L6-v2"),
+    "task": ("--task", "the Explainer's task (default: auto, from the model class)"),
+    "reference": ("--reference", "reference text of the similarity task"),
+    "method": ("--method", "attribution method, e.g. saliency, integrated_gradients"),
+    "aggregate": ("--aggregate", "aggregation over the embedding dim: sum, l2, abs_sum, dot"),
+    "baseline": ("--baseline", "baseline of path methods: pad, mask, unk, zero"),
+    "text_column": ("--text-column", "input column holding the texts"),
+    "id_column": ("--id-column", "input column holding row ids (default: 'id' if present, else the row number)"),
+    "device": ("--device", "torch device (default: cuda when available)"),
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "batch", help="attribute every text of a Parquet or JSON Lines data set into resumable Parquet shards",
+        description="Attribute every row of --input into Parquet shards under --output, with a manifest.json. "
+        "Rerunning the same command resumes: finished shards are kept. Exits 1 if a shard failed.",
+    )
+    parser.add_argument("--input", required=True, help="a .parquet or .jsonl file, or a directory of them")
+    parser.add_argument("--output", required=True, help="output directory (shards/, manifest.json)")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="local", help="local (this process) or ray")
+    for field, (flag, help_text) in _CONFIG_FLAGS.items():
+        parser.add_argument(flag, dest=field, help=help_text)
+    parser.add_argument("--labels", nargs="+", help="label names (zero-shot classification with an embedding model)")
+    parser.add_argument("--target", type=_target, help="class index or label name to attribute (default: the prediction)")
+    parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", type=_method_arg,
+                        help="extra method argument, VALUE parsed as JSON when it can be (e.g. n_steps=16); repeatable")
+    parser.add_argument("--batch-size", type=int, help="texts per model call")
+    parser.add_argument("--shard-size", type=int, help="rows per output shard (the unit of resume)")
+    parser.add_argument("--actors", type=int, help="Ray engine: actors (default: one per GPU, else 1)")
+    parser.add_argument("--cpus-per-actor", type=float, help="Ray engine: CPUs each actor reserves")
+    parser.add_argument("--overwrite", action="store_true", help="discard finished shards instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = [*_CONFIG_FLAGS, "labels", "target", "batch_size", "shard_size"]
+    given = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    try:
+        config = JobConfig(**given, method_kwargs=dict(args.method_arg))
+        if args.engine == "ray":
+            from saliency_fast.jobs.ray_engine import run_ray
+
+            summary = run_ray(config, args.input, args.output, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                              overwrite=args.overwrite, progress=not args.no_progress)
+        else:
+            from saliency_fast.jobs.local import run_local
+
+            summary = run_local(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
+        print(f"saliency-fast batch: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{summary.done}/{summary.shards} shards done ({summary.resumed} from an earlier run), {summary.rows} rows, "
+        f"{summary.row_errors} with an error, in {summary.seconds:.1f}s -> {summary.output}"
+    )
+    for failure in summary.failed:
+        print(f"shard {failure.index} failed: {failure.error}", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _target(value: str):
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _method_arg(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
