@@ -14,6 +14,7 @@ _CONFIG_FLAGS = {
     "task": ("--task", "the Explainer's task (default: auto, from the model class)"),
     "reference": ("--reference", "reference text of the similarity task"),
     "method": ("--method", "attribution method, e.g. saliency, integrated_gradients"),
+    "score": ("--score", "the scalar attributed: logit, prob, logprob, loss (heads, generation); margin, cosine (zero-shot)"),
     "aggregate": ("--aggregate", "aggregation over the embedding dim: sum, l2, abs_sum, dot"),
     "baseline": ("--baseline", "baseline of path methods: pad, mask, unk, zero"),
     "text_column": ("--text-column", "input column holding the texts"),
