@@ -1,0 +1,498 @@
+"""``Explainer``: token attributions for Hugging Face models in one call.
+
+    explainer = Explainer(model, tokenizer)            # task from the model class
+    result = explainer.attribute("a great movie", method="integrated_gradients")
+    result.show()
+
+Data flow: texts -> task units (token sequences) -> one prediction pass (the default target is
+the prediction) -> rows (one attributed scalar each) -> length-bucketed batches -> word
+embeddings and baselines -> method -> gradients -> aggregate over the embedding dim -> one
+``AttributionResult`` per text. Only word embeddings are attributed: the model adds positions
+and token types to ``inputs_embeds`` itself (see :mod:`saliency_fast.hf.model_io`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import numbers
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import saliency_fast
+from saliency_fast import ops
+from saliency_fast.hf import batching, method_registry, model_io, tasks
+from saliency_fast.hf.default_model import POOLING_CHOICES, sentence_pooling
+from saliency_fast.hf.targets import class_labels
+
+AGGREGATE_CHOICES = ("none", "sum", "l2", "abs_sum", "dot")
+ATTENTION_LAYERS = ("last", "mean")
+
+
+class NonFiniteAttributionError(FloatingPointError, ValueError):
+    """Gradients or scores became NaN/inf (half-precision overflow, a NaN in the model)."""
+
+
+class Explainer:
+    """Attribute a Hugging Face model's predictions to its input tokens.
+
+    Args:
+        model: a ``transformers`` model (any head whose inputs can be fed as ``inputs_embeds``).
+        tokenizer: its tokenizer.
+        task: ``auto`` (from the model class: ``*ForSequenceClassification`` -> ``classify``,
+            ``*ForTokenClassification`` -> ``tagging``, ``*ForMultipleChoice`` ->
+            ``multiple_choice``, causal LM -> ``generate``, a bare encoder -> ``zero-shot`` when
+            ``labels`` are given, else ``similarity``), or one of those names.
+        labels: zero-shot label names; for a classification head, names for its classes.
+        label_template: how a zero-shot label becomes a sentence to embed.
+        reference: default reference text for ``similarity``.
+        device, dtype: move the model (in place) before attributing; ``None`` keeps it as is.
+        batch_size: rows per forward pass (texts, or tagging positions, per batch).
+        exclude_special_tokens: special tokens (CLS, SEP, ...) keep their real embedding on every
+            path and get no score (NaN, mask False); ``False`` attributes them like any token.
+        pooling: sentence embedding of a bare encoder: ``mean`` over real tokens
+            (sentence-transformers' default) or ``cls``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        task: str = "auto",
+        labels: list[str] | None = None,
+        label_template: str = "This text is {}.",
+        reference: str | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 16,
+        exclude_special_tokens: bool = True,
+        pooling: str = "mean",
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module (a transformers model), got {type(model).__name__}")
+        if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
+            raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+        self.embedding = model_io.word_embeddings(model)
+        if task not in tasks.TASK_CHOICES:
+            raise ValueError(f"task must be one of {tasks.TASK_CHOICES}, got {task!r}")
+        if not isinstance(label_template, str) or "{}" not in label_template:
+            raise ValueError(f"label_template must be a string containing '{{}}' for the label, got {label_template!r}")
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.task = tasks.infer_task(model, labels) if task == "auto" else task
+        self.labels = labels
+        self.label_template = label_template
+        self.reference = reference
+        self.batch_size = int(batch_size)
+        self.exclude_special_tokens = bool(exclude_special_tokens)
+        self.pooling = pooling
+        self.decoder_only = batching.is_decoder_only(model)
+        self._forward_parameters = tasks.forward_parameters(model)
+        self._label_embeddings: dict[tuple, torch.Tensor] = {}
+        self._check_labels_for_task()
+
+    def _check_labels_for_task(self) -> None:
+        if self.task in ("classify", "tagging") and self.labels is not None:
+            n = len(class_labels(self.model))
+            if not isinstance(self.labels, (list, tuple)) or len(self.labels) != n:
+                raise ValueError(f"labels must name each of the model's {n} classes, got {self.labels!r}")
+            self.model.config.id2label = {i: str(label) for i, label in enumerate(self.labels)}
+            self.model.config.label2id = {str(label): i for i, label in enumerate(self.labels)}
+        if self.task == "zero-shot" and self.labels is not None:
+            tasks.check_labels(self.labels)
+
+    @classmethod
+    def from_pretrained(cls, path, task: str = "auto", labels: list[str] | None = None, **kwargs) -> Explainer:
+        """Load a model directory (or hub id) and its tokenizer; the head follows ``task``.
+
+        A sentence-transformers directory's pooling (``1_Pooling/config.json``) is honoured.
+        """
+        import transformers
+
+        if task not in tasks.TASK_CHOICES:
+            raise ValueError(f"task must be one of {tasks.TASK_CHOICES}, got {task!r}")
+        auto = {
+            "classify": transformers.AutoModelForSequenceClassification,
+            "tagging": transformers.AutoModelForTokenClassification,
+            "multiple_choice": transformers.AutoModelForMultipleChoice,
+            "generate": transformers.AutoModelForCausalLM,
+        }
+        try:
+            if task == "auto":
+                config = transformers.AutoConfig.from_pretrained(str(path))
+                task = _task_from_architectures(getattr(config, "architectures", None) or [], labels)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+            model = auto.get(task, transformers.AutoModel).from_pretrained(str(path))
+        except OSError as exc:
+            raise ValueError(f"path {str(path)!r} is not a loadable model directory or hub id: {exc}") from exc
+        pooling = sentence_pooling(path)
+        if pooling is not None:
+            kwargs.setdefault("pooling", pooling)
+        return cls(model, tokenizer, task=task, labels=labels, **kwargs)
+
+    # ------------------------------------------------------------------------------- public API
+
+    def attribute(
+        self,
+        texts,
+        method: str = "saliency",
+        target=None,
+        baseline="pad",
+        aggregate: str = "l2",
+        *,
+        score: str | None = None,
+        choices=None,
+        reference=None,
+        labels=None,
+        progress: bool | None = None,
+        **method_kwargs,
+    ):
+        """Attribute each text's score to its tokens; one result per text (a list for a list).
+
+        Args:
+            texts: a string or a list of strings (prompts, for multiple choice).
+            method: one of :data:`~saliency_fast.hf.method_registry.METHOD_CHOICES`.
+            target: ``None`` (the prediction), a class / label / choice index or name;
+                ``"all"`` for multiple choice gives a list of results, one per choice. Tagging
+                attributes every position (rows), the predicted tag or this class at each.
+            baseline: ``pad``, ``mask``, ``unk``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``.
+            aggregate: how the embedding dim becomes one score: ``l2`` (default), ``sum``,
+                ``abs_sum``, ``dot`` (attribution . embedding) or ``none`` (keep it).
+            score: the scalar attributed: for heads ``logit`` (default), ``prob``, ``logprob``,
+                ``loss``; for zero-shot ``margin`` (default) or ``cosine``; ``cosine`` for similarity.
+            choices: multiple choice: the choices (one list, or one list per prompt).
+            reference: similarity: the reference text (or one per text).
+            labels: zero-shot: label names for this call.
+            progress: show a progress bar (default: when there is more than one batch).
+            method_kwargs: the method's options (``n_steps``, ``quadrature``, ``nt_samples``, ...).
+        """
+        if self.task == "generate":
+            raise ValueError("this Explainer's task is 'generate' (a causal LM): use attribute_generation(prompt, ...)")
+        spec = method_registry.resolve_method(method)
+        method_registry.check_method_kwargs(spec, method_kwargs)
+        items, single = model_io.check_texts(texts)
+        _check_aggregate(aggregate)
+        self._check_baseline(baseline)
+        task = self._make_task(choices=choices, reference=reference, labels=labels)
+        kind = task.score_choices[0] if score is None else score
+        if kind not in task.score_choices:
+            raise ValueError(f"score must be one of {task.score_choices} for task {task.name!r}, got {score!r}")
+        units = task.encode(items)
+        rows, groups = task.plan(units, self.predict(task, units), target)
+        attributed = self._attribute_rows(task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress)
+        per_example: dict[int, list] = {}
+        for group in groups:
+            result = self._result(task, units[group.unit], group, rows, attributed, spec, kind, baseline, aggregate)
+            per_example.setdefault(units[group.unit].example, []).append(result)
+        all_choices = task.name == "multiple_choice" and isinstance(target, str) and target == "all"
+        outputs = [found if all_choices else found[0] for found in per_example.values()]
+        return outputs[0] if single else outputs
+
+    def attribute_generation(
+        self,
+        prompt: str,
+        max_new_tokens: int | None = None,
+        generated_text: str | None = None,
+        method: str = "saliency",
+        target: str = "logit",
+        aggregate: str = "l2",
+        baseline="pad",
+        **method_kwargs,
+    ):
+        """Attribute every generated token to every earlier token of a causal LM's output.
+
+        Generates ``max_new_tokens`` greedily, or forces ``generated_text`` (the full text:
+        prompt + continuation). ``target``: ``logit``, ``prob``, ``logprob`` or ``loss``. The
+        result has one row per generated token over all tokens, NaN at and after each target.
+        The engine is :func:`saliency_fast.hf.generation.attribute_generation`.
+        """
+        from saliency_fast.hf import generation
+        from saliency_fast.hf.targets import check_target_fn
+
+        if self.task != "generate":
+            raise ValueError(
+                f"attribute_generation needs a causal LM (task='generate'); this Explainer's task is {self.task!r}: "
+                "use attribute(texts, ...)"
+            )
+        model_io.check_texts(prompt, name="prompt")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if max_new_tokens is not None and (
+            isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
+        ):
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if generated_text is not None and not isinstance(generated_text, str):
+            raise TypeError(f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}")
+        if max_new_tokens is None and generated_text is None:
+            raise ValueError("give max_new_tokens (greedy generation) or generated_text (forced decoding)")
+        spec = method_registry.resolve_method(method)
+        method_registry.check_method_kwargs(spec, method_kwargs)
+        check_target_fn(target)
+        _check_aggregate(aggregate)
+        self._check_baseline(baseline)
+        return generation.attribute_generation(
+            self, prompt, max_new_tokens=max_new_tokens, generated_text=generated_text, method=method,
+            target=target, aggregate=aggregate, baseline=baseline, **method_kwargs,
+        )
+
+    # ------------------------------------------------------------------------- shared helpers
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @property
+    def model_name(self) -> str:
+        config = getattr(self.model, "config", None)
+        return str(getattr(config, "_name_or_path", "") or type(self.model).__name__)
+
+    def accepts(self, argument: str) -> bool:
+        """Whether the model's forward takes ``argument`` (e.g. ``token_type_ids``)."""
+        return argument in self._forward_parameters
+
+    def base_metadata(self, task: str, method: str, target: str, aggregate: str, baseline) -> dict:
+        """The metadata every result carries (engines add n_steps, completeness_error, ...)."""
+        return {
+            "task": task, "method": method, "target": target, "aggregate": aggregate,
+            "baseline": baseline if isinstance(baseline, str) else "tensor",
+            "backend": ops.active_backend(), "version": saliency_fast.__version__,
+            "model": self.model_name,
+        }
+
+    @contextlib.contextmanager
+    def frozen_parameters(self):
+        """Autograd reaches the inputs only: no weight gradients are computed or kept."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def predict(self, task: tasks.Task, units: list[tasks.Unit]) -> list[torch.Tensor]:
+        """The task's outputs for every unit, without gradients (length-bucketed batches)."""
+        found: list[torch.Tensor | None] = [None] * len(units)
+        with torch.no_grad():
+            for bucket in batching.length_buckets([len(u.input_ids) for u in units], self.batch_size):
+                batch = self._pad([units[u] for u in bucket])
+                out = task.outputs(self.embedding(batch.input_ids), batch.attention_mask, batch.token_type_ids,
+                                   batch.position_ids)
+                for b, u in enumerate(bucket):
+                    found[u] = (batch.crop(out, b) if task.positional else out[b]).detach()
+        return found
+
+    def label_embeddings(self, task: tasks.Task, labels: list[str]) -> torch.Tensor:
+        """Unit-norm embeddings ``[n_labels, hidden]`` of the label prompts, computed once."""
+        key = (tuple(labels), self.label_template, self.pooling)
+        if key not in self._label_embeddings:
+            prompts = [self.label_template.format(label) for label in labels]
+            self._label_embeddings[key] = torch.nn.functional.normalize(task.embed(prompts).float(), dim=-1)
+        return self._label_embeddings[key]
+
+    # ----------------------------------------------------------------------------- internals
+
+    def _make_task(self, choices, reference, labels) -> tasks.Task:
+        given = {"choices": choices, "reference": reference, "labels": labels}
+        takes = {"multiple_choice": "choices", "similarity": "reference", "zero-shot": "labels"}.get(self.task)
+        for name, value in given.items():
+            if value is not None and name != takes:
+                raise ValueError(f"{name}= does not apply to task {self.task!r}")
+        return tasks.TASKS[self.task](self, **({takes: given[takes]} if takes else {}))
+
+    def _check_baseline(self, baseline) -> None:
+        if isinstance(baseline, torch.Tensor):
+            if not baseline.is_floating_point():
+                raise TypeError(f"baseline tensor must be floating point, got {baseline.dtype}")
+            dim = self.embedding.embedding_dim
+            if baseline.dim() not in (1, 2) or baseline.shape[-1] != dim:
+                raise ValueError(f"baseline tensor must have shape [{dim}] or [n_tokens, {dim}], got {tuple(baseline.shape)}")
+            return
+        if not isinstance(baseline, str):
+            raise TypeError(f"baseline must be one of {model_io.BASELINE_CHOICES} or a tensor, got {type(baseline).__name__}")
+        model_io.baseline_token_id(self.tokenizer, baseline)
+
+    def _pad(self, units: list[tasks.Unit]) -> batching.PaddedBatch:
+        types = [u.token_type_ids for u in units]
+        return batching.pad(
+            [u.input_ids for u in units], None if any(t is None for t in types) else types,
+            batching.pad_id(self.tokenizer), left=self.decoder_only, device=self.device,
+        )
+
+    def _attribute_rows(self, task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress):
+        """Scores ``[n_tokens]`` (``[n_tokens, D]`` for ``none``) of every row, and per-row errors."""
+        scores: list[torch.Tensor | None] = [None] * len(rows)
+        errors: list[float | None] = [None] * len(rows)
+        layer_scores: list[torch.Tensor | None] = [None] * len(rows)
+        n_steps = None
+        buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
+        show = len(buckets) > 1 if progress is None else bool(progress)
+        forward = functools.partial(_score_forward, task, kind)
+        with self.frozen_parameters():
+            for bucket in tqdm(buckets, desc=f"{spec.name}", unit="batch", disable=not show):
+                batch_rows = [rows[r] for r in bucket]
+                batch = self._pad([units[r.unit] for r in batch_rows])
+                special = batch.place([units[r.unit].special for r in batch_rows],
+                                      torch.zeros(batch.input_ids.shape, dtype=torch.bool)).to(self.device)
+                keep = ~batch.real() | (special if self.exclude_special_tokens else torch.zeros_like(special))
+                positions = torch.tensor([o + r.position for o, r in zip(batch.offsets, batch_rows)], device=self.device)
+                if spec.family == "attention":
+                    values, per_layer = self._attention(task, batch, positions, method_kwargs.get("layers", "last"))
+                    errors_b = None
+                else:
+                    values, errors_b, n_steps = self._gradient_batch(
+                        spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs)
+                    per_layer = None
+                for b, r in enumerate(bucket):
+                    row_keep = batch.crop(keep, b)
+                    value = batch.crop(values, b).float().cpu().clone()
+                    value[row_keep.cpu()] = float("nan")
+                    scores[r] = value
+                    if errors_b is not None:
+                        errors[r] = float(errors_b[b])
+                    if per_layer is not None:
+                        layer_scores[r] = per_layer[b][:, batch.offsets[b] : batch.offsets[b] + batch.lengths[b]].float().cpu()
+        return scores, errors, layer_scores, n_steps
+
+    def _gradient_batch(self, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs):
+        embeds = self.embedding(batch.input_ids).detach()
+        baselines = self._baselines(batch, baseline, keep) if spec.uses_baseline else None
+        index = torch.tensor([r.index for r in batch_rows], device=self.device)
+        extra = _stack_extra([r.extra for r in batch_rows], self.device)
+        args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, positions, extra)
+        out = method_registry.attribute_embeddings(
+            spec, forward, embeds, baselines, args, method_kwargs, keep=keep, input_ids=batch.input_ids,
+            embedding_matrix=self.embedding.weight, baseline_token_id=_baseline_id(self.tokenizer, baseline),
+            special_token_ids=sorted(model_io.special_ids(self.tokenizer)) if self.exclude_special_tokens else [],
+            internal_batch_size=method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
+        )
+        attr = out.attributions.detach()
+        real = batch.real()
+        if not bool(torch.isfinite(attr[real]).all()):
+            raise NonFiniteAttributionError(
+                f"method {spec.name!r} produced non-finite attributions (NaN or inf gradients: fp16 overflow, "
+                "or NaN from the model); try dtype=torch.float32 or another baseline"
+            )
+        if spec.per_token:
+            values = attr[..., 0]
+        else:
+            values = saliency_fast.aggregate(attr, aggregate, inputs=embeds) if aggregate != "none" else attr
+        errors = None if out.completeness_error is None else out.completeness_error.float().cpu()
+        return values, errors, out.n_steps
+
+    def _baselines(self, batch: batching.PaddedBatch, baseline, keep: torch.Tensor) -> torch.Tensor:
+        if isinstance(baseline, torch.Tensor) and baseline.dim() == 2:
+            dim = self.embedding.embedding_dim
+            for length in batch.lengths:
+                if baseline.shape[0] != length:
+                    raise ValueError(
+                        f"baseline tensor has {baseline.shape[0]} rows but a text has {length} tokens; "
+                        f"expected [n_tokens, {dim}] for every text, or one vector [{dim}]"
+                    )
+            fill = torch.zeros((*batch.input_ids.shape, dim), dtype=self.embedding.weight.dtype)
+            baseline = batch.place([baseline] * len(batch.lengths), fill)
+        with torch.no_grad():
+            return model_io.baseline_embeds(self.embedding, self.tokenizer, batch.input_ids, baseline, keep)
+
+    def _attention(self, task, batch, positions, layers):
+        """Attention paid by the task's query position(s) to every token: heads averaged, the
+        last layer (``layers="last"``) or the mean over layers (``"mean"``), plus every layer."""
+        if layers not in ATTENTION_LAYERS:
+            raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
+        with _eager_attention(self.model), torch.no_grad():
+            embeds = self.embedding(batch.input_ids)
+            out = task.run_model(embeds, batch.attention_mask, batch.token_type_ids, batch.position_ids,
+                                 output_attentions=True)
+        attentions = getattr(out, "attentions", None)
+        if not attentions:
+            raise ValueError(f"method 'attention': {type(self.model).__name__} returns no attention weights")
+        heads_mean = torch.stack([a.float().mean(1) for a in attentions], dim=1)  # [B, layers, query, key]
+        queries = task.attention_queries(batch, positions).to(heads_mean.device)  # [B, query]
+        per_layer = torch.einsum("bq,blqk->blk", queries, heads_mean)
+        values = per_layer[:, -1] if layers == "last" else per_layer.mean(1)
+        return values, per_layer
+
+    def _result(self, task, unit, group, rows, attributed, spec, kind, baseline, aggregate):
+        scores, errors, layer_scores, n_steps = attributed
+        group_rows = [rows[r] for r in group.rows]
+        metadata = self.base_metadata(task.name, spec.name, kind, None if spec.per_token else aggregate, baseline)
+        metadata["n_steps"] = n_steps if spec.reports_completeness else None
+        metadata["completeness_error"] = [errors[r] for r in group.rows] if spec.reports_completeness else None
+        metadata.update(group.metadata)
+        keep = ~unit.special if self.exclude_special_tokens else torch.ones_like(unit.special)
+        layers = None
+        if spec.family == "attention":
+            layers = torch.stack([layer_scores[r] for r in group.rows])
+        return saliency_fast.AttributionResult(
+            tokens=unit.tokens,
+            scores=torch.stack([scores[r] for r in group.rows]),
+            targets=[r.label for r in group_rows],
+            mask=keep.unsqueeze(0).expand(len(group_rows), -1).clone(),
+            metadata=metadata,
+            token_ids=unit.input_ids.tolist(),
+            word_ids=unit.word_ids,
+            target_ids=[r.index for r in group_rows],
+            layer_scores=layers,
+            layer_names=None if layers is None else [f"layer {i}" for i in range(layers.shape[1])],
+        )
+
+
+def _score_forward(task, kind, inputs_embeds, attention_mask, token_type_ids, position_ids, index, position, extra):
+    """The attributed function: one score per batch element (module level, so methods can expand
+    the per-row tensors in ``additional_forward_args`` like any other argument)."""
+    outputs = task.outputs(inputs_embeds, attention_mask, token_type_ids, position_ids)
+    return task.score(outputs, index, position, extra, kind)
+
+
+def _stack_extra(extras: list[torch.Tensor | None], device) -> torch.Tensor | None:
+    """Per-row constants as one ``[B, K]`` tensor, padded with -inf (multiple choice: a missing
+    choice has zero probability)."""
+    if extras[0] is None:
+        return None
+    width = max(e.shape[-1] for e in extras)
+    out = torch.full((len(extras), width), float("-inf"), dtype=extras[0].dtype)
+    for b, extra in enumerate(extras):
+        out[b, : extra.shape[-1]] = extra
+    return out.to(device)
+
+
+def _baseline_id(tokenizer, baseline) -> int | None:
+    return model_io.baseline_token_id(tokenizer, baseline) if isinstance(baseline, str) else None
+
+
+def _check_aggregate(aggregate) -> None:
+    if not isinstance(aggregate, str) or aggregate not in AGGREGATE_CHOICES:
+        raise ValueError(f"aggregate must be one of {AGGREGATE_CHOICES}, got {aggregate!r}")
+
+
+@contextlib.contextmanager
+def _eager_attention(model):
+    """Run with the eager attention kernel, the one that can return attention weights."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    switch = previous not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(previous)
+
+
+def _task_from_architectures(architectures: list[str], labels) -> str:
+    for name in architectures:
+        task = tasks.task_for_class(name)
+        if task is not None:
+            return task
+    return "zero-shot" if labels is not None else "similarity"

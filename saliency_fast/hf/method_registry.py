@@ -1,0 +1,173 @@
+"""Attribution method names (as inseq spells them), resolved in one place for every HF task.
+
+:func:`resolve_method` turns a name into a :class:`MethodSpec` (or a ``ValueError`` listing the
+names); :func:`check_method_kwargs` rejects keyword arguments the method does not take; and
+:func:`attribute_embeddings` runs a gradient or perturbation method on a forward function over
+word embeddings. The causal-generation engine uses the specs and the keyword checks but runs
+its own single-pass engine; ``attention`` is not a gradient method, the caller computes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import torch
+
+# keyword arguments every method family accepts besides the ones of the Explainer itself
+_IG_KWARGS = frozenset({"n_steps", "quadrature", "internal_batch_size", "rtol", "max_steps"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str  # gradient | path | noise | perturbation | attention | discretized | sequential
+    uses_baseline: bool  # reads the baseline embeddings
+    per_token: bool  # one number per token, copied over the embedding dim (perturbations)
+    reports_completeness: bool  # path methods: sum of attributions vs F(x) - F(baseline)
+    kwargs: frozenset[str]  # method keyword arguments it accepts
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("saliency", "gradient", False, False, False, frozenset()),
+        MethodSpec("input_x_gradient", "gradient", False, False, False, frozenset()),
+        MethodSpec("integrated_gradients", "path", True, False, True, _IG_KWARGS),
+        MethodSpec("discretized_integrated_gradients", "discretized", True, False, True,
+                   frozenset({"n_steps", "strategy", "n_neighbors", "factor", "internal_batch_size"})),
+        MethodSpec("sequential_integrated_gradients", "sequential", True, False, True,
+                   frozenset({"n_steps", "quadrature", "internal_batch_size"})),
+        MethodSpec("smoothgrad", "noise", False, False, False,
+                   frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed"})),
+        MethodSpec("vargrad", "noise", False, False, False,
+                   frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed"})),
+        MethodSpec("occlusion", "perturbation", True, True, False, frozenset({"perturbations_per_eval"})),
+        MethodSpec("attention", "attention", False, True, False, frozenset({"layers"})),
+    )
+}
+METHOD_CHOICES = tuple(METHODS)
+
+
+def resolve_method(name) -> MethodSpec:
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"method must be one of {METHOD_CHOICES}, got {name!r}")
+    return METHODS[name]
+
+
+def check_method_kwargs(spec: MethodSpec, kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - spec.kwargs)
+    if unknown:
+        accepted = ", ".join(sorted(spec.kwargs)) or "none"
+        raise TypeError(f"method {spec.name!r} got unexpected keyword arguments {unknown}; it accepts: {accepted}")
+
+
+@dataclasses.dataclass
+class MethodOutput:
+    attributions: torch.Tensor  # [B, S, D]
+    completeness_error: torch.Tensor | None = None  # [B] |sum(attr) - (F(x) - F(baseline))|
+    n_steps: int | None = None
+
+
+def _method_class(name: str):
+    module = importlib.import_module("saliency_fast")
+    return getattr(module, name)
+
+
+def attribute_embeddings(
+    spec: MethodSpec,
+    forward,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor | None,
+    additional_forward_args: tuple,
+    method_kwargs: dict,
+    *,
+    keep: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    embedding_matrix: torch.Tensor | None = None,
+    baseline_token_id: int | None = None,
+    special_token_ids: list[int] | None = None,
+    internal_batch_size: int | None = None,
+) -> MethodOutput:
+    """Attributions ``[B, S, D]`` of ``forward(inputs, *additional_forward_args) -> [B]``.
+
+    ``keep`` (bool ``[B, S]``) marks positions that are not attributed (special tokens, padding):
+    they already equal the baseline, and sequential IG makes no copy for them. DIG needs the
+    token ids, the embedding matrix and the baseline token.
+    """
+    check_method_kwargs(spec, method_kwargs)
+    kwargs = dict(method_kwargs)
+    if spec.family == "gradient":
+        cls = _method_class("Saliency" if spec.name == "saliency" else "InputXGradient")
+        extra = {"abs": False} if spec.name == "saliency" else {}
+        attr = cls(forward).attribute(inputs, additional_forward_args=additional_forward_args, **extra)
+        return MethodOutput(attr)
+    if spec.family == "noise":
+        return _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs)
+    if spec.family == "perturbation":
+        occlusion = _method_class("Occlusion")(forward)
+        attr = occlusion.attribute(
+            inputs, sliding_window_shapes=(1, inputs.shape[-1]), strides=(1, inputs.shape[-1]), baselines=baselines,
+            additional_forward_args=additional_forward_args,
+            perturbations_per_eval=kwargs.get("perturbations_per_eval", max(1, (internal_batch_size or 1) // len(inputs))),
+        )
+        return MethodOutput(attr)
+    kwargs.setdefault("internal_batch_size", internal_batch_size)
+    if spec.family == "path":
+        return _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs)
+    if spec.family == "sequential":
+        return _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep)
+    if spec.family == "discretized":
+        dig = importlib.import_module("saliency_fast.methods.dig")
+        return dig.dig_attribute_embeddings(
+            forward, input_ids, embedding_matrix, baseline_token_id, inputs=inputs,
+            additional_forward_args=additional_forward_args, special_token_ids=special_token_ids, **kwargs,
+        )
+    raise ValueError(f"method {spec.name!r} is not a gradient or perturbation method; the caller computes it")
+
+
+def _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs) -> MethodOutput:
+    ig = _method_class("IntegratedGradients")(forward)
+    quadrature = kwargs.pop("quadrature", "gausslegendre")
+    attr, delta = ig.attribute(
+        inputs, baselines=baselines, additional_forward_args=additional_forward_args, method=quadrature,
+        return_convergence_delta=True, **kwargs,
+    )
+    n_steps = getattr(ig, "last_n_steps", None) or kwargs.get("n_steps", 50)
+    return MethodOutput(attr, delta.detach().abs(), n_steps)
+
+
+def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs) -> MethodOutput:
+    tunnel = _method_class("NoiseTunnel")(_method_class("Saliency")(forward))
+    attr = tunnel.attribute(
+        inputs, nt_type=spec.name, additional_forward_args=additional_forward_args, abs=False, **kwargs
+    )
+    return MethodOutput(attr)
+
+
+def _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep) -> MethodOutput:
+    """Sequential IG (Enguehard, 2023): token ``i``'s score is IG along a path that moves only
+    token ``i`` from its baseline to its value, every other token staying real. Each attributed
+    token becomes one copy of its row (only that token differs from the input at the baseline),
+    so all paths run as one IG over a batch of copies; each copy's attribution is non-zero only
+    at its own token, and a row's attributions are the sum of its copies'.
+    """
+    batch, length = inputs.shape[:2]
+    attributed = torch.ones(batch, length, dtype=torch.bool, device=inputs.device) if keep is None else ~keep
+    rows, positions = attributed.nonzero(as_tuple=True)
+    attr = torch.zeros_like(inputs)
+    # the largest per-token completeness error of each row (each path has its own endpoints)
+    error = torch.zeros(batch, dtype=torch.float32, device=inputs.device)
+    chunk = kwargs.get("internal_batch_size") or rows.shape[0]
+    n_steps = None
+    for start in range(0, rows.shape[0], chunk):
+        rows_c, positions_c = rows[start : start + chunk], positions[start : start + chunk]
+        copies = inputs.index_select(0, rows_c)
+        copy_baselines = copies.clone()
+        copy_baselines[torch.arange(rows_c.shape[0], device=rows_c.device), positions_c] = baselines[rows_c, positions_c]
+        copy_args = tuple(a.index_select(0, rows_c) if isinstance(a, torch.Tensor) else a for a in additional_forward_args)
+        out = _integrated_gradients(forward, copies, copy_baselines, copy_args, dict(kwargs))
+        attr.index_add_(0, rows_c, out.attributions.to(attr.dtype))
+        error.scatter_reduce_(0, rows_c, out.completeness_error.float(), reduce="amax")
+        n_steps = out.n_steps
+    return MethodOutput(attr, error, n_steps)
