@@ -1,0 +1,195 @@
+"""Attribution of causal-LM generation: saliency_fast's single causal pass vs inseq's step loop.
+
+Same process, same model object, same forced continuation, same target function and baseline;
+the outputs are compared (max |ours - inseq| / max |inseq| over the [generated, tokens] matrix
+after the L2 norm over the embedding dim, inseq's default aggregation) and the time ratio printed.
+
+Model: the GPT-2-small architecture (``GPT2Config()`` defaults: 12 layers, 768 dims, 50,257 tokens),
+random init, with a word-level tokenizer over its vocabulary (``tests/tiny_models.word_tokenizer``).
+Cases: prompt 16 + 16 forced tokens, prompt 32 + 64. Methods: saliency, and integrated gradients
+(16 Gauss-Legendre steps, ``unk`` baseline as inseq) in float32 and with bf16 autocast.
+
+``--long``: a 4,096-token sequence (GPT-2 with ``n_positions=4096``; ``--long-layers`` layers, 2 by
+default, the full 12 do not finish in useful time on a small CPU) attributed with saliency at every
+step, run in a child process so its peak RSS (``resource.getrusage``) is the attribution's alone;
+a few rows are checked against running their prefix alone.
+
+    python benchmarks/bench_generation.py                 # both cases, saliency + IG
+    python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed repeat
+    python benchmarks/bench_generation.py --long          # the 4,096-token memory run only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from benchmarks._timing import median_time  # noqa: E402
+
+CASES = {"16+16": (16, 16), "32+64": (32, 64)}
+
+
+def build(n_layer: int = 12, n_positions: int = 1024, seed: int = 0):
+    import transformers
+    from tiny_models import word_tokenizer
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_layer=n_layer, n_positions=n_positions)
+    tok = word_tokenizer(config.vocab_size)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    return transformers.GPT2LMHeadModel(config).eval(), tok
+
+
+def texts(n_prompt: int, n_new: int, seed: int = 0) -> tuple[str, str]:
+    gen = torch.Generator().manual_seed(seed)
+    words = [f"w{int(i)}" for i in torch.randint(0, 50000, (n_prompt + n_new,), generator=gen)]
+    return " ".join(words[:n_prompt]), " ".join(words)
+
+
+def ours(explainer, prompt, full, method, target, **kwargs) -> torch.Tensor:
+    from saliency_fast.hf import generation
+
+    return generation.attribute_generation(
+        explainer, prompt, generated_text=full, method=method, target=target, aggregate="l2", progress=False,
+        **kwargs,
+    ).scores
+
+
+def inseq_l2(inseq_model, prompt, full, target, **kwargs) -> torch.Tensor:
+    fn = {"prob": "probability", "logit": "logit"}[target]
+    out = inseq_model.attribute(prompt, full, attributed_fn=fn, show_progress=False, **kwargs)
+    return out.sequence_attributions[0].target_attributions.float().norm(dim=-1).T  # [T, N]
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    if not torch.equal(torch.isnan(a), torch.isnan(b)):
+        return float("inf")
+    a, b = torch.nan_to_num(a.double()), torch.nan_to_num(b.double())
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def compare(args) -> None:
+    import inseq
+
+    import saliency_fast
+
+    model, tok = build()
+    explainer = saliency_fast.Explainer(model, tok)
+    _, inseq_tok = build(n_layer=1)  # inseq reconfigures its tokenizer: give it its own copy
+    print(f"backend={saliency_fast.ops.active_backend()} threads={torch.get_num_threads()} "
+          f"model=GPT-2-small random init, target={args.target}")
+    header = f"{'case':>6} {'method':>22} {'dtype':>9} {'inseq s':>9} {'ours s':>8} {'ratio':>7} {'max rel err':>12}"
+    print(header)
+    print("-" * len(header))
+    for case in args.cases:
+        prompt, full = texts(*CASES[case])
+        for method in args.methods:
+            kwargs = {"n_steps": args.n_steps} if method == "integrated_gradients" else {}
+            im = inseq.load_model(model, method, tokenizer=inseq_tok)
+            repeats = 1 if (method != "saliency" and case != "16+16") or args.quick else args.repeats
+            expected = None
+
+            def run_inseq():
+                nonlocal expected
+                expected = inseq_l2(im, prompt, full, args.target, **kwargs)
+
+            t_inseq = median_time(run_inseq, repeats=repeats, warmup=0 if repeats == 1 else 1)
+            dtypes = [None, torch.bfloat16] if method == "integrated_gradients" else [None]
+            for dtype in dtypes:
+                extra = dict(kwargs, baseline="unk") if method == "integrated_gradients" else {}
+                got = None
+
+                def run_ours():
+                    nonlocal got
+                    got = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
+
+                t_ours = median_time(run_ours, repeats=args.repeats, warmup=1)
+                name = "float32" if dtype is None else "bfloat16"
+                print(f"{case:>6} {method:>22} {name:>9} {t_inseq:9.2f} {t_ours:8.2f} {t_inseq / t_ours:6.1f}x "
+                      f"{rel_error(got, expected):12.2e}", flush=True)
+
+
+def long_child(args) -> None:
+    """The 4,096-token run; prints one JSON line (time, peak RSS, check of a few rows)."""
+    import saliency_fast
+    from saliency_fast.hf import generation
+
+    n = args.long_tokens
+    model, tok = build(n_layer=args.long_layers, n_positions=n)
+    explainer = saliency_fast.Explainer(model, tok)
+    prompt, full = texts(1, n - 1, seed=1)
+    start = time.perf_counter()
+    result = generation.attribute_generation(
+        explainer, prompt, generated_text=full, method="saliency", target="logit", aggregate="l2",
+        progress=args.progress, max_batch_tokens=args.max_batch_tokens,
+    )
+    seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    ids = torch.tensor(result.token_ids)
+    errors = []
+    for row in (0, n // 2, n - 2):  # each row's prefix alone, as a peer would run it
+        t = row + 1
+        prefix = explainer.embedding(ids[:t]).detach().requires_grad_(True)
+        logit = model(inputs_embeds=prefix.unsqueeze(0)).logits[0, -1, ids[t]]
+        (grad,) = torch.autograd.grad(logit, prefix)
+        errors.append(rel_error(result.scores[row, :t], grad.norm(dim=-1)))
+    print(json.dumps({"tokens": n, "layers": args.long_layers, "seconds": seconds, "peak_rss_gib": peak_gib,
+                      "rows_checked": 3, "max_rel_err": max(errors), "finite": bool(result.scores[result.mask].isfinite().all())}))
+
+
+def long_run(args) -> None:
+    cmd = [sys.executable, __file__, "--long-child", "--long-tokens", str(args.long_tokens),
+           "--long-layers", str(args.long_layers), "--max-batch-tokens", str(args.max_batch_tokens)]
+    if args.progress:
+        cmd.append("--progress")
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    found = json.loads(out)
+    print(f"long sequence: {found['tokens']} tokens, GPT-2 with {found['layers']} layers (n_positions={found['tokens']}), "
+          f"saliency at every step: {found['seconds']:.1f} s, peak RSS {found['peak_rss_gib']:.2f} GiB "
+          f"(limit 8 GiB), max rel err of {found['rows_checked']} rows vs their prefix alone {found['max_rel_err']:.1e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="16 + 16 only, one timed repeat")
+    parser.add_argument("--cases", default="16+16,32+64")
+    parser.add_argument("--methods", default="saliency,integrated_gradients")
+    parser.add_argument("--target", default="prob", choices=["prob", "logit"],
+                        help="attributed score (inseq's default is the probability)")
+    parser.add_argument("--n-steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long", action="store_true", help="only the 4,096-token memory run")
+    parser.add_argument("--long-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--long-tokens", type=int, default=4096)
+    parser.add_argument("--long-layers", type=int, default=2)
+    parser.add_argument("--max-batch-tokens", type=int, default=8192)
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    args.cases = ["16+16"] if args.quick else args.cases.split(",")
+    args.methods = args.methods.split(",")
+    if args.quick:
+        args.repeats = 1
+    if args.long_child:
+        long_child(args)
+    elif args.long:
+        long_run(args)
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()

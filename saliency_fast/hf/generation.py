@@ -1,0 +1,328 @@
+"""Attribution of causal-LM generation: every generated token attributed to every earlier token.
+
+``attribute_generation(explainer, prompt, ...)`` is the engine behind
+``Explainer.attribute_generation``. It takes the continuation given as ``generated_text`` (the
+full text, prompt + continuation, as inseq's ``generated_texts`` for decoder-only models: forced
+decoding) or generates ``max_new_tokens`` greedily, then attributes all generated tokens in the
+single causal pass of :mod:`saliency_fast.hf.causal_pass`.
+
+Conventions shared with inseq, so results compare one to one: the text is tokenized with the
+tokenizer's special tokens (``add_special_tokens=True``) and a doubled BOS is dropped; the score
+of the token at position ``t`` is read from the logits at ``t - 1``; token ``t`` is attributed to
+the tokens ``0 .. t-1``. inseq's default target is ``prob`` (ours ``logit``); its saliency is
+``abs`` of the gradient (ours is signed: ``l2``/``abs_sum`` are the same either way); its IG
+baseline is ``unk`` at every token but EOS (ours: ``baseline`` at every token but the special
+ones, which keep their embedding when ``exclude_special_tokens``).
+
+Engine options (keyword arguments besides the method's own, see :data:`ENGINE_KWARGS`):
+``dtype`` (``torch.bfloat16``: autocast, float32 accumulation), ``lm_head`` (``auto``: only the
+target rows of the head for ``logit``; ``full``: the model's own head), ``max_batch_tokens``
+(targets x points x prefix tokens per backward: the memory bound), ``target_batch_size`` (most
+targets per backward), ``progress``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+import saliency_fast
+from saliency_fast.hf import causal_pass, method_registry, model_io, words
+from saliency_fast.hf.explainer import ATTENTION_LAYERS, _check_aggregate
+from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
+from saliency_fast.hf.targets import check_target_fn
+from saliency_fast.methods._common import check_autocast_dtype
+
+ENGINE_KWARGS = frozenset({"dtype", "lm_head", "max_batch_tokens", "target_batch_size", "progress"})
+# Gradient methods the single pass runs; the others named by the registry are not available here.
+_SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "vargrad", "occlusion", "attention")
+# Largest [n_generated, n_tokens, D] result aggregate="none" may build.
+_MAX_UNREDUCED_BYTES = 4 * 2**30
+_IG_DEFAULTS = {"n_steps": 50, "quadrature": "gausslegendre"}
+_NOISE_DEFAULTS = {"nt_samples": 5, "stdevs": 1.0, "stdevs_relative": False, "seed": None}
+
+
+def attribute_generation(
+    explainer,
+    prompt: str,
+    max_new_tokens: int | None = None,
+    generated_text: str | None = None,
+    method: str = "saliency",
+    target: str = "logit",
+    aggregate: str = "l2",
+    baseline="pad",
+    **kwargs,
+):
+    """Attribute each generated token of a causal LM to every token before it.
+
+    Args:
+        explainer: an :class:`~saliency_fast.Explainer` over a causal LM (its ``model``,
+            ``tokenizer``, ``embedding``, ``exclude_special_tokens`` and metadata are used).
+        prompt: the prompt text.
+        max_new_tokens: tokens to generate greedily; with ``generated_text``, attribute only the
+            first ``max_new_tokens`` tokens of its continuation.
+        generated_text: the full text (prompt + continuation) to force; it must tokenize to the
+            prompt's tokens followed by at least one more token.
+        method: ``saliency``, ``input_x_gradient``, ``integrated_gradients``, ``smoothgrad``,
+            ``vargrad``, ``occlusion`` or ``attention``.
+        target: the attributed score of each generated token: ``logit``, ``prob``, ``logprob``
+            or ``loss`` (cross-entropy with the generated token as label).
+        aggregate: ``none``, ``sum``, ``l2``, ``abs_sum`` or ``dot`` over the embedding dim
+            (not used by ``occlusion`` and ``attention``, which give one number per token).
+        baseline: ``pad``, ``mask``, ``unk``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``
+            (``integrated_gradients`` and ``occlusion``).
+        kwargs: the method's options (``n_steps``, ``quadrature``, ``internal_batch_size``;
+            ``nt_samples``, ``nt_samples_batch_size``, ``stdevs``, ``stdevs_relative``, ``seed``;
+            ``perturbations_per_eval``; ``layers``) and the engine options of the module doc.
+
+    Returns:
+        An :class:`~saliency_fast.AttributionResult` with ``tokens`` the full sequence, one row
+        per generated token, NaN and mask False at and after each row's target position.
+    """
+    engine = {k: kwargs.pop(k) for k in ENGINE_KWARGS & kwargs.keys()}
+    spec = method_registry.resolve_method(method)
+    if spec.name not in _SUPPORTED:
+        raise ValueError(f"method {method!r} is not available for generation; choose one of {_SUPPORTED}")
+    method_registry.check_method_kwargs(spec, kwargs)
+    check_target_fn(target)
+    _check_aggregate(aggregate)
+    explainer._check_baseline(baseline)
+    model_io.check_texts(prompt, name="prompt")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if generated_text is None and max_new_tokens is None:
+        raise ValueError("give max_new_tokens (greedy generation) or generated_text (forced decoding)")
+    options = _engine_options(engine)
+
+    model, tokenizer = explainer.model, explainer.tokenizer
+    prompt_ids = encode(tokenizer, prompt)
+    if generated_text is not None:
+        ids = forced_ids(tokenizer, prompt_ids, generated_text, max_new_tokens)
+    else:
+        model_io.check_length(len(prompt_ids) + int(max_new_tokens), model, "prompt + max_new_tokens")
+        ids = greedy_ids(model, tokenizer, prompt_ids, int(max_new_tokens))
+    model_io.check_length(len(ids), model, "prompt + generated text")
+    n_prompt = len(prompt_ids)
+    device = explainer.device
+    input_ids = torch.tensor(ids, device=device)
+    special = model_io.special_mask(tokenizer, input_ids)
+    keep = special if explainer.exclude_special_tokens else torch.zeros_like(special)
+    n_tokens, n_targets = len(ids), len(ids) - n_prompt
+    baseline = _baseline_rows(baseline, n_tokens)
+    if aggregate == "none" and not spec.per_token and spec.family != "attention":
+        size = n_targets * n_tokens * explainer.embedding.embedding_dim * 4
+        if size > _MAX_UNREDUCED_BYTES:
+            raise ValueError(
+                f"aggregate='none' would return {size / 2**30:.1f} GiB ([{n_targets}, {n_tokens}, D] float32); "
+                "choose an aggregation over the embedding dim (sum, l2, abs_sum, dot)"
+            )
+
+    with torch.no_grad():
+        embeds = explainer.embedding(input_ids).detach()
+        baselines = None
+        if spec.uses_baseline:
+            baselines = model_io.baseline_embeds(
+                explainer.embedding, tokenizer, input_ids.unsqueeze(0), baseline,
+                keep.unsqueeze(0),
+            )[0].detach()
+    cp = causal_pass.CausalPass(
+        scorer=CausalLMScorer(model, options["lm_head"]),
+        embeds=embeds,
+        positions=torch.arange(n_prompt - 1, n_tokens - 1, device=device),
+        token_ids=input_ids[n_prompt:],
+        target=target,
+        dtype=options["dtype"],
+        max_batch_tokens=options["max_batch_tokens"],
+        target_batch_size=options["target_batch_size"],
+        progress=options["progress"],
+    )
+    board = causal_pass.ScoreBoard(n_targets, embeds, None if spec.per_token else aggregate, _aggregate)
+    metadata_extra = {"n_steps": None, "completeness_error": None}
+    layer_scores = None
+    with explainer.frozen_parameters():
+        if spec.name in ("saliency", "input_x_gradient"):
+            causal_pass.saliency(cp, board, times_input=spec.name == "input_x_gradient")
+        elif spec.name == "integrated_gradients":
+            metadata_extra = _integrated_gradients(cp, board, baselines, kwargs)
+        elif spec.family == "noise":
+            _noise_tunnel(cp, board, spec.name, kwargs)
+        elif spec.name == "occlusion":
+            ppe = kwargs.get("perturbations_per_eval") or max(1, options["max_batch_tokens"] // cp.prefix_length)
+            causal_pass.occlusion(cp, board, baselines, keep, _positive_int(ppe, "perturbations_per_eval"))
+        else:
+            layers = kwargs.get("layers", "last")
+            if layers not in ATTENTION_LAYERS:
+                raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
+            layer_scores = causal_pass.attention(cp, board, layers)
+
+    # row i scores token n_prompt + i: meaningful before that position, except kept (special) tokens
+    targets_at = torch.arange(n_prompt, n_tokens).unsqueeze(1)
+    mask = (torch.arange(n_tokens).unsqueeze(0) < targets_at) & ~keep.cpu().unsqueeze(0)
+    scores = board.values
+    scores[~mask] = float("nan")
+    if layer_scores is not None:
+        full = torch.full((n_targets, layer_scores.shape[1], n_tokens), float("nan"))
+        full[..., : layer_scores.shape[2]] = layer_scores
+        layer_scores = full.masked_fill(~mask.unsqueeze(1), float("nan"))
+
+    tokens = model_io.token_texts(tokenizer, ids)
+    metadata = explainer.base_metadata("generate", spec.name, target, None if spec.per_token else aggregate, baseline)
+    metadata.update(metadata_extra)
+    metadata.update(
+        n_prompt_tokens=n_prompt,
+        generated_text=tokenizer.decode(ids, skip_special_tokens=False),
+        forced=generated_text is not None,
+        dtype=None if options["dtype"] is None else str(options["dtype"]).replace("torch.", ""),
+        lm_head="rows" if target == "logit" and cp.scorer.uses_rows else "full",
+    )
+    special_list = special.cpu().tolist()
+    return saliency_fast.AttributionResult(
+        tokens=tokens,
+        scores=scores,
+        targets=tokens[n_prompt:],
+        mask=mask,
+        metadata=metadata,
+        token_ids=list(ids),
+        word_ids=words.word_ids(None, 0, tokens, special_list),
+        target_ids=list(ids[n_prompt:]),
+        layer_scores=layer_scores,
+        layer_names=None if layer_scores is None else [f"layer {i}" for i in range(layer_scores.shape[1])],
+    )
+
+
+# ----------------------------------------------------------------------------------- tokens
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with the tokenizer's special tokens, a doubled leading BOS dropped
+    (a chat template's BOS plus the tokenizer's), as inseq encodes decoder-only inputs."""
+    ids = [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
+        ids = ids[1:]
+    if not ids:
+        raise ValueError(f"text {text!r} has no tokens")
+    return ids
+
+
+def forced_ids(tokenizer, prompt_ids: list[int], generated_text: str, max_new_tokens: int | None) -> list[int]:
+    """Ids of the full forced text, checked to start with the prompt's ids and add at least one."""
+    if not isinstance(generated_text, str):
+        raise TypeError(f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}")
+    ids = encode(tokenizer, generated_text)
+    n = len(prompt_ids)
+    if ids[:n] != prompt_ids:
+        raise ValueError(
+            "generated_text must be the full text (prompt + continuation) and tokenize to the prompt's tokens "
+            f"first; the prompt gives {model_io.token_texts(tokenizer, prompt_ids)} but generated_text starts with "
+            f"{model_io.token_texts(tokenizer, ids[:n])}"
+        )
+    if len(ids) == n:
+        raise ValueError("generated_text adds no token to the prompt; expected prompt + at least one generated token")
+    return ids if max_new_tokens is None else ids[: n + int(max_new_tokens)]
+
+
+def greedy_ids(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Prompt + up to ``max_new_tokens`` greedily generated ids (stops early at EOS)."""
+    device = model.get_input_embeddings().weight.device
+    input_ids = torch.tensor([prompt_ids], device=device)
+    pad = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+            do_sample=False, num_beams=1, pad_token_id=pad,
+        )
+    return [int(i) for i in out[0].tolist()]
+
+
+# --------------------------------------------------------------------------------- methods
+
+
+def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> dict:
+    from saliency_fast.methods import quadrature
+
+    options = {**_IG_DEFAULTS, **kwargs}
+    n_steps = options["n_steps"]
+    if n_steps == "auto":
+        raise ValueError("n_steps='auto' is not available for generation; give an int number of steps")
+    alphas, weights = quadrature.nodes_and_weights(options["quadrature"], n_steps)
+    alphas, weights = alphas.to(cp.embeds.device), weights.to(cp.embeds.device)
+    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_steps)
+    totals = causal_pass.integrated_gradients(
+        cp, board, baselines, alphas, weights, _positive_int(per_batch, "internal_batch_size")
+    )
+    # completeness: sum of attributions vs F(x) - F(baseline), per target
+    length = cp.prefix_length
+    with torch.no_grad():
+        ends = cp.scores(torch.stack([cp.embeds[:length], baselines[:length]])).cpu()
+    errors = (totals - (ends[0] - ends[1])).abs()
+    return {"n_steps": n_steps, "completeness_error": [float(e) for e in errors]}
+
+
+def _noise_tunnel(cp, board, kind: str, kwargs: dict) -> None:
+    options = {**_NOISE_DEFAULTS, **kwargs}
+    n_samples = _positive_int(options["nt_samples"], "nt_samples")
+    stdev = options["stdevs"]
+    if isinstance(stdev, bool) or not isinstance(stdev, numbers.Real) or stdev < 0:
+        raise ValueError(f"stdevs must be a number >= 0, got {stdev!r}")
+    if options["stdevs_relative"]:
+        stdev = float(stdev) * float(cp.embeds.float().std())
+    noise = sample_noise(n_samples, cp.embeds.shape, float(stdev), options["seed"])
+    per_batch = options.get("nt_samples_batch_size") or _default_rows(cp, n_samples)
+    causal_pass.noise_tunnel(
+        cp, board, noise.to(device=cp.embeds.device, dtype=cp.embeds.dtype),
+        _positive_int(per_batch, "nt_samples_batch_size"), kind,
+    )
+
+
+def sample_noise(n_samples: int, shape, stdev: float, seed: int | None) -> torch.Tensor:
+    """Gaussian noise ``[n_samples, *shape]`` (float32, CPU) for the noisy copies of the whole
+    sequence; each target's prefix reads the first rows of each sample. ``seed`` makes it repeatable."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn((n_samples, *shape), generator=generator) * stdev
+
+
+# --------------------------------------------------------------------------------- options
+
+
+def _aggregate(attributions: torch.Tensor, how: str, inputs: torch.Tensor) -> torch.Tensor:
+    return saliency_fast.aggregate(attributions, how, inputs=inputs)
+
+
+def _engine_options(engine: dict) -> dict:
+    options = {"dtype": None, "lm_head": "auto", "max_batch_tokens": 8192, "target_batch_size": 16, "progress": None}
+    options.update(engine)
+    options["dtype"] = check_autocast_dtype(options["dtype"])
+    if options["lm_head"] not in HEAD_CHOICES:
+        raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {options['lm_head']!r}")
+    options["max_batch_tokens"] = _positive_int(options["max_batch_tokens"], "max_batch_tokens")
+    options["target_batch_size"] = _positive_int(options["target_batch_size"], "target_batch_size")
+    options["progress"] = True if options["progress"] is None else bool(options["progress"])
+    return options
+
+
+def _default_rows(cp, n_points: int) -> int:
+    """Points per forward: as many as fill the token budget with a full chunk of targets."""
+    return max(1, min(n_points, cp.max_batch_tokens // (cp.target_batch_size * cp.prefix_length)))
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _baseline_rows(baseline, n_tokens: int):
+    """A ``[n_tokens, D]`` baseline tensor must match the full sequence (prompt + generated)."""
+    if isinstance(baseline, torch.Tensor) and baseline.dim() == 2 and baseline.shape[0] != n_tokens:
+        raise ValueError(
+            f"baseline tensor has {baseline.shape[0]} rows but the sequence (prompt + generated) has {n_tokens} "
+            f"tokens; expected [{n_tokens}, D] or one vector [D]"
+        )
+    return baseline

@@ -1,0 +1,111 @@
+"""Scores of chosen tokens at chosen positions of a causal LM, computing as little of the head as possible.
+
+A causal LM's vocabulary projection costs ``V x D`` per position (~30 % of GPT-2-small's compute),
+yet attribution needs one score per generated token, read at the position before it. So:
+
+- target ``logit``: only the target rows of the head, ``hidden[pos] . W[token] (+ b[token])``;
+- ``prob`` / ``logprob`` / ``loss``: the full head, but only at the target positions (the softmax
+  needs the log-sum-exp over the whole vocabulary there, and nowhere else), through the model's
+  own forward with ``logits_to_keep``, so any final logit scaling or soft-capping is kept.
+
+The row shortcut skips the model's own head code, so it is used only after a probe shows it gives
+the model's logits (one tiny forward per model, cached); otherwise the full path is taken.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+
+import torch
+from torch import nn
+
+from saliency_fast.hf import targets as target_fns
+
+HEAD_CHOICES = ("auto", "full")
+# rel. tolerance of the probe that compares the row shortcut with the model's own logits
+_PROBE_RTOL = 1e-3
+_probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class CausalLMScorer:
+    """``scores(embeds, positions, token_ids, target)``: the target score of ``token_ids[i]`` read at
+    ``positions[i]`` for every row of ``embeds`` (``[B, L, D]`` word embeddings) -> ``[B, T]`` float32.
+
+    ``head="auto"`` takes the row shortcut for ``logit`` targets when the model allows it; ``"full"``
+    always runs the model's own head (at the target positions only).
+    """
+
+    def __init__(self, model: nn.Module, head: str = "auto"):
+        if head not in HEAD_CHOICES:
+            raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {head!r}")
+        self.model = model
+        self.head = head
+        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._rows = head == "auto" and _rows_shortcut_ok(model)
+
+    @property
+    def uses_rows(self) -> bool:
+        """True when ``logit`` targets read only the target rows of the head."""
+        return self._rows
+
+    def scores(self, embeds: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, target: str) -> torch.Tensor:
+        target_fns.check_target_fn(target)
+        if target == "logit" and self._rows:
+            hidden = body_hidden(self.model, embeds)[:, positions]
+            return _row_logits(self.model.get_output_embeddings(), hidden, token_ids)
+        logits = self.logits_at(embeds, positions)
+        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        return target_fns.score_from_logits(logits, index, target).float()
+
+    def logits_at(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The model's full-vocabulary logits at ``positions`` only: ``[B, T, V]``."""
+        if self._takes_logits_to_keep:
+            return self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=positions).logits
+        return self.model(inputs_embeds=embeds, use_cache=False).logits[:, positions]
+
+
+def body_hidden(model: nn.Module, embeds: torch.Tensor) -> torch.Tensor:
+    """Final hidden states ``[B, L, D]`` of the model without its LM head."""
+    out = model.base_model(inputs_embeds=embeds, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _row_logits(head: nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """``hidden[:, i] . W[token_ids[i]] + b[token_ids[i]]`` in float32: ``[B, T]``."""
+    rows = head.weight.index_select(0, token_ids.to(head.weight.device)).float()
+    out = (hidden.float() * rows).sum(-1)
+    if head.bias is not None:
+        out = out + head.bias.index_select(0, token_ids.to(head.bias.device)).float()
+    return out
+
+
+def _rows_shortcut_ok(model: nn.Module) -> bool:
+    """Whether ``body(x) @ W.T + b`` reproduces ``model(x).logits`` (checked once per model)."""
+    cached = _probe_cache.get(model)
+    if cached is not None:
+        return cached
+    ok = _probe_rows_shortcut(model)
+    _probe_cache[model] = ok
+    return ok
+
+
+def _probe_rows_shortcut(model: nn.Module) -> bool:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", None)
+    if not isinstance(head, nn.Linear) or base is None or base is model:
+        return False
+    embedding = model.get_input_embeddings()
+    ids = torch.arange(min(4, embedding.num_embeddings), device=embedding.weight.device).unsqueeze(0)
+    with torch.no_grad():
+        embeds = embedding(ids)
+        try:
+            expected = model(inputs_embeds=embeds, use_cache=False).logits.float()
+            hidden = body_hidden(model, embeds)
+        except (TypeError, ValueError, AttributeError):
+            return False
+        got = head(hidden).float()
+    if got.shape != expected.shape:
+        return False
+    scale = expected.abs().max().clamp_min(1e-6)
+    return bool(((got - expected).abs().max() / scale) <= _PROBE_RTOL)

@@ -1,0 +1,342 @@
+"""Causal-LM generation attribution: the single causal pass against inseq and a naive per-prefix loop.
+
+The naive loop here is the definition: for each generated token ``t`` it runs the model on the
+prefix ``0 .. t-1`` alone (``model(inputs_embeds=prefix).logits[-1]``), as inseq does, and takes
+the gradients of that one score. The engine must give the same per-step matrices from its shared
+forwards, chunked or not, with the logit-only head or the full one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import saliency_fast
+from saliency_fast.hf import generation
+from saliency_fast.hf.explainer import NonFiniteAttributionError
+from tiny_models import tiny_gpt2
+
+PROMPT = "the movie was"
+FULL = "the movie was good w5 w7 bad i w12"
+N_PROMPT, N_TOKENS = 3, 9
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    model, tok = tiny_gpt2()
+    return saliency_fast.Explainer(model, tok)
+
+
+def run(explainer, method="saliency", generated_text=FULL, **kwargs):
+    kwargs.setdefault("progress", False)
+    return generation.attribute_generation(explainer, PROMPT, generated_text=generated_text, method=method, **kwargs)
+
+
+# ----------------------------------------------------------------------------- naive reference
+
+
+def full_ids(explainer, text=FULL):
+    return torch.tensor(explainer.tokenizer(text)["input_ids"])
+
+
+def prefix_score(model, prefix, token, target):
+    logits = model(inputs_embeds=prefix.unsqueeze(0)).logits[0, -1].float()
+    logprob = logits.log_softmax(-1)[token]
+    return {"logit": logits[token], "prob": logprob.exp(), "logprob": logprob, "loss": -logprob}[target]
+
+
+def naive(explainer, method, target="logit", baseline_id=None, alphas=None, weights=None, noise=None):
+    """``[T, N, D]`` (or ``[T, N]`` for occlusion) attributions, one prefix at a time."""
+    model = explainer.model
+    ids = full_ids(explainer)
+    x = explainer.embedding(ids).detach()
+    b = None if baseline_id is None else explainer.embedding(torch.full_like(ids, baseline_id)).detach()
+    per_token = method == "occlusion"
+    out = torch.full((N_TOKENS - N_PROMPT, N_TOKENS) + (() if per_token else (x.shape[1],)), float("nan"))
+
+    def grad(prefix, token):
+        prefix = prefix.clone().requires_grad_(True)
+        return torch.autograd.grad(prefix_score(model, prefix, token, target), prefix)[0]
+
+    for row, t in enumerate(range(N_PROMPT, N_TOKENS)):
+        xp, token = x[:t], int(ids[t])
+        if method == "saliency":
+            out[row, :t] = grad(xp, token)
+        elif method == "input_x_gradient":
+            out[row, :t] = grad(xp, token) * xp
+        elif method == "integrated_gradients":
+            bp = b[:t]
+            total = sum(w * grad(bp + a * (xp - bp), token) for a, w in zip(alphas, weights))
+            out[row, :t] = (xp - bp) * total
+        elif method in ("smoothgrad", "vargrad"):
+            grads = torch.stack([grad(xp + n[:t], token) for n in noise])
+            out[row, :t] = grads.mean(0) if method == "smoothgrad" else grads.var(0, unbiased=False)
+        elif method == "occlusion":
+            with torch.no_grad():
+                reference = prefix_score(model, xp, token, target)
+                for j in range(t):
+                    occluded = xp.clone()
+                    occluded[j] = b[j]
+                    out[row, j] = reference - prefix_score(model, occluded, token, target)
+    return out
+
+
+def gauss_legendre(n):
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return [0.5 * (float(a) + 1) for a in nodes], [0.5 * float(w) for w in weights]
+
+
+def assert_rows_close(ours, expected, rtol=1e-4):
+    """Same NaN pattern; per row, max |ours - expected| <= rtol * max |expected|."""
+    assert ours.shape == expected.shape
+    assert torch.equal(torch.isnan(ours), torch.isnan(expected))
+    for row in range(ours.shape[0]):
+        a, e = torch.nan_to_num(ours[row].double()), torch.nan_to_num(expected[row].double())
+        scale = e.abs().max().item()
+        assert scale > 0
+        assert (a - e).abs().max().item() <= rtol * scale, f"row {row}: {(a - e).abs().max().item()} vs {scale}"
+
+
+# ------------------------------------------------------------------------- against the naive loop
+
+
+@pytest.mark.parametrize("target", ["logit", "prob", "logprob", "loss"])
+def test_saliency_equals_naive_loop_for_every_target(explainer, target):
+    ours = run(explainer, "saliency", target=target, aggregate="none")
+    assert_rows_close(ours.scores, naive(explainer, "saliency", target))
+
+
+def test_input_x_gradient_equals_naive_loop(explainer):
+    ours = run(explainer, "input_x_gradient", target="logprob", aggregate="none")
+    assert_rows_close(ours.scores, naive(explainer, "input_x_gradient", "logprob"))
+
+
+def test_integrated_gradients_equal_naive_loop_and_complete(explainer):
+    unk = explainer.tokenizer.unk_token_id
+    ours = run(explainer, "integrated_gradients", target="prob", aggregate="none", baseline="unk", n_steps=6)
+    alphas, weights = gauss_legendre(6)
+    assert_rows_close(ours.scores, naive(explainer, "integrated_gradients", "prob", unk, alphas, weights))
+    errors = ours.metadata["completeness_error"]
+    assert len(errors) == N_TOKENS - N_PROMPT and ours.metadata["n_steps"] == 6
+    # with many steps the sum of attributions reaches F(x) - F(baseline)
+    fine = run(explainer, "integrated_gradients", target="logit", aggregate="sum", baseline="unk", n_steps=64)
+    assert max(fine.metadata["completeness_error"]) < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["smoothgrad", "vargrad"])
+def test_noise_tunnel_equals_naive_loop_with_same_noise(explainer, kind):
+    ours = run(explainer, kind, target="logit", aggregate="none", nt_samples=3, stdevs=0.05, seed=7)
+    noise = generation.sample_noise(3, (N_TOKENS, explainer.embedding.embedding_dim), 0.05, 7)
+    assert_rows_close(ours.scores, naive(explainer, kind, "logit", noise=noise), rtol=1e-4)
+
+
+def test_occlusion_equals_naive_leave_one_out(explainer):
+    pad = explainer.tokenizer.pad_token_id
+    ours = run(explainer, "occlusion", target="logprob", baseline="pad", perturbations_per_eval=3)
+    assert ours.scores.shape == (N_TOKENS - N_PROMPT, N_TOKENS)
+    assert ours.metadata["aggregate"] is None
+    assert_rows_close(ours.scores, naive(explainer, "occlusion", "logprob", pad))
+
+
+def test_attention_rows_equal_each_prefix(explainer):
+    ours = run(explainer, "attention", layers="last")
+    mean = run(explainer, "attention", layers="mean")
+    model, ids = explainer.model, full_ids(explainer)
+    from saliency_fast.hf.explainer import _eager_attention
+
+    for row, t in enumerate(range(N_PROMPT, N_TOKENS)):
+        with _eager_attention(model), torch.no_grad():
+            att = model(input_ids=ids[:t].unsqueeze(0), output_attentions=True).attentions
+        last = att[-1][0, :, -1].mean(0)
+        layers = torch.stack([a[0, :, -1].mean(0) for a in att])
+        torch.testing.assert_close(ours.scores[row, :t], last, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mean.scores[row, :t], layers.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.layer_scores[row, :, :t], layers, rtol=1e-5, atol=1e-6)
+        assert torch.isnan(ours.scores[row, t:]).all()
+
+
+@pytest.mark.parametrize("aggregate", ["sum", "l2", "abs_sum", "dot"])
+def test_aggregations_reduce_the_embedding_dim(explainer, aggregate):
+    raw = run(explainer, "saliency", aggregate="none").scores
+    ours = run(explainer, "saliency", aggregate=aggregate).scores
+    x = explainer.embedding(full_ids(explainer)).detach()
+    expected = {
+        "sum": raw.sum(-1), "l2": raw.norm(dim=-1), "abs_sum": raw.abs().sum(-1), "dot": (raw * x).sum(-1),
+    }[aggregate]
+    assert_rows_close(ours, expected, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- against inseq
+
+
+@pytest.fixture(scope="module")
+def inseq_model():
+    inseq = pytest.importorskip("inseq")
+    model, tok = tiny_gpt2()  # a separate copy: inseq configures the tokenizer it is given
+    return lambda method: inseq.load_model(model, method, tokenizer=tok)
+
+
+def inseq_matrix(inseq_model, method, **kwargs):
+    out = inseq_model(method).attribute(
+        PROMPT, FULL, attributed_fn="probability", show_progress=False, **kwargs
+    )
+    seq = out.sequence_attributions[0]
+    assert [t.token for t in seq.target] == FULL.split()
+    return seq.target_attributions.permute(1, 0, 2).float()  # [N, T, D] -> [T, N, D]
+
+
+def test_saliency_matches_inseq(explainer, inseq_model):
+    expected = inseq_matrix(inseq_model, "saliency")
+    ours = run(explainer, "saliency", target="prob", aggregate="none").scores
+    assert_rows_close(ours.abs(), expected)  # captum's Saliency (inseq's) returns |gradient|
+    l2 = run(explainer, "saliency", target="prob", aggregate="l2").scores
+    assert_rows_close(l2, expected.norm(dim=-1))  # inseq's default aggregation (before normalizing)
+
+
+def test_input_x_gradient_matches_inseq(explainer, inseq_model):
+    expected = inseq_matrix(inseq_model, "input_x_gradient")
+    ours = run(explainer, "input_x_gradient", target="prob", aggregate="none").scores
+    assert_rows_close(ours, expected)
+
+
+def test_integrated_gradients_match_inseq(explainer, inseq_model):
+    expected = inseq_matrix(inseq_model, "integrated_gradients", n_steps=8)
+    ours = run(explainer, "integrated_gradients", target="prob", aggregate="none", baseline="unk", n_steps=8)
+    assert_rows_close(ours.scores, expected)
+
+
+# ------------------------------------------------------------------------------ engine options
+
+
+def test_logit_rows_head_equals_full_head(explainer):
+    rows = run(explainer, "saliency", target="logit", aggregate="none")
+    full = run(explainer, "saliency", target="logit", aggregate="none", lm_head="full")
+    assert rows.metadata["lm_head"] == "rows" and full.metadata["lm_head"] == "full"
+    assert_rows_close(rows.scores, full.scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method,kwargs", [
+    ("saliency", {}),
+    ("integrated_gradients", {"n_steps": 5, "baseline": "unk"}),
+    ("vargrad", {"nt_samples": 3, "stdevs": 0.05, "seed": 1}),
+])
+def test_chunked_equals_unchunked(explainer, method, kwargs):
+    whole = run(explainer, method, aggregate="none", max_batch_tokens=10**6, target_batch_size=64, **kwargs)
+    small = dict(kwargs, **({"internal_batch_size": 2} if method == "integrated_gradients" else {}))
+    if method == "vargrad":
+        small["nt_samples_batch_size"] = 2
+    chunked = run(explainer, method, aggregate="none", max_batch_tokens=1, target_batch_size=1, **small)
+    assert_rows_close(chunked.scores, whole.scores, rtol=1e-5)
+
+
+def test_plan_chunks_truncates_each_chunk_to_its_prefix():
+    from saliency_fast.hf.causal_pass import plan_chunks
+
+    chunks = plan_chunks(list(range(3, 11)), rows=2, max_batch_tokens=40, max_targets=4)
+    assert [(c.start, c.end, c.length) for c in chunks] == [(0, 3, 6), (3, 5, 8), (5, 7, 10), (7, 8, 11)]
+    for c in chunks:
+        assert c.size == 1 or c.size * 2 * c.length <= 40
+
+
+def test_bfloat16_autocast_is_close_to_float32(explainer):
+    exact = run(explainer, "integrated_gradients", aggregate="l2", baseline="unk", n_steps=8)
+    fast = run(explainer, "integrated_gradients", aggregate="l2", baseline="unk", n_steps=8, dtype=torch.bfloat16)
+    assert fast.metadata["dtype"] == "bfloat16" and fast.scores.dtype == torch.float32
+    a, b = fast.scores[fast.mask], exact.scores[exact.mask]
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+
+
+# ---------------------------------------------------------------------------- result and decoding
+
+
+def test_result_layout_and_metadata(explainer):
+    result = run(explainer, "saliency", target="logprob")
+    assert result.tokens == FULL.split() and result.targets == FULL.split()[N_PROMPT:]
+    assert result.scores.shape == (N_TOKENS - N_PROMPT, N_TOKENS)
+    expected_mask = torch.arange(N_TOKENS).unsqueeze(0) < torch.arange(N_PROMPT, N_TOKENS).unsqueeze(1)
+    assert torch.equal(result.mask, expected_mask)
+    assert torch.isnan(result.scores[~expected_mask]).all() and torch.isfinite(result.scores[expected_mask]).all()
+    meta = result.metadata
+    assert meta["task"] == "generate" and meta["n_prompt_tokens"] == N_PROMPT and meta["generated_text"] == FULL
+    assert meta["method"] == "saliency" and meta["target"] == "logprob" and meta["aggregate"] == "l2"
+    assert meta["completeness_error"] is None and meta["backend"] == saliency_fast.ops.active_backend()
+    assert result.token_ids == full_ids(explainer).tolist() and result.target_ids == result.token_ids[N_PROMPT:]
+
+
+def test_greedy_generation_takes_the_argmax_each_step(explainer):
+    result = generation.attribute_generation(explainer, PROMPT, max_new_tokens=4, progress=False)
+    ids = result.token_ids
+    assert len(ids) == N_PROMPT + 4 and result.metadata["forced"] is False
+    with torch.no_grad():
+        logits = explainer.model(input_ids=torch.tensor([ids])).logits[0]
+    for t in range(N_PROMPT, len(ids)):
+        assert ids[t] == int(logits[t - 1].argmax())
+
+
+def test_the_explainer_delegates_generation(explainer):
+    result = explainer.attribute_generation(PROMPT, generated_text=FULL, method="input_x_gradient", aggregate="sum")
+    direct = run(explainer, "input_x_gradient", aggregate="sum")
+    assert torch.equal(result.mask, direct.mask)
+    assert_rows_close(result.scores, direct.scores, rtol=1e-6)
+
+
+def test_max_new_tokens_cuts_a_forced_continuation(explainer):
+    result = run(explainer, "saliency", max_new_tokens=2)
+    assert result.tokens == FULL.split()[: N_PROMPT + 2] and len(result.targets) == 2
+
+
+def test_special_tokens_are_excluded_and_keep_their_embedding(explainer):
+    text = "the movie was <eos> good bad"
+    result = generation.attribute_generation(
+        explainer, PROMPT, generated_text=text, method="integrated_gradients", baseline="unk", n_steps=4,
+        aggregate="sum", progress=False,
+    )
+    eos = result.tokens.index("<eos>")
+    assert not result.mask[:, eos].any() and torch.isnan(result.scores[:, eos]).all()
+    assert result.targets[0] == "<eos>" and result.mask[0, :N_PROMPT].all()
+
+
+def test_non_finite_gradients_are_reported():
+    model, tok = tiny_gpt2()
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    explainer = saliency_fast.Explainer(model, tok)
+    with pytest.raises(NonFiniteAttributionError, match="NaN"):
+        run(explainer, "saliency")
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"prompt": ""}, ValueError, "prompt"),
+    ({"prompt": "   "}, ValueError, "prompt"),
+    ({"max_new_tokens": 0, "generated_text": None}, ValueError, "max_new_tokens"),
+    ({"max_new_tokens": -2, "generated_text": None}, ValueError, "max_new_tokens"),
+    ({"max_new_tokens": 2.5, "generated_text": None}, ValueError, "max_new_tokens"),
+    ({"max_new_tokens": True, "generated_text": None}, ValueError, "max_new_tokens"),
+    ({"generated_text": None}, ValueError, "max_new_tokens"),
+    ({"generated_text": "a movie was good"}, ValueError, "prompt's tokens first"),
+    ({"generated_text": PROMPT}, ValueError, "adds no token"),
+    ({"generated_text": 3}, TypeError, "generated_text"),
+    ({"generated_text": PROMPT + " w9" * 300}, ValueError, "at most 256"),
+    ({"max_new_tokens": 300, "generated_text": None}, ValueError, "at most 256"),
+    ({"target": "probability"}, ValueError, "target"),
+    ({"method": "lime"}, ValueError, "method"),
+    ({"method": "discretized_integrated_gradients"}, ValueError, "not available for generation"),
+    ({"aggregate": "max"}, ValueError, "aggregate"),
+    ({"baseline": "random"}, ValueError, "baseline"),
+    ({"baseline": torch.zeros(5, 32)}, ValueError, "rows"),
+    ({"method": "integrated_gradients", "n_steps": 0}, ValueError, "n_steps"),
+    ({"method": "integrated_gradients", "n_steps": "auto"}, ValueError, "n_steps"),
+    ({"method": "attention", "layers": "first"}, ValueError, "layers"),
+    ({"method": "saliency", "n_steps": 3}, TypeError, "n_steps"),
+    ({"lm_head": "rows"}, ValueError, "lm_head"),
+    ({"dtype": "bf16"}, ValueError, "dtype"),
+    ({"max_batch_tokens": 0}, ValueError, "max_batch_tokens"),
+])
+def test_bad_input_is_a_clear_error(explainer, kwargs, error, match):
+    args = {"prompt": PROMPT, "generated_text": FULL, "progress": False, **kwargs}
+    with pytest.raises(error, match=match):
+        generation.attribute_generation(explainer, **args)
