@@ -14,6 +14,7 @@ and token types to ``inputs_embeds`` itself (see :mod:`saliency_fast.hf.model_io
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import numbers
 
@@ -331,11 +332,8 @@ class Explainer:
         )
 
     def _attribute_rows(self, task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress):
-        """Scores ``[n_tokens]`` (``[n_tokens, D]`` for ``none``) of every row, and per-row errors."""
-        scores: list[torch.Tensor | None] = [None] * len(rows)
-        errors: list[float | None] = [None] * len(rows)
-        layer_scores: list[torch.Tensor | None] = [None] * len(rows)
-        n_steps = None
+        """One :class:`_Attributed` per row, its scores cropped to the row's tokens."""
+        found: list[_Attributed | None] = [None] * len(rows)
         buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
         show = len(buckets) > 1 if progress is None else bool(progress)
         forward = functools.partial(_score_forward, task, kind)
@@ -348,22 +346,21 @@ class Explainer:
                 keep = ~batch.real() | (special if self.exclude_special_tokens else torch.zeros_like(special))
                 positions = torch.tensor([o + r.position for o, r in zip(batch.offsets, batch_rows)], device=self.device)
                 if spec.family == "attention":
-                    values, per_layer = self._attention(task, batch, positions, method_kwargs.get("layers", "last"))
-                    errors_b = None
+                    out = self._attention(task, batch, positions, method_kwargs.get("layers", "last"))
                 else:
-                    values, errors_b, n_steps = self._gradient_batch(
-                        spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs)
-                    per_layer = None
+                    out = self._gradient_batch(spec, forward, batch, batch_rows, keep, positions, baseline, aggregate,
+                                               method_kwargs)
                 for b, r in enumerate(bucket):
-                    row_keep = batch.crop(keep, b)
-                    value = batch.crop(values, b).float().cpu().clone()
-                    value[row_keep.cpu()] = float("nan")
-                    scores[r] = value
-                    if errors_b is not None:
-                        errors[r] = float(errors_b[b])
-                    if per_layer is not None:
-                        layer_scores[r] = per_layer[b][:, batch.offsets[b] : batch.offsets[b] + batch.lengths[b]].float().cpu()
-        return scores, errors, layer_scores, n_steps
+                    scores = batch.crop(out.scores, b).float().cpu().clone()
+                    scores[batch.crop(keep, b).cpu()] = float("nan")
+                    layers = None if out.layers is None else batch.crop(out.layers.transpose(1, 2), b).T.float().cpu()
+                    found[r] = _Attributed(
+                        scores,
+                        None if out.completeness_error is None else float(out.completeness_error[b]),
+                        None if out.n_steps is None else int(out.n_steps[b]),
+                        layers,
+                    )
+        return found
 
     def _gradient_batch(self, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs):
         embeds = self.embedding(batch.input_ids).detach()
@@ -378,18 +375,16 @@ class Explainer:
             internal_batch_size=method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
         )
         attr = out.attributions.detach()
-        real = batch.real()
-        if not bool(torch.isfinite(attr[real]).all()):
+        if not bool(torch.isfinite(attr[batch.real()]).all()):
             raise NonFiniteAttributionError(
                 f"method {spec.name!r} produced non-finite attributions (NaN or inf gradients: fp16 overflow, "
                 "or NaN from the model); try dtype=torch.float32 or another baseline"
             )
         if spec.per_token:
-            values = attr[..., 0]
+            scores = attr[..., 0]
         else:
-            values = saliency_fast.aggregate(attr, aggregate, inputs=embeds) if aggregate != "none" else attr
-        errors = None if out.completeness_error is None else out.completeness_error.float().cpu()
-        return values, errors, out.n_steps
+            scores = attr if aggregate == "none" else saliency_fast.aggregate(attr, aggregate, inputs=embeds)
+        return _Attributed(scores, out.completeness_error, out.n_steps)
 
     def _baselines(self, batch: batching.PaddedBatch, baseline, keep: torch.Tensor) -> torch.Tensor:
         if isinstance(baseline, torch.Tensor) and baseline.dim() == 2:
@@ -420,23 +415,22 @@ class Explainer:
         heads_mean = torch.stack([a.float().mean(1) for a in attentions], dim=1)  # [B, layers, query, key]
         queries = task.attention_queries(batch, positions).to(heads_mean.device)  # [B, query]
         per_layer = torch.einsum("bq,blqk->blk", queries, heads_mean)
-        values = per_layer[:, -1] if layers == "last" else per_layer.mean(1)
-        return values, per_layer
+        return _Attributed(per_layer[:, -1] if layers == "last" else per_layer.mean(1), layers=per_layer)
 
     def _result(self, task, unit, group, rows, attributed, spec, kind, baseline, aggregate):
-        scores, errors, layer_scores, n_steps = attributed
         group_rows = [rows[r] for r in group.rows]
+        found = [attributed[r] for r in group.rows]
         metadata = self.base_metadata(task.name, spec.name, kind, None if spec.per_token else aggregate, baseline)
-        metadata["n_steps"] = n_steps if spec.reports_completeness else None
-        metadata["completeness_error"] = [errors[r] for r in group.rows] if spec.reports_completeness else None
+        n_steps = sorted({f.n_steps for f in found})
+        metadata["n_steps"] = (n_steps[0] if len(n_steps) == 1 else [f.n_steps for f in found]) \
+            if spec.reports_completeness else None
+        metadata["completeness_error"] = [f.completeness_error for f in found] if spec.reports_completeness else None
         metadata.update(group.metadata)
         keep = ~unit.special if self.exclude_special_tokens else torch.ones_like(unit.special)
-        layers = None
-        if spec.family == "attention":
-            layers = torch.stack([layer_scores[r] for r in group.rows])
+        layers = None if found[0].layers is None else torch.stack([f.layers for f in found])
         return saliency_fast.AttributionResult(
             tokens=unit.tokens,
-            scores=torch.stack([scores[r] for r in group.rows]),
+            scores=torch.stack([f.scores for f in found]),
             targets=[r.label for r in group_rows],
             mask=keep.unsqueeze(0).expand(len(group_rows), -1).clone(),
             metadata=metadata,
@@ -446,6 +440,16 @@ class Explainer:
             layer_scores=layers,
             layer_names=None if layers is None else [f"layer {i}" for i in range(layers.shape[1])],
         )
+
+
+@dataclasses.dataclass
+class _Attributed:
+    """Scores of a batch (``[B, S(, D)]``) or, cropped, of one row, with what path methods report."""
+
+    scores: torch.Tensor
+    completeness_error: torch.Tensor | float | None = None  # |sum(attr) - (F(x) - F(baseline))| per row
+    n_steps: torch.Tensor | int | None = None  # gradient evaluations per row
+    layers: torch.Tensor | None = None  # attention: [B, n_layers, S] / one row [n_layers, n_tokens]
 
 
 def _score_forward(task, kind, inputs_embeds, attention_mask, token_type_ids, position_ids, index, position, extra):

@@ -14,8 +14,12 @@ import importlib
 
 import torch
 
-# keyword arguments every method family accepts besides the ones of the Explainer itself
-_IG_KWARGS = frozenset({"n_steps", "quadrature", "internal_batch_size", "rtol", "max_steps"})
+# ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
+_IG_KWARGS = frozenset({"n_steps", "quadrature", "internal_batch_size", "rtol", "atol", "min_steps", "max_steps", "dtype"})
+_NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "generator", "dtype"})
+# SmoothGrad's noise when none is asked for: 10 % of each example's spread. captum's default
+# (an absolute 1.0) is about 20x the spread of typical word embeddings and drowns the signal.
+DEFAULT_RELATIVE_STDEV = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,18 +35,16 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("saliency", "gradient", False, False, False, frozenset()),
-        MethodSpec("input_x_gradient", "gradient", False, False, False, frozenset()),
+        MethodSpec("saliency", "gradient", False, False, False, frozenset({"dtype"})),
+        MethodSpec("input_x_gradient", "gradient", False, False, False, frozenset({"dtype"})),
         MethodSpec("integrated_gradients", "path", True, False, True, _IG_KWARGS),
         MethodSpec("discretized_integrated_gradients", "discretized", True, False, True,
                    frozenset({"n_steps", "strategy", "n_neighbors", "factor", "internal_batch_size"})),
         MethodSpec("sequential_integrated_gradients", "sequential", True, False, True,
-                   frozenset({"n_steps", "quadrature", "internal_batch_size"})),
-        MethodSpec("smoothgrad", "noise", False, False, False,
-                   frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed"})),
-        MethodSpec("vargrad", "noise", False, False, False,
-                   frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed"})),
-        MethodSpec("occlusion", "perturbation", True, True, False, frozenset({"perturbations_per_eval"})),
+                   frozenset({"n_steps", "quadrature", "internal_batch_size", "dtype"})),
+        MethodSpec("smoothgrad", "noise", False, False, False, _NOISE_KWARGS),
+        MethodSpec("vargrad", "noise", False, False, False, _NOISE_KWARGS),
+        MethodSpec("occlusion", "perturbation", True, True, False, frozenset({"perturbations_per_eval", "dtype"})),
         MethodSpec("attention", "attention", False, True, False, frozenset({"layers"})),
     )
 }
@@ -66,7 +68,7 @@ def check_method_kwargs(spec: MethodSpec, kwargs: dict) -> None:
 class MethodOutput:
     attributions: torch.Tensor  # [B, S, D]
     completeness_error: torch.Tensor | None = None  # [B] |sum(attr) - (F(x) - F(baseline))|
-    n_steps: int | None = None
+    n_steps: torch.Tensor | None = None  # [B] gradient evaluations per row (path methods)
 
 
 def _method_class(name: str):
@@ -97,15 +99,16 @@ def attribute_embeddings(
     """
     check_method_kwargs(spec, method_kwargs)
     kwargs = dict(method_kwargs)
+    dtype = kwargs.pop("dtype", None)
     if spec.family == "gradient":
         cls = _method_class("Saliency" if spec.name == "saliency" else "InputXGradient")
         extra = {"abs": False} if spec.name == "saliency" else {}
-        attr = cls(forward).attribute(inputs, additional_forward_args=additional_forward_args, **extra)
+        attr = cls(forward, dtype=dtype).attribute(inputs, additional_forward_args=additional_forward_args, **extra)
         return MethodOutput(attr)
     if spec.family == "noise":
-        return _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs)
+        return _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype)
     if spec.family == "perturbation":
-        occlusion = _method_class("Occlusion")(forward)
+        occlusion = _method_class("Occlusion")(forward, dtype=dtype)
         attr = occlusion.attribute(
             inputs, sliding_window_shapes=(1, inputs.shape[-1]), strides=(1, inputs.shape[-1]), baselines=baselines,
             additional_forward_args=additional_forward_args,
@@ -114,9 +117,9 @@ def attribute_embeddings(
         return MethodOutput(attr)
     kwargs.setdefault("internal_batch_size", internal_batch_size)
     if spec.family == "path":
-        return _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs)
+        return _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs, dtype)
     if spec.family == "sequential":
-        return _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep)
+        return _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype)
     if spec.family == "discretized":
         dig = importlib.import_module("saliency_fast.methods.dig")
         return dig.dig_attribute_embeddings(
@@ -126,26 +129,27 @@ def attribute_embeddings(
     raise ValueError(f"method {spec.name!r} is not a gradient or perturbation method; the caller computes it")
 
 
-def _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs) -> MethodOutput:
-    ig = _method_class("IntegratedGradients")(forward)
+def _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs, dtype) -> MethodOutput:
+    ig = _method_class("IntegratedGradients")(forward, dtype=dtype)
     quadrature = kwargs.pop("quadrature", "gausslegendre")
     attr, delta = ig.attribute(
         inputs, baselines=baselines, additional_forward_args=additional_forward_args, method=quadrature,
         return_convergence_delta=True, **kwargs,
     )
-    n_steps = getattr(ig, "last_n_steps", None) or kwargs.get("n_steps", 50)
-    return MethodOutput(attr, delta.detach().abs(), n_steps)
+    return MethodOutput(attr, delta.detach().abs(), ig.last_n_steps)
 
 
-def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs) -> MethodOutput:
-    tunnel = _method_class("NoiseTunnel")(_method_class("Saliency")(forward))
+def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype) -> MethodOutput:
+    if "stdevs" not in kwargs and "stdevs_relative" not in kwargs:
+        kwargs.update(stdevs=DEFAULT_RELATIVE_STDEV, stdevs_relative=True)
+    tunnel = _method_class("NoiseTunnel")(_method_class("Saliency")(forward, dtype=dtype))
     attr = tunnel.attribute(
         inputs, nt_type=spec.name, additional_forward_args=additional_forward_args, abs=False, **kwargs
     )
     return MethodOutput(attr)
 
 
-def _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep) -> MethodOutput:
+def _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype) -> MethodOutput:
     """Sequential IG (Enguehard, 2023): token ``i``'s score is IG along a path that moves only
     token ``i`` from its baseline to its value, every other token staying real. Each attributed
     token becomes one copy of its row (only that token differs from the input at the baseline),
@@ -158,16 +162,16 @@ def _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, 
     attr = torch.zeros_like(inputs)
     # the largest per-token completeness error of each row (each path has its own endpoints)
     error = torch.zeros(batch, dtype=torch.float32, device=inputs.device)
+    n_steps = torch.zeros(batch, dtype=torch.long, device=inputs.device)
     chunk = kwargs.get("internal_batch_size") or rows.shape[0]
-    n_steps = None
     for start in range(0, rows.shape[0], chunk):
         rows_c, positions_c = rows[start : start + chunk], positions[start : start + chunk]
         copies = inputs.index_select(0, rows_c)
         copy_baselines = copies.clone()
         copy_baselines[torch.arange(rows_c.shape[0], device=rows_c.device), positions_c] = baselines[rows_c, positions_c]
         copy_args = tuple(a.index_select(0, rows_c) if isinstance(a, torch.Tensor) else a for a in additional_forward_args)
-        out = _integrated_gradients(forward, copies, copy_baselines, copy_args, dict(kwargs))
+        out = _integrated_gradients(forward, copies, copy_baselines, copy_args, dict(kwargs), dtype)
         attr.index_add_(0, rows_c, out.attributions.to(attr.dtype))
         error.scatter_reduce_(0, rows_c, out.completeness_error.float(), reduce="amax")
-        n_steps = out.n_steps
+        n_steps.scatter_reduce_(0, rows_c, out.n_steps.to(n_steps.device), reduce="amax")
     return MethodOutput(attr, error, n_steps)
