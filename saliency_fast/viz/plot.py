@@ -1,0 +1,115 @@
+"""Matplotlib view (PNG). Figures are built with ``matplotlib.figure.Figure`` and rendered by Agg,
+never through pyplot, so no GUI backend or global figure state is touched. Token labels are
+drawn with math text off: a ``$`` in a token is just a dollar sign."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+
+from saliency_fast._files import atomic_path
+from saliency_fast.viz.scale import MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token
+
+KINDS = ("auto", "bars", "heatmap")
+MAX_BAR_ROWS = 16
+MAX_TICK_LABELS = 120
+MAX_LABEL_CHARS = 20
+
+
+def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
+    return tuple(c / 255 for c in color)
+
+
+COLORMAP = LinearSegmentedColormap.from_list("saliency_fast", [_rgb(NEGATIVE), _rgb(ZERO), _rgb(POSITIVE)])
+COLORMAP.set_bad(_rgb(MISSING))
+
+
+def figure(result, kind: str = "auto", path=None) -> Figure:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "auto":
+        kind = "heatmap" if result.is_generation or len(result.targets) > 1 else "bars"
+    scores, keep = result.token_scores(), result.meaningful()
+    limit = color_limit(scores, keep)
+    values = np.where(keep.numpy(), scores.numpy(), np.nan)
+    if kind == "bars":
+        if len(result.targets) > MAX_BAR_ROWS:
+            raise ValueError(
+                f"kind='bars' draws at most {MAX_BAR_ROWS} rows, this result has {len(result.targets)}; use kind='heatmap'"
+            )
+        fig = _bars(result, values, limit)
+    else:
+        fig = _heatmap(result, values, limit)
+    if path is not None:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing from")
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return fig
+
+
+def _label(token: str) -> str:
+    text = display_token(token)
+    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
+
+
+def _set_tick_labels(axis, labels: list[str], rotation: float) -> None:
+    """Label every position, or every k-th one when there are too many to read."""
+    step = max(1, -(-len(labels) // MAX_TICK_LABELS))
+    positions = list(range(0, len(labels), step))
+    axis.set_ticks(positions)
+    texts = axis.set_ticklabels([_label(labels[i]) for i in positions], rotation=rotation)
+    for text in texts:
+        text.set_parse_math(False)
+        if rotation:
+            text.set_horizontalalignment("right")
+            text.set_rotation_mode("anchor")
+
+
+def _title(result) -> str:
+    meta = result.metadata
+    return " · ".join(str(meta[key]) for key in ("model", "method", "target", "aggregate") if key in meta)
+
+
+def _bars(result, values: np.ndarray, limit: float) -> Figure:
+    n_rows, n_tokens = values.shape
+    width = min(40.0, max(6.0, 0.32 * n_tokens + 1.5))
+    fig = Figure(figsize=(width, 2.8 * n_rows + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
+    positions = np.arange(n_tokens)
+    for ax, row, label in zip(axes, values, result.targets):
+        heights = np.nan_to_num(row, nan=0.0)
+        # up for positive, down for negative; the colour scale is the shared one
+        colors = COLORMAP(0.5 + 0.5 * np.clip(heights / limit, -1, 1))
+        ax.bar(positions, heights, color=colors, edgecolor="#555555", linewidth=0.4)
+        ax.axhline(0.0, color="#333333", linewidth=0.8)
+        ax.set_xlim(-0.6, n_tokens - 0.4)
+        ax.set_ylim(-1.08 * limit, 1.08 * limit)
+        ax.set_ylabel("attribution")
+        ax.set_title(f"target: {display_token(label)}", loc="left", fontsize=10).set_parse_math(False)
+        _set_tick_labels(ax.xaxis, result.tokens, rotation=60)
+    fig.suptitle(_title(result), fontsize=10).set_parse_math(False)
+    return fig
+
+
+def _heatmap(result, values: np.ndarray, limit: float) -> Figure:
+    n_rows, n_tokens = values.shape
+    width = min(40.0, max(6.0, 0.32 * n_tokens + 3.0))
+    height = min(40.0, max(3.0, 0.3 * n_rows + 2.0))
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(
+        np.ma.masked_invalid(values), cmap=COLORMAP, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
+    )
+    n_prompt = result.metadata.get("n_prompt_tokens") if result.is_generation else None
+    if n_prompt:
+        ax.axvline(n_prompt - 0.5, color="#333333", linewidth=1.2)
+    _set_tick_labels(ax.xaxis, result.tokens, rotation=60)
+    _set_tick_labels(ax.yaxis, result.targets, rotation=0)
+    ax.set_xlabel("source token")
+    ax.set_ylabel("generated token" if result.is_generation else "target")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attribution")
+    fig.suptitle(_title(result), fontsize=10).set_parse_math(False)
+    return fig

@@ -1,0 +1,46 @@
+"""The diverging colour scale shared by every view: blue (negative), white (0), red (positive),
+symmetric around 0, so the same score has the same colour in the console, the HTML and the PNG."""
+
+from __future__ import annotations
+
+import torch
+
+NEGATIVE = (33, 102, 172)
+ZERO = (255, 255, 255)
+POSITIVE = (178, 24, 43)
+MISSING = (224, 224, 224)
+
+
+def color_limit(values: torch.Tensor, keep: torch.Tensor) -> float:
+    """The largest |score| among the meaningful ones: the scale's ends are -limit and +limit."""
+    kept = values[keep]
+    limit = float(kept.abs().max()) if kept.numel() else 0.0
+    return limit if limit > 0 else 1.0
+
+
+def diverging_rgb(value: float, limit: float) -> tuple[int, int, int]:
+    t = max(-1.0, min(1.0, value / limit))
+    end = POSITIVE if t >= 0 else NEGATIVE
+    t = abs(t)
+    return tuple(round(z + t * (e - z)) for z, e in zip(ZERO, end))
+
+
+def text_rgb(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``background``."""
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def hex_color(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def display_token(token: str) -> str:
+    """Token text with whitespace made visible (raw text: each view escapes it for its medium)."""
+    if not token:
+        return "∅"
+    return token.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def format_score(value: float) -> str:
+    return f"{value:.3g}"
