@@ -1,0 +1,91 @@
+"""Plain gradient methods: :class:`Saliency` (|gradient|) and :class:`InputXGradient`.
+
+Both have captum's constructor and ``attribute`` arguments. The base class
+:class:`GradientAttribution` holds what every gradient method shares: the forward function, the
+optional autocast ``dtype``, frozen parameters during attribution, and checked gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saliency_fast.methods import _common
+
+
+class GradientAttribution:
+    """Base of the gradient methods.
+
+    Args:
+        forward_func: callable taking the inputs (then the additional forward args) and returning a
+            tensor whose dim 0 is the batch (examples). When it is an ``nn.Module``, a bound method
+            of one or a ``functools.partial`` of either, the module's parameters are frozen
+            (``requires_grad=False``) during attribution and restored after: autograd then does no
+            work for weights. Results do not change.
+        dtype: None (default) runs the forward at the inputs' precision. ``torch.bfloat16`` /
+            ``torch.float16`` runs it under ``torch.autocast`` (the gradients and their
+            accumulation stay in the inputs' dtype, float32 for float32 inputs). Faster where the
+            hardware has bf16 matrix units; see each method's docstring for its measured accuracy.
+    """
+
+    def __init__(self, forward_func, *, dtype: torch.dtype | None = None) -> None:
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        self.forward_func = forward_func
+        self.dtype = _common.check_autocast_dtype(dtype)
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def gradients(self, inputs: _common.Tensors, target: _common.Target, args: tuple | None) -> _common.Tensors:
+        """Checked gradients of the targeted output w.r.t. ``inputs`` (parameters already frozen by the
+        caller)."""
+        grads = _common.input_gradients(self.forward_func, inputs, target, args, self.dtype)
+        for i, grad in enumerate(grads):
+            _common.check_finite(f"the gradient w.r.t. inputs[{i}]", grad, " (the forward function is not finite there)")
+        return grads
+
+    def _prepare(self, inputs, target, additional_forward_args):
+        inputs, is_tuple = _common.format_inputs(inputs)
+        n_examples = inputs[0].shape[0]
+        target = _common.Target.parse(target, n_examples)
+        args = _common.format_additional_forward_args(additional_forward_args, n_examples)
+        return inputs, is_tuple, target, args
+
+
+class Saliency(GradientAttribution):
+    """Saliency (Simonyan et al., 2013): the gradient of the target w.r.t. each input feature, by
+    default its absolute value. Same arguments as ``captum.attr.Saliency``.
+
+    With ``dtype=torch.bfloat16`` the gradients come from a bf16 forward/backward: expect a relative
+    error of about 1e-2 against float32 (bf16 keeps 8 significant bits).
+    """
+
+    def attribute(self, inputs, target=None, abs: bool = True, additional_forward_args=None):  # noqa: A002 (captum's name)
+        """Gradients (``abs=True``: their absolute values), shaped like ``inputs`` (a tensor or a tuple)."""
+        if not isinstance(abs, bool):
+            raise TypeError(f"abs must be a bool, got {type(abs).__name__}")
+        inputs, is_tuple, target, args = self._prepare(inputs, target, additional_forward_args)
+        with _common.frozen_parameters(self.forward_func):
+            grads = self.gradients(inputs, target, args)
+        return _common.format_output(is_tuple, tuple(g.abs() if abs else g for g in grads))
+
+
+class InputXGradient(GradientAttribution):
+    """Input x gradient (Shrikumar et al., 2016): each input feature times the gradient of the target
+    w.r.t. it. Same arguments as ``captum.attr.InputXGradient``; ``dtype`` as for :class:`Saliency`.
+    """
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def attribute(self, inputs, target=None, additional_forward_args=None):
+        """``inputs * gradient``, shaped like ``inputs`` (a tensor or a tuple)."""
+        inputs, is_tuple, target, args = self._prepare(inputs, target, additional_forward_args)
+        with _common.frozen_parameters(self.forward_func):
+            grads = self.gradients(inputs, target, args)
+        return _common.format_output(is_tuple, tuple(x * g for x, g in zip(inputs, grads)))
