@@ -24,16 +24,23 @@ def set_backend(name: str) -> None:
     _forced_backend = None if name == "auto" else name
 
 
+# The backend choice is a constant to torch.compile (dynamo must not trace the extension loader);
+# a compiled function keeps the backend it was traced with.
+@torch.compiler.assume_constant_result
 def active_backend() -> str:
     if _forced_backend is not None:
         return _forced_backend
     return "native" if _native.status().loaded else "reference"
 
 
+@torch.compiler.assume_constant_result
+def _native_kernel_for(device_type: str) -> bool:
+    status = _native.status()
+    return status.cuda if device_type == "cuda" else device_type == "cpu" and status.cpu
+
+
 def _use_native(device: torch.device) -> bool:
-    if active_backend() != "native":
-        return False
-    return _native.status().cuda if device.type == "cuda" else device.type == "cpu" and _native.status().cpu
+    return active_backend() == "native" and _native_kernel_for(device.type)
 
 
 def _native_op(name: str):
