@@ -10,11 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from saliency_fast.viz.scale import (
-    MISSING, color_limit, display_token, diverging_rgb, format_score, text_rgb,
+    MISSING, color_limit, display_token, diverging_rgb, format_score, summary_fields, text_rgb,
 )
 
 CELL_WIDTH = 7
 GENERATION_TOP = 3
+HEADER_KEYS = ("task", "model", "method", "target", "aggregate", "normalization", "word_aggregation")
 
 
 def in_notebook() -> bool:
@@ -48,8 +49,7 @@ def _style(value: float, kept: bool, limit: float) -> Style:
 
 
 def _header(result) -> Text:
-    meta = result.metadata
-    fields = [f"{key}={meta[key]}" for key in ("task", "model", "method", "target", "aggregate") if key in meta]
+    fields = [f"{key}={value}" for key, value in summary_fields(result.metadata, HEADER_KEYS)]
     return Text("saliency_fast attribution" + (": " + ", ".join(fields) if fields else ""), style="bold")
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 
 from saliency_fast.viz.scale import (
-    MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, diverging_rgb, format_score, hex_color, text_rgb,
+    MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, diverging_rgb, format_score, hex_color,
+    summary_fields, text_rgb,
 )
 
 _CSS = f"""
@@ -25,6 +26,9 @@ _CSS = f"""
 .sf-attr th.gen, .sf-attr td.gen-label {{ font-style: italic; }}
 .sf-attr td.na {{ background: {hex_color(MISSING)}; }}
 """
+HEADER_KEYS = (
+    "task", "model", "method", "target", "aggregate", "baseline", "n_steps", "normalization", "word_aggregation",
+)
 _CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 
@@ -52,11 +56,7 @@ def fragment(result) -> str:
 
 def _header(result) -> str:
     meta = result.metadata
-    fields = [
-        f"{_e(key)}: <b>{_e(str(meta[key]))}</b>"
-        for key in ("task", "model", "method", "target", "aggregate", "baseline", "n_steps", "normalization")
-        if key in meta
-    ]
+    fields = [f"{_e(key)}: <b>{_e(value)}</b>" for key, value in summary_fields(meta, HEADER_KEYS)]
     text = ""
     if result.is_generation and "generated_text" in meta:
         text = f'<div class="meta">generated text: <b>{_e(str(meta["generated_text"]))}</b></div>'

@@ -11,7 +11,9 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
 from saliency_fast._files import atomic_path
-from saliency_fast.viz.scale import MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token
+from saliency_fast.viz.scale import (
+    MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, summary_fields,
+)
 
 KINDS = ("auto", "bars", "heatmap")
 MAX_BAR_ROWS = 16
@@ -69,8 +71,7 @@ def _set_tick_labels(axis, labels: list[str], rotation: float) -> None:
 
 
 def _title(result) -> str:
-    meta = result.metadata
-    return " · ".join(str(meta[key]) for key in ("model", "method", "target", "aggregate") if key in meta)
+    return " · ".join(value for _, value in summary_fields(result.metadata, ("model", "method", "target", "aggregate")))
 
 
 def _bars(result, values: np.ndarray, limit: float) -> Figure:

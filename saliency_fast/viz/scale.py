@@ -42,5 +42,21 @@ def display_token(token: str) -> str:
     return token.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
 
 
+def display_model(name: str) -> str:
+    """A model directory's last two path parts (the full path stays in the metadata)."""
+    parts = str(name).replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
+def summary_fields(metadata: dict, keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(key, text) of the metadata entries worth a header: present and not None."""
+    fields = []
+    for key in keys:
+        value = metadata.get(key)
+        if value is not None:
+            fields.append((key, display_model(value) if key == "model" else str(value)))
+    return fields
+
+
 def format_score(value: float) -> str:
     return f"{value:.3g}"
