@@ -8,7 +8,7 @@ ifneq ($(shell command -v nvcc 2>/dev/null),)
 export FORCE_CUDA ?= 1
 endif
 
-.PHONY: setup demo test test-python test-cpp bench clean
+.PHONY: setup deps-system demo test test-python test-cpp bench clean
 
 setup: $(VENV)/.deps-installed
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -28,8 +28,16 @@ test: setup test-cpp test-python
 test-python:
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-test-cpp:
-	cmake -S . -B ctest-build -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" -DPython3_EXECUTABLE=$(PY) > ctest-build.log 2>&1 || (cat ctest-build.log; exit 1)
+# System packages the C++ tests need (GoogleTest), installed on fresh machines when we are root.
+deps-system:
+	@if [ ! -f /usr/include/gtest/gtest.h ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q libgtest-dev || (apt-get update -q && apt-get install -y -q libgtest-dev)) >/dev/null; \
+	  else echo "GoogleTest headers missing: install libgtest-dev (apt-get install -y libgtest-dev)"; exit 1; fi; \
+	fi
+
+test-cpp: deps-system
+	cmake -S . -B ctest-build -G Ninja > ctest-build.log 2>&1 || (cat ctest-build.log; exit 1)
 	cmake --build ctest-build -j $(MAX_JOBS) >> ctest-build.log 2>&1 || (cat ctest-build.log; exit 1)
 	ctest --test-dir ctest-build --output-on-failure
 
