@@ -25,8 +25,9 @@ def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
     return tuple(c / 255 for c in color)
 
 
-COLORMAP = LinearSegmentedColormap.from_list("saliency_fast", [_rgb(NEGATIVE), _rgb(ZERO), _rgb(POSITIVE)])
-COLORMAP.set_bad(_rgb(MISSING))
+COLORMAP = LinearSegmentedColormap.from_list(
+    "saliency_fast", [_rgb(NEGATIVE), _rgb(ZERO), _rgb(POSITIVE)]
+).with_extremes(bad=_rgb(MISSING))
 
 
 def figure(result, kind: str = "auto", path=None) -> Figure:
