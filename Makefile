@@ -8,7 +8,7 @@ ifneq ($(shell command -v nvcc 2>/dev/null),)
 export FORCE_CUDA ?= 1
 endif
 
-.PHONY: setup deps-system demo test test-python test-cpp bench clean
+.PHONY: setup deps-system deps-browser demo test test-python test-cpp bench clean
 
 setup: $(VENV)/.deps-installed
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -25,7 +25,7 @@ demo: setup
 
 test: setup test-cpp test-python
 
-test-python:
+test-python: deps-browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # System packages the C++ tests need (GoogleTest), installed on fresh machines when we are root.
@@ -34,6 +34,16 @@ deps-system:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -q libgtest-dev || (apt-get update -q && apt-get install -y -q libgtest-dev)) >/dev/null; \
 	  else echo "GoogleTest headers missing: install libgtest-dev (apt-get install -y libgtest-dev)"; exit 1; fi; \
+	fi
+
+# Headless Chromium renders the HTML view in tests/test_viz.py; installed when we are root, else
+# that one test skips and says why.
+deps-browser:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+    (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null; \
+	  else echo "chromium missing (apt-get install -y chromium): the headless HTML render test will skip"; fi; \
 	fi
 
 test-cpp: deps-system
