@@ -417,3 +417,13 @@ def test_non_finite_gradients_are_reported():
         model.bert.encoder.layer[0].output.dense.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf|non-finite"):
         Explainer(model, tok).attribute("a fine text", target=0)
+
+
+def test_smoothgrad_noise_is_repeatable_with_a_seed():
+    model, tok = tiny_bert("classification"), bert_tokenizer()
+    explainer = Explainer(model, tok)
+    first = explainer.attribute(TEXTS[0], method="smoothgrad", seed=3)
+    again = explainer.attribute(TEXTS[0], method="smoothgrad", seed=3)
+    plain = explainer.attribute(TEXTS[0])
+    torch.testing.assert_close(first.scores, again.scores, equal_nan=True)
+    assert not torch.allclose(first.scores.nan_to_num(), plain.scores.nan_to_num())

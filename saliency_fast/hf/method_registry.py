@@ -16,10 +16,7 @@ import torch
 
 # ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
 _IG_KWARGS = frozenset({"n_steps", "quadrature", "internal_batch_size", "rtol", "atol", "min_steps", "max_steps", "dtype"})
-_NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "generator", "dtype"})
-# SmoothGrad's noise when none is asked for: 10 % of each example's spread. captum's default
-# (an absolute 1.0) is about 20x the spread of typical word embeddings and drowns the signal.
-DEFAULT_RELATIVE_STDEV = 0.1
+_NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed", "dtype"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,9 +136,20 @@ def _integrated_gradients(forward, inputs, baselines, additional_forward_args, k
     return MethodOutput(attr, delta.detach().abs(), ig.last_n_steps)
 
 
-def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype) -> MethodOutput:
+def noise_options(kwargs: dict) -> dict:
+    """SmoothGrad/VarGrad options with their defaults: 5 samples; noise of 10 % of each example's
+    spread when neither ``stdevs`` nor ``stdevs_relative`` is given (captum's default, an absolute
+    1.0, is about 20x the spread of typical word embeddings and drowns the signal); ``seed``
+    (an int, or None for the global RNG) makes the noise repeatable."""
+    options = {"nt_samples": 5, "seed": None, **kwargs}
     if "stdevs" not in kwargs and "stdevs_relative" not in kwargs:
-        kwargs.update(stdevs=DEFAULT_RELATIVE_STDEV, stdevs_relative=True)
+        options.update(stdevs=0.1, stdevs_relative=True)
+    return options
+
+
+def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype) -> MethodOutput:
+    kwargs = noise_options(kwargs)
+    kwargs["generator"] = kwargs.pop("seed")
     tunnel = _method_class("NoiseTunnel")(_method_class("Saliency")(forward, dtype=dtype))
     attr = tunnel.attribute(
         inputs, nt_type=spec.name, additional_forward_args=additional_forward_args, abs=False, **kwargs
