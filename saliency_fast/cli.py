@@ -1,15 +1,35 @@
-"""Command line: ``saliency-fast info`` (more commands land with the Explainer)."""
+"""Command line: ``saliency-fast explain TEXT``, ``saliency-fast batch ...``, ``saliency-fast info``.
+
+Bad arguments and failures print one line to stderr and exit with status 2 (no traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pathlib
+import re
 import sys
+
+EXPLAIN_TASKS = ("auto", "classify", "tagging", "generate", "similarity", "zero-shot")
+DEFAULT_LABELS = ("positive", "negative")
+DEFAULT_OUT = "saliency_out"
+DEFAULT_MAX_NEW_TOKENS = 10
+OUTPUT_NAMES = ("attribution.json", "attribution.html", "attribution.png")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as the CLI's one-line errors (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saliency-fast", description="Fast gradient saliency for transformers.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="saliency-fast", description="Fast gradient saliency for transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_explain_parser(sub)
     sub.add_parser("info", help="show which backend (native CPU/CUDA or reference) is active and why")
     from saliency_fast.jobs.cli import add_parser as add_batch_parser
 
@@ -24,3 +44,149 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
     return 2
+
+
+# ----------------------------------------------------------------------------------- explain
+
+
+def _add_explain_parser(sub) -> None:
+    parser = sub.add_parser(
+        "explain", help="attribute one text and write attribution.json/.html/.png",
+        description="Attribute one text (or a prompt's continuation, --task generate) to its tokens: print the "
+        "coloured tokens and write attribution.json, attribution.html and attribution.png to --out. Without "
+        "--model, the embedded all-MiniLM-L6-v2 scores the text as a zero-shot sentiment classifier "
+        f"(labels {','.join(DEFAULT_LABELS)}), offline.",
+    )
+    parser.add_argument("text", help="the text to explain (for --task generate: the prompt)")
+    parser.add_argument("--model", help="a local Hugging Face model directory or hub id (default: the embedded "
+                        "all-MiniLM-L6-v2)")
+    parser.add_argument("--task", choices=EXPLAIN_TASKS, default="auto",
+                        help="what the model does (default: auto, from the model class; zero-shot for the default model)")
+    parser.add_argument("--method", default="saliency",
+                        help="saliency, input_x_gradient, integrated_gradients, smoothgrad, vargrad, occlusion, "
+                        "attention, discretized_integrated_gradients, sequential_integrated_gradients")
+    parser.add_argument("--target", help="class index or label name (default: the prediction); for --task generate "
+                        "the function of each generated token attributed: logit (default), prob, logprob, loss")
+    parser.add_argument("--score", help="the scalar attributed: logit, prob, logprob, loss (classification heads); "
+                        "margin, cosine (zero-shot); cosine (similarity)")
+    parser.add_argument("--aggregate", default="l2", help="how the embedding dim becomes one score: l2 (default), "
+                        "sum, abs_sum, dot")
+    parser.add_argument("--baseline", default="pad", help="baseline of path methods: pad (default), mask, unk, zero")
+    parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels (default: positive,negative)")
+    parser.add_argument("--reference", help="similarity: the reference text")
+    parser.add_argument("--max-new-tokens", type=_positive_int, help="generate: tokens to generate greedily "
+                        f"(default {DEFAULT_MAX_NEW_TOKENS} unless --generated-text is given)")
+    parser.add_argument("--generated-text", help="generate: the full text (prompt + continuation) to force")
+    parser.add_argument("--n-steps", type=_positive_int, help="steps of path methods (integrated gradients, ...)")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
+    parser.set_defaults(handler=_run_explain)
+
+
+def _labels(value: str) -> list[str]:
+    labels = [label.strip() for label in value.split(",")]
+    if len(labels) < 2 or not all(labels):
+        raise argparse.ArgumentTypeError(f"expected at least two comma-separated non-empty labels, got {value!r}")
+    return labels
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    try:
+        result = _explain(args)
+        paths = _write_outputs(result, pathlib.Path(args.out))
+    except KeyboardInterrupt:
+        print("saliency-fast explain: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
+        print(f"saliency-fast explain: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    result.show()
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _explain(args: argparse.Namespace):
+    explainer = _load_explainer(args)
+    method_kwargs = {"n_steps": args.n_steps} if args.n_steps is not None else {}
+    common = dict(method=args.method, aggregate=args.aggregate, baseline=args.baseline, **method_kwargs)
+    if explainer.task == "generate":
+        if args.score is not None:
+            raise ValueError("--score does not apply to --task generate; use --target logit|prob|logprob|loss")
+        max_new = args.max_new_tokens
+        if max_new is None and args.generated_text is None:
+            max_new = DEFAULT_MAX_NEW_TOKENS
+        return explainer.attribute_generation(
+            args.text, max_new_tokens=max_new, generated_text=args.generated_text,
+            target=args.target or "logit", **common,
+        )
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--generated-text", args.generated_text)):
+        if value is not None:
+            raise ValueError(f"{flag} applies only to --task generate; this model's task is {explainer.task!r}")
+    return explainer.attribute(
+        args.text, target=_class_target(args.target), score=args.score, reference=args.reference, progress=True,
+        **common,
+    )
+
+
+def _load_explainer(args: argparse.Namespace):
+    task, labels = args.task, args.labels
+    if args.model is None:
+        task = "zero-shot" if task == "auto" else task
+        if task not in ("zero-shot", "similarity"):
+            raise ValueError(f"--task {task} needs --model: the embedded all-MiniLM-L6-v2 does zero-shot and similarity")
+    else:
+        _check_model_path(args.model)
+    if task == "zero-shot" and labels is None:
+        labels = list(DEFAULT_LABELS)
+    import torch
+
+    from saliency_fast.hf.explainer import Explainer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model is None:
+        from saliency_fast.hf.default_model import default_model
+
+        print("loading the embedded all-MiniLM-L6-v2 ...", file=sys.stderr)
+        return Explainer(*default_model(), task=task, labels=labels, device=device)
+    print(f"loading {args.model} ...", file=sys.stderr)
+    return Explainer.from_pretrained(args.model, task=task, labels=labels, device=device)
+
+
+def _check_model_path(model: str) -> None:
+    """A path (not a hub id) must exist: fail before transformers tries the network."""
+    looks_like_path = model.startswith((".", "~", os.sep)) or model.count("/") > 1  # hub ids: "name", "org/name"
+    path = pathlib.Path(model).expanduser()
+    if looks_like_path and not path.exists():
+        raise ValueError(f"--model {model!r}: no such directory")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--model {model!r} is a file; expected a model directory (config.json, weights, tokenizer)")
+
+
+def _class_target(value: str | None):
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _write_outputs(result, out: pathlib.Path) -> list[pathlib.Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path, png_path = (out / name for name in OUTPUT_NAMES)
+    result.to_json(json_path, indent=1)
+    result.to_html(html_path)
+    result.plot(path=png_path)
+    return [json_path, html_path, png_path]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
