@@ -31,6 +31,11 @@ def _label(name: str, index: int, is_tuple: bool) -> str:
     return f"{name}[{index}]" if is_tuple else name
 
 
+def input_label(index: int, count: int) -> str:
+    """``inputs`` for a lone input, ``inputs[i]`` in a tuple of several."""
+    return "inputs" if count == 1 else f"inputs[{index}]"
+
+
 def check_finite(label: str, value: torch.Tensor, what: str = "") -> None:
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{label} contains NaN or inf{what}")
@@ -211,7 +216,7 @@ class Target:
         output = _output_tensor(output)
         if self.shared is not None:
             index = self.shared
-            if len(index) > output.dim() - 1:
+            if index and len(index) > output.dim() - 1:
                 raise ValueError(
                     f"target {index if len(index) > 1 else index[0]!r} needs {len(index)} output dims after "
                     f"the batch dim, but the forward output has shape {tuple(output.shape)}"

@@ -45,7 +45,8 @@ class GradientAttribution:
         caller)."""
         grads = _common.input_gradients(self.forward_func, inputs, target, args, self.dtype)
         for i, grad in enumerate(grads):
-            _common.check_finite(f"the gradient w.r.t. inputs[{i}]", grad, " (the forward function is not finite there)")
+            label = _common.input_label(i, len(grads))
+            _common.check_finite(f"the gradient w.r.t. {label}", grad, " (the forward function is not finite there)")
         return grads
 
     def _prepare(self, inputs, target, additional_forward_args):

@@ -84,14 +84,19 @@ def accumulate_path(
     multiply_by_inputs: bool = True,
     examples: torch.Tensor | None = None,
     progress=None,
+    ends: tuple[_common.Tensors, _common.Tensors] | None = None,
 ) -> None:
     """Add ``(x - b) * sum_k w[k] * grad(b + alphas[k] (x - b))`` into every ``accumulators[r]`` with
     its own weights ``weight_rows[r]`` (one gradient evaluation serves several rules), in chunks of
-    ``chunk_steps`` points."""
+    ``chunk_steps`` points.
+
+    ``ends``: the ``(values, baselines)`` the gradients are taken w.r.t. and multiplied by, when they
+    are not the interpolated tensors themselves (layer IG along the input path: the inputs move, the
+    gradients are w.r.t. a layer's activations); default ``(inputs, baselines)``."""
     n_examples = inputs[0].shape[0]
     n_points = alphas.shape[0]
     chunk_steps = n_points if chunk_steps is None else chunk_steps
-    ends = _path_ends(inputs, baselines, multiply_by_inputs)
+    ends = _path_ends(*(ends or (inputs, baselines)), multiply_by_inputs)
     device = inputs[0].device
     alphas = alphas.to(device)
     weight_rows = [w.to(device) for w in weight_rows]
@@ -123,16 +128,18 @@ def integrate_path(
     *,
     multiply_by_inputs: bool = True,
     progress=None,
+    ends: tuple[_common.Tensors, _common.Tensors] | None = None,
 ) -> _common.Tensors:
     """The path integral of a fixed rule ``(alphas, weights)`` (see :mod:`quadrature`) from each
-    baseline to its input, in float32 buffers (float64 for float64 inputs), shaped like the inputs.
+    baseline to its input, in float32 buffers (float64 for float64 inputs), shaped like the inputs
+    (like ``ends[0]`` when ``ends`` is given, see :func:`accumulate_path`).
 
     ``multiply_by_inputs=False`` leaves out the ``(x - b)`` factor (the weighted mean gradient).
     """
-    accumulators = new_accumulators(inputs)
+    accumulators = new_accumulators(inputs if ends is None else ends[0])
     accumulate_path(
         gradient_fn, inputs, baselines, alphas, [weights], [accumulators], chunk_steps,
-        multiply_by_inputs=multiply_by_inputs, progress=progress,
+        multiply_by_inputs=multiply_by_inputs, progress=progress, ends=ends,
     )
     return accumulators
 
@@ -327,7 +334,8 @@ class IntegratedGradients(GradientAttribution):
                     delta = completeness_sums(attributions, inputs, baselines, self.multiplies_by_inputs) - change
         for i, value in enumerate(attributions):
             _common.check_finite(
-                f"the integrated gradients of inputs[{i}]", value, " (the forward function has NaN/inf gradients on the path)"
+                f"the integrated gradients of {_common.input_label(i, len(inputs))}", value,
+                " (the forward function has NaN/inf gradients on the path)",
             )
         self.last_convergence_delta = delta
         result = _common.format_output(is_tuple, tuple(a.to(x.dtype) for a, x in zip(attributions, inputs)))
