@@ -181,6 +181,8 @@ class Explainer:
             raise ValueError("this Explainer's task is 'generate' (a causal LM): use attribute_generation(prompt, ...)")
         spec = method_registry.resolve_method(method)
         method_registry.check_method_kwargs(spec, method_kwargs)
+        if spec.family == "attention":
+            check_attention_layers(method_kwargs.get("layers", "last"))
         items, single = model_io.check_texts(texts)
         _check_aggregate(aggregate)
         self._check_baseline(baseline)
@@ -403,8 +405,6 @@ class Explainer:
     def _attention(self, task, batch, positions, layers):
         """Attention paid by the task's query position(s) to every token: heads averaged, the
         last layer (``layers="last"``) or the mean over layers (``"mean"``), plus every layer."""
-        if layers not in ATTENTION_LAYERS:
-            raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
         with _eager_attention(self.model), torch.no_grad():
             embeds = self.embedding(batch.input_ids)
             out = task.run_model(embeds, batch.attention_mask, batch.token_type_ids, batch.position_ids,
@@ -473,6 +473,11 @@ def _stack_extra(extras: list[torch.Tensor | None], device) -> torch.Tensor | No
 
 def _baseline_id(tokenizer, baseline) -> int | None:
     return model_io.baseline_token_id(tokenizer, baseline) if isinstance(baseline, str) else None
+
+
+def check_attention_layers(layers) -> None:
+    if not isinstance(layers, str) or layers not in ATTENTION_LAYERS:
+        raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
 
 
 def _check_aggregate(aggregate) -> None:
