@@ -95,14 +95,15 @@ def _gpt2_classifier():
     return transformers.GPT2ForSequenceClassification(config).eval(), tok
 
 
-CASES = {
-    "classify": (lambda: (tiny_bert("classification"), bert_tokenizer()), {}, {}),
-    "decoder_classify": (_gpt2_classifier, {}, {}),
-    "tagging": (lambda: (tiny_bert("tagging"), bert_tokenizer()), {}, {}),
+IG2 = {"method": "integrated_gradients", "n_steps": 2}
+CASES = {  # model and tokenizer, Explainer options, attribute options
+    "classify": (lambda: (tiny_bert("classification"), bert_tokenizer()), {}, IG2),
+    "decoder_classify": (_gpt2_classifier, {}, IG2),
+    "tagging": (lambda: (tiny_bert("tagging"), bert_tokenizer()), {}, {"method": "saliency"}),  # a row per token
     "multiple_choice": (lambda: (tiny_bert("multiple_choice"), bert_tokenizer()), {},
-                        {"choices": ["yes it is", "no", "maybe later today"], "target": "all", "score": "prob"}),
-    "similarity": (lambda: (tiny_bert("base"), bert_tokenizer()), {"reference": "a good film"}, {}),
-    "zero-shot": (lambda: (tiny_bert("base"), bert_tokenizer()), {"labels": ["good", "bad", "long"]}, {}),
+                        {**IG2, "choices": ["yes it is", "no", "maybe later today"], "target": "all", "score": "prob"}),
+    "similarity": (lambda: (tiny_bert("base"), bert_tokenizer()), {"reference": "a good film"}, IG2),
+    "zero-shot": (lambda: (tiny_bert("base"), bert_tokenizer()), {"labels": ["good", "bad", "long"]}, IG2),
 }
 
 
@@ -112,10 +113,9 @@ def test_a_batch_of_different_lengths_equals_one_text_at_a_time(case):
     model, tok = make()
     explainer = Explainer(model, tok, batch_size=2, **init)
     texts = ["the movie was good", "bad", "a very terrible movie and it was not good"]
-    kwargs = {"method": "integrated_gradients", "n_steps": 2, **call}
-    batched = explainer.attribute(texts, **kwargs)
+    batched = explainer.attribute(texts, **call)
     for text, together in zip(texts, batched):
-        alone = explainer.attribute(text, **kwargs)
+        alone = explainer.attribute(text, **call)
         pairs = zip(together, alone) if isinstance(alone, list) else [(together, alone)]
         for a, b in pairs:
             assert a.tokens == b.tokens and a.targets == b.targets
@@ -295,8 +295,8 @@ def test_minilm_zero_shot_sentiment_points_at_the_sentiment_words():
     model, tok = minilm()
     explainer = Explainer(model, tok, labels=["positive", "negative"])
     text = "This movie was incredibly bad, I hated every second of it."
-    for method in ("saliency", "integrated_gradients"):
-        result = explainer.attribute(text, method=method)
+    for method, kwargs in (("saliency", {}), ("integrated_gradients", {"n_steps": 16})):
+        result = explainer.attribute(text, method=method, **kwargs)
         assert result.metadata["prediction"] == "negative" and result.targets == ["negative"]
         top = {token for token, _ in result.top_k(2)[0]}
         assert top == {"bad", "hated"}, (method, result.top_k(5))
@@ -305,7 +305,7 @@ def test_minilm_zero_shot_sentiment_points_at_the_sentiment_words():
 def test_minilm_similarity_matches_sentence_embeddings_and_finds_the_shared_topic():
     model, tok = minilm()
     text, reference = "A man is playing a guitar on the street.", "Someone is making music."
-    result = Explainer(model, tok).attribute(text, reference=reference, method="integrated_gradients")
+    result = Explainer(model, tok).attribute(text, reference=reference, method="integrated_gradients", n_steps=16)
     with torch.no_grad():
         def embed(t):
             enc = tok(t, return_tensors="pt")
