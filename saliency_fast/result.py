@@ -108,12 +108,14 @@ class AttributionResult:
         if not _is_int(k) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         scores, meaningful = self.token_scores(), self.meaningful()
-        rows = []
-        for row, keep in zip(scores, meaningful):
-            magnitude = torch.where(keep, row.abs(), torch.full_like(row, -1.0))
-            order = torch.argsort(magnitude, descending=True, stable=True)[: min(k, int(keep.sum()))]
-            rows.append([(self.tokens[i], float(row[i])) for i in order.tolist()])
-        return rows
+        magnitude = torch.where(meaningful, scores.abs(), torch.full_like(scores, -1.0))
+        picks = magnitude.topk(min(k, magnitude.shape[1]), dim=1).indices
+        values = scores.gather(1, picks).tolist()
+        counts = meaningful.sum(1).tolist()
+        return [
+            [(self.tokens[i], value) for i, value in zip(row_picks[:count], row_values)]
+            for row_picks, row_values, count in zip(picks.tolist(), values, counts)
+        ]
 
     def __repr__(self) -> str:
         shown = ", ".join(repr(t) for t in self.targets[:3]) + (", ..." if len(self.targets) > 3 else "")

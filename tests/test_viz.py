@@ -260,3 +260,26 @@ def test_views_of_three_dim_scores_sum_the_embedding_dim():
     assert 'title="-3.5"' in result.to_html()
     assert "b (-3.5)" in console_text(result)
 
+
+
+def test_long_generations_stay_viewable():
+    """4,096 tokens: the page and the terminal show the first rows and say so; nothing explodes."""
+    n_prompt, n = 4000, 4096
+    scores = torch.rand(n - n_prompt, n)
+    mask = torch.arange(n)[None, :] < torch.arange(n_prompt, n)[:, None]
+    scores[~mask] = NAN
+    tokens = [f"t{i}" for i in range(n)]
+    result = AttributionResult(tokens=tokens, scores=scores, targets=tokens[n_prompt:], mask=mask,
+                               metadata={"task": "generate", "n_prompt_tokens": n_prompt})
+    page = result.to_html()
+    shown = html_view.MAX_CELLS // n
+    assert page.count("<tr>") == 1 + shown and f"showing the first {shown} of {n - n_prompt} targets" in page
+    assert len(page) < 100 * html_view.MAX_CELLS
+    console = Console(record=True, file=io.StringIO(), width=120)
+    result.show(console=console)
+    text = console.export_text()
+    assert f"showing the first 32 of {n - n_prompt} targets" in text
+    assert f"showing the 64 of {n_prompt + 31} source tokens with the largest scores" in text
+    # the strongest source of the shown targets has its row
+    best = int(result.scores[:32].nan_to_num(0).abs().amax(0).argmax())
+    assert any(line.startswith(f"│t{best} ") for line in text.splitlines())

@@ -3,6 +3,7 @@ markup strings), so a token like ``[bold]`` or ``[/]`` prints as itself."""
 
 from __future__ import annotations
 
+import torch
 from rich.color import Color
 from rich.console import Console, Group
 from rich.style import Style
@@ -15,6 +16,8 @@ from saliency_fast.viz.scale import (
 
 CELL_WIDTH = 7
 GENERATION_TOP = 3
+MAX_TARGETS = 32
+MAX_SOURCES = 64
 HEADER_KEYS = ("task", "model", "method", "target", "aggregate", "normalization", "word_aggregation")
 
 
@@ -32,14 +35,19 @@ def render(result, console: Console | None = None, top: int = 5) -> None:
     scores, keep = result.token_scores(), result.meaningful()
     limit = color_limit(scores, keep)
     parts = [_header(result), _legend(limit)]
+    # the terminal gets the first rows; the HTML and JSON have more
+    n_rows = min(len(result.targets), MAX_TARGETS)
+    scores, keep = scores[:n_rows], keep[:n_rows]
     if result.is_generation:
         parts += _generation_tables(result, scores, keep, limit, console.width)
-        parts += _top_lines(result, min(top, GENERATION_TOP))
+        parts += _top_lines(result, min(top, GENERATION_TOP), n_rows)
     else:
         for label, row, row_keep, best in zip(result.targets, scores, keep, result.top_k(top)):
             parts.append(Text.assemble(("target ", "dim"), (display_token(label), "bold")))
             parts.append(_token_line(result.tokens, row, row_keep, limit))
             parts.append(_top_text(best))
+    if n_rows < len(result.targets):
+        parts.append(Text(f"showing the first {n_rows} of {len(result.targets)} targets", style="dim"))
     console.print(Group(*parts))
 
 
@@ -76,39 +84,46 @@ def _top_text(best: list[tuple[str, float]], prefix: str = "top ") -> Text:
     return text
 
 
-def _top_lines(result, top: int) -> list[Text]:
+def _top_lines(result, top: int, n_rows: int) -> list[Text]:
     lines = [Text("top source tokens per generated token", style="bold")]
-    for label, best in zip(result.targets, result.top_k(top)):
+    for label, best in zip(result.targets[:n_rows], result.top_k(top)):
         lines.append(Text.assemble((display_token(label), "bold"), ": ") + _top_text(best, prefix=""))
     return lines
 
 
-def _generation_tables(result, scores, keep, limit: float, width: int) -> list[Table]:
-    """Rows: every token of the sequence; columns: generated tokens, split into tables that fit."""
+def _generation_tables(result, scores, keep, limit: float, width: int) -> list:
+    """Rows: source tokens; columns: generated tokens, split into tables that fit the width."""
     n_prompt = result.metadata.get("n_prompt_tokens", len(result.tokens))
-    token_width = min(24, max(len("token"), *(len(display_token(t)) for t in result.tokens)) + 2)
+    sources = _shown_sources(scores, keep)
+    token_width = min(24, max(len("token"), *(len(display_token(result.tokens[i])) for i in sources)) + 2)
     per_table = max(1, (width - token_width - 4) // (CELL_WIDTH + 3))
-    n_rows_used = min(len(result.tokens), _last_source(keep) + 1)
-    tables = []
-    for first in range(0, len(result.targets), per_table):
-        columns = range(first, min(first + per_table, len(result.targets)))
+    values, kept = scores[:, sources].T.tolist(), keep[:, sources].T.tolist()  # [source][target]
+    parts = []
+    for first in range(0, len(scores), per_table):
+        columns = range(first, min(first + per_table, len(scores)))
         table = Table(show_header=True, header_style="bold", pad_edge=False)
         table.add_column(Text("token"), no_wrap=True, max_width=token_width)
         for j in columns:
             table.add_column(Text(display_token(result.targets[j])), justify="right", width=CELL_WIDTH, no_wrap=True)
-        for i in range(n_rows_used):
+        for i, row_values, row_kept in zip(sources, values, kept):
             label = Text(display_token(result.tokens[i]), style="" if i < n_prompt else "italic")
             cells = [
-                Text(format_score(float(scores[j, i])), style=_style(float(scores[j, i]), True, limit))
-                if bool(keep[j, i]) else Text("")
+                Text(format_score(row_values[j]), style=_style(row_values[j], True, limit)) if row_kept[j] else Text("")
                 for j in columns
             ]
             table.add_row(label, *cells)
-        tables.append(table)
-    return tables
+        parts.append(table)
+    n_used = int(keep.any(dim=0).sum())
+    if len(sources) < n_used:
+        parts.append(Text(f"showing the {len(sources)} of {n_used} source tokens with the largest scores", style="dim"))
+    return parts
 
 
-def _last_source(keep) -> int:
-    """Index of the last token that is a meaningful source for some row (later ones are empty rows)."""
-    used = keep.any(dim=0).nonzero()
-    return int(used.max()) if used.numel() else keep.shape[1] - 1
+def _shown_sources(scores, keep) -> list[int]:
+    """Token positions that get a table row: those with a score for some shown target; past
+    MAX_SOURCES of them, the ones with the largest |score|, in sequence order."""
+    magnitude = torch.where(keep, scores.abs(), torch.full_like(scores, -1.0)).amax(dim=0)
+    used = keep.any(dim=0)
+    if int(used.sum()) <= MAX_SOURCES:
+        return used.nonzero().flatten().tolist() or [0]
+    return sorted(magnitude.topk(MAX_SOURCES).indices.tolist())

@@ -29,6 +29,7 @@ _CSS = f"""
 HEADER_KEYS = (
     "task", "model", "method", "target", "aggregate", "baseline", "n_steps", "normalization", "word_aggregation",
 )
+MAX_CELLS = 200_000  # coloured cells per page
 _CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 
@@ -50,7 +51,12 @@ def fragment(result) -> str:
     """The view as one ``<div>`` with its own ``<style>`` (for Jupyter and embedding)."""
     scores, keep = result.token_scores(), result.meaningful()
     limit = color_limit(scores, keep)
+    # a page stays loadable: long generations show their first rows (the JSON has them all)
+    n_rows = max(1, min(len(result.targets), MAX_CELLS // len(result.tokens)))
+    scores, keep = scores[:n_rows], keep[:n_rows]
     body = _matrix(result, scores, keep, limit) if result.is_generation else _rows(result, scores, keep, limit)
+    if n_rows < len(result.targets):
+        body += f'<div class="meta">showing the first {n_rows} of {len(result.targets)} targets</div>'
     return f'<div class="sf-attr"><style>{_CSS}</style>{_header(result)}{_legend(limit)}{body}</div>'
 
 

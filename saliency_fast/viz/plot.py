@@ -19,6 +19,7 @@ KINDS = ("auto", "bars", "heatmap")
 MAX_BAR_ROWS = 16
 MAX_TICK_LABELS = 120
 MAX_LABEL_CHARS = 20
+MAX_INCHES = (30.0, 20.0)  # width, height: a 4,096-token heatmap stays a few megapixels
 
 
 def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -49,7 +50,7 @@ def figure(result, kind: str = "auto", path=None) -> Figure:
     if path is not None:
         with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Glyph .* missing from")
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=100)  # constrained layout: labels fit already
     return fig
 
 
@@ -77,7 +78,7 @@ def _title(result) -> str:
 
 def _bars(result, values: np.ndarray, limit: float) -> Figure:
     n_rows, n_tokens = values.shape
-    width = min(40.0, max(6.0, 0.32 * n_tokens + 1.5))
+    width = min(MAX_INCHES[0], max(6.0, 0.32 * n_tokens + 1.5))
     fig = Figure(figsize=(width, 2.8 * n_rows + 0.6), layout="constrained")
     axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
     positions = np.arange(n_tokens)
@@ -98,8 +99,8 @@ def _bars(result, values: np.ndarray, limit: float) -> Figure:
 
 def _heatmap(result, values: np.ndarray, limit: float) -> Figure:
     n_rows, n_tokens = values.shape
-    width = min(40.0, max(6.0, 0.32 * n_tokens + 3.0))
-    height = min(40.0, max(3.0, 0.3 * n_rows + 2.0))
+    width = min(MAX_INCHES[0], max(6.0, 0.32 * n_tokens + 3.0))
+    height = min(MAX_INCHES[1], max(3.0, 0.3 * n_rows + 2.0))
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(
