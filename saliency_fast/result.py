@@ -25,7 +25,7 @@ _SPACE_MARKERS = ("Ġ", "▁")
 _TENSOR_FIELDS = ("scores", "mask", "layer_scores")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # field-wise == would ask a tensor for its truth value
 class AttributionResult:
     """Scores of every input token for each target (class, generated token, tagged token, ...).
 

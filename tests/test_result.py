@@ -107,6 +107,8 @@ def test_token_scores_and_meaningful():
 def test_repr_names_task_and_shape():
     text = repr(classification())
     assert "task='classify'" in text and "scores=(2, 6)" in text and "'positive'" in text
+    result = classification()
+    assert result == result and result != classification()  # identity, never a tensor truth-value error
 
 
 # ----------------------------------------------------------------------------- top_k
