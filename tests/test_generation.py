@@ -124,6 +124,22 @@ def test_integrated_gradients_equal_naive_loop_and_complete(explainer):
     assert max(fine.metadata["completeness_error"]) < 1e-3
 
 
+def test_integrated_gradients_auto_steps_reach_the_tolerance(explainer):
+    result = run(explainer, "integrated_gradients", target="logit", aggregate="sum", baseline="unk", n_steps="auto",
+                 rtol=1e-3)
+    steps, errors = result.metadata["n_steps"], result.metadata["completeness_error"]
+    assert len(steps) == N_TOKENS - N_PROMPT and set(steps) <= {3, 7, 15, 31, 63, 127}
+    ids = full_ids(explainer)
+    x = explainer.embedding(ids).detach()
+    b = explainer.embedding(torch.full_like(ids, explainer.tokenizer.unk_token_id)).detach()
+    with torch.no_grad():
+        for row, t in enumerate(range(N_PROMPT, N_TOKENS)):
+            change = prefix_score(explainer.model, x[:t], int(ids[t]), "logit") - prefix_score(
+                explainer.model, b[:t], int(ids[t]), "logit")
+            assert abs(float(result.scores[row, :t].sum()) - float(change)) == pytest.approx(errors[row], abs=1e-5)
+            assert errors[row] <= 1e-3 * abs(float(change))
+
+
 @pytest.mark.parametrize("kind", ["smoothgrad", "vargrad"])
 def test_noise_tunnel_equals_naive_loop_with_same_noise(explainer, kind):
     ours = run(explainer, kind, target="logit", aggregate="none", nt_samples=3, stdevs=0.05, seed=7)
@@ -329,7 +345,8 @@ def test_non_finite_gradients_are_reported():
     ({"baseline": "random"}, ValueError, "baseline"),
     ({"baseline": torch.zeros(5, 32)}, ValueError, "rows"),
     ({"method": "integrated_gradients", "n_steps": 0}, ValueError, "n_steps"),
-    ({"method": "integrated_gradients", "n_steps": "auto"}, ValueError, "n_steps"),
+    ({"method": "integrated_gradients", "n_steps": "many"}, ValueError, "n_steps"),
+    ({"method": "integrated_gradients", "n_steps": "auto", "quadrature": "riemann_left"}, ValueError, "quadrature"),
     ({"method": "attention", "layers": "first"}, ValueError, "layers"),
     ({"method": "saliency", "n_steps": 3}, TypeError, "n_steps"),
     ({"lm_head": "rows"}, ValueError, "lm_head"),

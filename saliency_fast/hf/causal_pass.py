@@ -23,7 +23,7 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from saliency_fast import ops
+from saliency_fast.methods import integrated_gradients as ig
 from saliency_fast.hf.explainer import NonFiniteAttributionError, _eager_attention
 from saliency_fast.hf.lm_head import CausalLMScorer
 
@@ -98,37 +98,63 @@ class CausalPass:
         return torch.autocast(device_type=self.embeds.device.type, dtype=self.dtype)
 
     @contextlib.contextmanager
-    def progress_bar(self, total: int, desc: str):
-        with tqdm(total=total, desc=desc, unit="batch", disable=not self.progress or total <= 1) as bar:
+    def progress_bar(self, total: int | None, desc: str):
+        """A bar over gradient batches (``total=None``: not known in advance)."""
+        quiet = not self.progress or (total is not None and total <= 1)
+        with tqdm(total=total, desc=desc, unit="batch", disable=quiet) as bar:
             self._bar = bar
             try:
                 yield
             finally:
                 self._bar = None
 
-    def scores(self, points: torch.Tensor, chunk: Chunk | None = None) -> torch.Tensor:
-        """Target scores ``[B, T_chunk]`` of ``points`` (``[B, L, D]``); the whole set when no chunk."""
-        sl = slice(None) if chunk is None else slice(chunk.start, chunk.end)
+    def scores(self, points: torch.Tensor, chunk: Chunk | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
+        """Target scores ``[B, T_chunk]`` of ``points`` (``[B, L, D]``); the whole set when no chunk,
+        only the targets ``subset`` (indices within the chunk) when given."""
+        positions, token_ids = self.positions, self.token_ids
+        if chunk is not None:
+            positions, token_ids = positions[chunk.start : chunk.end], token_ids[chunk.start : chunk.end]
+        if subset is not None:
+            positions, token_ids = positions[subset], token_ids[subset]
         with self.autocast():
-            out = self.scorer.scores(points, self.positions[sl], self.token_ids[sl], self.target)
+            out = self.scorer.scores(points, positions, token_ids, self.target)
         return out.float()
 
-    def gradients(self, points: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-        """``d score_i / d points`` for every target ``i`` of ``chunk``: ``[T_chunk, B, L, D]``.
+    def gradients(self, points: torch.Tensor, chunk: Chunk, subset: torch.Tensor | None = None) -> torch.Tensor:
+        """``d score_i / d points`` for every target ``i`` of ``chunk`` (or of its ``subset``):
+        ``[T_chunk, B, L, D]``.
 
         One forward for the batch of points; the backward of all targets at once (batched
         grad_outputs, one one-hot per target), w.r.t. the points only.
         """
         points = points.detach().requires_grad_(True)
-        scores = self.scores(points, chunk)
+        (grads,) = self.target_gradients(self.scores(points, chunk, subset), (points,))
+        return grads
+
+    def total_change(self, baseline: torch.Tensor) -> torch.Tensor:
+        """``F(x) - F(baseline)`` of every target ``[T]`` (float32, CPU), at full precision as the
+        completeness check of path methods wants it."""
+        length = self.prefix_length
+        with torch.no_grad():
+            ends = self.scorer.scores(
+                torch.stack([self.embeds[:length], baseline[:length]]), self.positions, self.token_ids, self.target
+            ).float()
+        change = (ends[0] - ends[1]).cpu()
+        if not bool(torch.isfinite(change).all()):
+            raise NonFiniteAttributionError("F(x) - F(baseline) is not finite (NaN/inf in the model's scores)")
+        return change
+
+    def target_gradients(self, scores: torch.Tensor, wrt: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """``d scores[:, i] / d w`` for every target column ``i`` of ``scores`` (``[B, T_chunk]``) and
+        every tensor ``w`` of ``wrt`` (the points, or activations inside the model): ``[T_chunk, *w.shape]``
+        each, from one backward for all targets (batched grad_outputs, one one-hot per target)."""
         n = scores.shape[1]
         if n == 1:
-            (grads,) = torch.autograd.grad(scores.sum(), points)
-            grads = grads.unsqueeze(0)
+            grads = tuple(g.unsqueeze(0) for g in torch.autograd.grad(scores.sum(), wrt))
         else:
             one_hot = torch.eye(n, dtype=scores.dtype, device=scores.device).unsqueeze(1).repeat(1, scores.shape[0], 1)
-            (grads,) = torch.autograd.grad(scores, points, one_hot, is_grads_batched=True)
-        if not bool(torch.isfinite(grads).all()):
+            grads = torch.autograd.grad(scores, wrt, one_hot, is_grads_batched=True)
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
             raise NonFiniteAttributionError(
                 "gradients became NaN/inf (half-precision overflow or a NaN in the model); "
                 "try dtype=None (float32) or another target"
@@ -171,33 +197,72 @@ def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> No
             board.put(chunk, grads * x.float() if times_input else grads)
 
 
-def integrated_gradients(
-    cp: CausalPass, board: ScoreBoard, baseline: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor,
-    steps_per_batch: int,
-) -> torch.Tensor:
-    """IG of every target over its prefix (points ``baseline + alpha_k (x - baseline)``, weights
-    ``w_k``); returns each target's sum of attributions ``[T]`` (for the completeness check).
+@dataclasses.dataclass
+class PathRule:
+    """A fixed quadrature rule (``alphas``, ``weights``) or, with ``levels``, the nested rules of
+    ``n_steps="auto"`` (stop per target once ``|delta| <= atol + rtol |F(x) - F(b)|``)."""
 
-    Per chunk the unreduced attribution is accumulated in float32 by :func:`ops.ig_accumulate_`
-    step batch by step batch, so memory does not grow with ``n_steps``.
+    alphas: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    levels: tuple | None = None
+    rtol: float = 0.01
+    atol: float = 0.0
+
+
+def integrated_gradients(
+    cp: CausalPass, board: ScoreBoard, baseline: torch.Tensor, rule: PathRule, steps_per_batch: int
+) -> ig.AdaptiveResult:
+    """IG of every target over its prefix, path ``baseline + alpha (x - baseline)``.
+
+    The chunked loops of :mod:`saliency_fast.methods.integrated_gradients` run per target chunk with
+    the chunk's targets as their examples: every target of a chunk shares each path point, so one
+    forward per batch of points serves them all (:func:`_shared_point_gradients`). Returns per
+    target the path points used, the signed completeness error and whether it converged
+    (``attributions`` left empty: they went to ``board``).
     """
-    steps_per_batch = max(1, min(steps_per_batch, len(alphas)))
+    change = cp.total_change(baseline)
+    delta = torch.zeros(cp.n_targets, dtype=torch.float32)
+    n_steps = torch.zeros(cp.n_targets, dtype=torch.long)
+    converged = torch.ones(cp.n_targets, dtype=torch.bool)
+    fixed = rule.levels is None
+    steps_per_batch = max(1, min(steps_per_batch, len(rule.alphas))) if fixed else steps_per_batch
     chunks = cp.chunks(rows=steps_per_batch)
-    n_batches = -(-len(alphas) // steps_per_batch)
-    totals = torch.zeros(cp.n_targets, dtype=torch.float32)
-    with cp.progress_bar(len(chunks) * n_batches, "integrated_gradients"):
+    total = len(chunks) * -(-len(rule.alphas) // steps_per_batch) if fixed else None
+    with cp.progress_bar(total, "integrated_gradients"):
         for chunk in chunks:
-            x, b = cp.embeds[: chunk.length], baseline[: chunk.length]
-            acc = torch.zeros((chunk.size, *x.shape), dtype=torch.float32, device=x.device)
-            for k in range(0, len(alphas), steps_per_batch):
-                a, w = alphas[k : k + steps_per_batch], weights[k : k + steps_per_batch]
-                grads = cp.gradients(ops.ig_interpolate(x, b, a.to(x.dtype)), chunk)
-                with torch.no_grad():
-                    for i in range(chunk.size):
-                        ops.ig_accumulate_(acc[i], grads[i], w.to(x.dtype), x, b)
-            totals[chunk.start : chunk.end] = acc.sum((1, 2)).cpu()
-            board.put(chunk, acc)
-    return totals
+            rows = slice(chunk.start, chunk.end)
+            # the chunk's targets are the examples: the same prefix and baseline for each
+            x = cp.embeds[: chunk.length].expand(chunk.size, -1, -1).contiguous()
+            b = baseline[: chunk.length].expand(chunk.size, -1, -1).contiguous()
+            gradient_fn = _shared_point_gradients(cp, chunk)
+            if fixed:
+                (attributions,) = ig.integrate_path(gradient_fn, (x,), (b,), rule.alphas, rule.weights, steps_per_batch)
+                delta[rows] = attributions.sum((1, 2)).cpu() - change[rows]
+                n_steps[rows] = len(rule.alphas)
+            else:
+                found = ig.integrate_path_adaptive(
+                    gradient_fn, (x,), (b,), change[rows].to(x.device), rule.levels, rtol=rule.rtol, atol=rule.atol,
+                    internal_batch_size=steps_per_batch * chunk.size,
+                )
+                (attributions,) = found.attributions
+                delta[rows], n_steps[rows], converged[rows] = found.delta.cpu(), found.n_steps.cpu(), found.converged.cpu()
+            board.put(chunk, attributions)
+    return ig.AdaptiveResult((), n_steps, delta, converged)
+
+
+def _shared_point_gradients(cp: CausalPass, chunk: Chunk) -> ig.GradientFn:
+    """A gradient function (see :mod:`saliency_fast.methods.integrated_gradients`) whose examples are
+    the targets of ``chunk``: their path points coincide, so only the first example's points go
+    through the model, and one batched backward gives every target's gradients."""
+
+    def gradients(points, n_points: int, examples: torch.Tensor | None):
+        (flat,) = points  # [n_points * n_examples, L, D], point-major
+        n_examples = flat.shape[0] // n_points
+        shared = flat.view(n_points, n_examples, *flat.shape[1:])[:, 0]
+        grads = cp.gradients(shared, chunk, examples)  # [n_examples, n_points, L, D]
+        return (grads.transpose(0, 1).reshape(flat.shape),)
+
+    return gradients
 
 
 def noise_tunnel(

@@ -40,7 +40,7 @@ ENGINE_KWARGS = frozenset({"dtype", "lm_head", "max_batch_tokens", "target_batch
 _SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "vargrad", "occlusion", "attention")
 # Largest [n_generated, n_tokens, D] result aggregate="none" may build.
 _MAX_UNREDUCED_BYTES = 4 * 2**30
-_IG_DEFAULTS = {"n_steps": 50, "quadrature": "gausslegendre"}
+_IG_DEFAULTS = {"n_steps": 50, "quadrature": "gausslegendre", "rtol": 0.01, "atol": 0.0, "min_steps": 3, "max_steps": 127}
 _NOISE_DEFAULTS = {"nt_samples": 5, "stdevs": 1.0, "stdevs_relative": False, "seed": None}
 
 
@@ -73,7 +73,9 @@ def attribute_generation(
             (not used by ``occlusion`` and ``attention``, which give one number per token).
         baseline: ``pad``, ``mask``, ``unk``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``
             (``integrated_gradients`` and ``occlusion``).
-        kwargs: the method's options (``n_steps``, ``quadrature``, ``internal_batch_size``;
+        kwargs: the method's options (``n_steps`` (an int, or ``"auto"``: nested rules until the
+            completeness error is within ``atol + rtol |F(x) - F(b)|``, ``min_steps`` to ``max_steps``
+            points per target), ``quadrature``, ``internal_batch_size`` (path points per forward);
             ``nt_samples``, ``nt_samples_batch_size``, ``stdevs``, ``stdevs_relative``, ``seed``;
             ``perturbations_per_eval``; ``layers``) and the engine options of the module doc.
 
@@ -243,24 +245,34 @@ def greedy_ids(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> 
 
 
 def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> dict:
+    from saliency_fast.methods import integrated_gradients as ig
     from saliency_fast.methods import quadrature
 
     options = {**_IG_DEFAULTS, **kwargs}
-    n_steps = options["n_steps"]
-    if n_steps == "auto":
-        raise ValueError("n_steps='auto' is not available for generation; give an int number of steps")
-    alphas, weights = quadrature.nodes_and_weights(options["quadrature"], n_steps)
-    alphas, weights = alphas.to(cp.embeds.device), weights.to(cp.embeds.device)
-    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_steps)
-    totals = causal_pass.integrated_gradients(
-        cp, board, baselines, alphas, weights, _positive_int(per_batch, "internal_batch_size")
-    )
-    # completeness: sum of attributions vs F(x) - F(baseline), per target
-    length = cp.prefix_length
-    with torch.no_grad():
-        ends = cp.scores(torch.stack([cp.embeds[:length], baselines[:length]])).cpu()
-    errors = (totals - (ends[0] - ends[1])).abs()
-    return {"n_steps": n_steps, "completeness_error": [float(e) for e in errors]}
+    n_steps, method = options["n_steps"], options["quadrature"]
+    if isinstance(n_steps, str):
+        if n_steps != "auto":
+            raise ValueError(f"n_steps must be a positive int or 'auto', got {n_steps!r}")
+        if method != "gausslegendre":
+            raise ValueError(f"n_steps='auto' uses nested Gauss-Kronrod-Patterson rules: quadrature must be "
+                             f"'gausslegendre', got {method!r}")
+        for name in ("rtol", "atol"):
+            ig._check_tolerance(name, options[name])
+        rule = causal_pass.PathRule(levels=quadrature.nested_levels(options["min_steps"], options["max_steps"]),
+                                    rtol=options["rtol"], atol=options["atol"])
+        n_points = rule.levels[-1].n_nodes
+    else:
+        alphas, weights = quadrature.nodes_and_weights(method, n_steps)
+        rule = causal_pass.PathRule(alphas.to(cp.embeds.device), weights.to(cp.embeds.device))
+        n_points = n_steps
+    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points)
+    found = causal_pass.integrated_gradients(cp, board, baselines, rule, _positive_int(per_batch, "internal_batch_size"))
+    if rule.levels is not None:
+        ig._warn_unconverged(found, rule.rtol, rule.atol, options["max_steps"])
+    return {
+        "n_steps": n_steps if rule.levels is None else found.n_steps.tolist(),
+        "completeness_error": found.delta.abs().tolist(),
+    }
 
 
 def _noise_tunnel(cp, board, kind: str, kwargs: dict) -> None:
