@@ -13,6 +13,8 @@ from tests.test_methods_models import BertLogits, TokenMLP, TwoInputModel, relat
 
 TOL = 1e-5
 
+pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients")
+
 
 @pytest.fixture(scope="module")
 def bert():
@@ -158,12 +160,18 @@ def test_feature_ablation_default_mask_and_cross_tensor_features_match_captum():
 
 @pytest.mark.parametrize(
     "window,strides,ppe",
-    [((1, 8), None, 1), ((2, 3), (1, 2), 4), ((3, 8), 2, 2)],
+    [
+        (lambda d: (1, d), None, 1),  # one token at a time
+        (lambda d: (2, d // 2), lambda d: (1, 3 * d // 8), 4),  # the last window of dim 2 is cut at the border
+        (lambda d: (3, d // 4), lambda d: 2, 4),
+    ],
     ids=["token", "cut-windows", "stride-int"],
 )
 def test_occlusion_matches_captum(case, window, strides, ppe):
     model, x, kwargs = case
-    args = dict(sliding_window_shapes=window, strides=strides, perturbations_per_eval=ppe, **kwargs)
+    dim = x.shape[-1]
+    args = dict(sliding_window_shapes=window(dim), strides=strides and strides(dim), perturbations_per_eval=ppe,
+                **kwargs)
     ours = saliency_fast.Occlusion(model).attribute(x, **args)
     theirs = captum.attr.Occlusion(model).attribute(x, **args)
     assert relative_difference(ours, theirs) <= TOL

@@ -291,7 +291,8 @@ class IntegratedGradients(GradientAttribution):
         ``sum(attributions) - (F(inputs) - F(baselines))``. ``rtol``, ``atol``, ``min_steps`` and
         ``max_steps`` apply to ``n_steps="auto"`` only."""
         inputs, is_tuple, target, args = self._prepare(inputs, target, additional_forward_args)
-        baselines = _common.format_baselines(baselines, inputs, is_tuple)
+        # materialised once: every chunk reads the baselines, and the kernels want dense tensors
+        baselines = tuple(b.contiguous() for b in _common.format_baselines(baselines, inputs, is_tuple))
         _common.check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
         auto = isinstance(n_steps, str)
         if auto:

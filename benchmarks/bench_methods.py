@@ -1,0 +1,173 @@
+"""Integrated Gradients on a random BERT-base: captum 0.9 vs saliency_fast, in one process.
+
+Model: ``BertForSequenceClassification(BertConfig())`` (12 layers, hidden 768, random init),
+texts of ``--tokens`` random word pieces, IG w.r.t. the embedding output (the forward takes
+``inputs_embeds``), zero baseline, ``--steps`` Gauss-Legendre steps, the same
+``internal_batch_size`` for everyone. Rows of the table:
+
+- ``model floor``: the unavoidable work, ``steps`` points x one forward + backward to the
+  embeddings at the same chunk size (parameters frozen, inputs prepared outside the timer);
+- ``captum fp32`` / ``ours fp32``: same arguments, outputs compared (max relative difference);
+- ``ours bf16``: ``dtype=torch.bfloat16`` (autocast), error against ours fp32;
+- ``ours auto``: ``n_steps="auto"``, ``rtol=0.01``: time to a 1 % completeness error, against
+  captum's default rule (``n_steps=50``, gausslegendre; its completeness error is printed too).
+
+Contenders run interleaved, ``--repeats`` rounds, and the median is reported (the minimum too),
+which keeps a shared machine's load from favouring whoever ran first.
+
+    python benchmarks/bench_methods.py            # 3 rounds
+    python benchmarks/bench_methods.py --quick    # 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import captum.attr
+import torch
+import transformers
+from torch import nn
+
+import saliency_fast
+from saliency_fast.methods import quadrature
+
+
+class EmbedsToLogit(nn.Module):
+    """The attributed function: the classifier's logits from word embeddings."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds):
+        return self.model(inputs_embeds=embeds).logits
+
+
+def build(layers: int, batch: int, tokens: int, seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(num_hidden_layers=layers)
+    model = transformers.BertForSequenceClassification(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, config.vocab_size, (batch, tokens), generator=generator)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    with torch.no_grad():
+        embeds = model.bert.embeddings.word_embeddings(ids)
+    return EmbedsToLogit(model), embeds
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def model_floor(forward, x: torch.Tensor, target: int, steps: int, chunk_steps: int):
+    """``steps`` points' forward + backward to the embeddings, in chunks of ``chunk_steps`` points,
+    the inputs built beforehand: what any IG implementation must at least spend."""
+    alphas, _ = quadrature.gausslegendre(steps)
+    chunks = [
+        torch.cat([a * x for a in alphas[i : i + chunk_steps].tolist()])
+        for i in range(0, steps, chunk_steps)
+    ]
+
+    def run():
+        params = [p for p in forward.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            for chunk in chunks:
+                leaf = chunk.requires_grad_(True)
+                out = forward(leaf)[:, target]
+                torch.autograd.grad(out.sum(), leaf)
+                leaf.requires_grad_(False)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    return run
+
+
+def interleaved(contenders: dict, repeats: int) -> dict[str, list[float]]:
+    times = {name: [] for name in contenders}
+    for round_ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            print(f"  round {round_ + 1}/{repeats} {name}: {times[name][-1]:.2f} s", flush=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one timing round")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--internal-batch-size", type=int, default=40)
+    parser.add_argument("--target", type=int, default=1)
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+
+    forward, x = build(args.layers, args.batch, args.tokens)
+    common = dict(target=args.target, n_steps=args.steps, method="gausslegendre",
+                  internal_batch_size=args.internal_batch_size)
+    captum_ig = captum.attr.IntegratedGradients(forward)
+    ours = saliency_fast.IntegratedGradients(forward)
+    ours_bf16 = saliency_fast.IntegratedGradients(forward, dtype=torch.bfloat16)
+    ours_auto = saliency_fast.IntegratedGradients(forward)
+    results = {}
+
+    def keep(name, fn):
+        def run():
+            results[name] = fn()
+        return run
+
+    contenders = {
+        "model floor": model_floor(forward, x, args.target, args.steps, args.internal_batch_size // args.batch),
+        "captum fp32": keep("captum", lambda: captum_ig.attribute(x, **common)),
+        "ours fp32": keep("ours", lambda: ours.attribute(x, **common)),
+        "ours bf16": keep("bf16", lambda: ours_bf16.attribute(x, **common)),
+        "ours auto": keep("auto", lambda: ours_auto.attribute(
+            x, target=args.target, n_steps="auto", rtol=0.01, internal_batch_size=args.internal_batch_size,
+            return_convergence_delta=True)),
+    }
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backend {saliency_fast.info()['backend']}; "
+          f"BERT {args.layers} layers, {args.batch} x {args.tokens} tokens, {args.steps} steps, "
+          f"internal_batch_size {args.internal_batch_size}")
+    with torch.no_grad():  # warm-up: kernels, allocator, autocast paths
+        forward(x)
+    saliency_fast.IntegratedGradients(forward, dtype=torch.bfloat16).attribute(x, target=args.target, n_steps=2)
+    captum_ig.attribute(x, target=args.target, n_steps=2)
+    times = interleaved(contenders, repeats)
+
+    # outputs and accuracy (outside the timers)
+    with torch.no_grad():
+        change = forward(x)[:, args.target] - forward(torch.zeros_like(x))[:, args.target]
+    captum_error = captum_ig.compute_convergence_delta(results["captum"], 0.0, x, target=args.target)
+    auto_attr, auto_delta = results["auto"]
+    rows = [
+        ("model floor", "", ""),
+        ("captum fp32", f"completeness error {float((captum_error.abs() / change.abs()).max()):.2e}", ""),
+        ("ours fp32", f"vs captum: max rel diff {relative_difference(results['ours'], results['captum']):.1e}", ""),
+        ("ours bf16", f"vs ours fp32: max rel diff {relative_difference(results['bf16'], results['ours']):.1e}, "
+                      f"completeness error {float((ours.compute_convergence_delta(results['bf16'], 0.0, x, target=args.target).abs() / change.abs()).max()):.2e}", ""),
+        ("ours auto", f"steps used {ours_auto.last_n_steps.tolist()}, completeness error "
+                      f"{float((auto_delta.abs() / change.abs()).max()):.2e}, vs captum: max rel diff "
+                      f"{relative_difference(auto_attr, results['captum']):.1e}", ""),
+    ]
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\n{'contender':<13} {'median s':>9} {'min s':>8} {'captum/it':>10} {'it/floor':>9}  check")
+    for name, note, _ in rows:
+        print(f"{name:<13} {median[name]:>9.2f} {min(times[name]):>8.2f} "
+              f"{median['captum fp32'] / median[name]:>10.2f} {median[name] / median['model floor']:>9.2f}  {note}")
+    print(f"\nfp32 ratio captum/ours {median['captum fp32'] / median['ours fp32']:.2f}, ours/floor "
+          f"{median['ours fp32'] / median['model floor']:.3f}; bf16 ratio captum/ours-bf16 "
+          f"{median['captum fp32'] / median['ours bf16']:.2f}; time to 1 % completeness: captum default "
+          f"(50 steps) / ours auto {median['captum fp32'] / median['ours auto']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
