@@ -112,7 +112,8 @@ def test_native_backend_active():
     else:
         assert report["backend"] == "native", report["reason"]
         assert report["native_cpu"]
-        assert report["native_cuda"] == torch.cuda.is_available()
+        if torch.cuda.is_available():
+            assert report["native_cuda"], "a GPU is present but the extension has no CUDA kernels"
 
 
 # ---------------------------------------------------------------------------------------------

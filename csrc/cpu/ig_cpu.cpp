@@ -4,6 +4,7 @@
 // opmath dtype a tile at a time and results rounded once on store (see convert.h).
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -129,10 +130,18 @@ class AccumulateKernel {
   }
 
  private:
+  // Steps added per pass over the running sums (in step order: the same rounding as one by one).
+  static constexpr int kStepsPerPass = 4;
+
   // Per-thread scratch: the running sums, and widened inputs for the types that need it.
   struct Tile {
-    TileBuffer<opmath_t> sums, grads, x, baseline, partial, values;
+    TileBuffer<opmath_t> sums, x, baseline, partial, values;
+    std::array<TileBuffer<opmath_t>, kStepsPerPass> grads;
   };
+
+  // How the inner loop reads gradients: float16 is widened in bulk first (F16C, see convert.h);
+  // other types are read as stored and widened in the loop, which the compiler vectorises.
+  using grad_load_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, opmath_t, scalar_t>;
 
   // Calls body(tile, start, n, row_state) for each tile of each thread's share of rows.
   template <typename Body>
@@ -141,25 +150,48 @@ class AccumulateKernel {
     const int64_t work_per_row = std::max<int64_t>(1, dim) * std::max<int64_t>(1, args_.steps);
     const int64_t grain = std::max<int64_t>(1, kGrain / work_per_row);
     at::parallel_for(0, args_.rows, grain, [&](int64_t row_begin, int64_t row_end) {
-      Tile tile;
+      const auto tile = std::make_unique<Tile>();  // too big for every thread's stack
       opmath_t row_state{};
       const int64_t end = row_end * dim;
       for (int64_t start = row_begin * dim; start < end; start += kTile) {
         const int64_t n = std::min(kTile, end - start);
-        weighted_sum(tile, start, n);
-        body(tile, start, n, row_state);
+        weighted_sum(*tile, start, n);
+        body(*tile, start, n, row_state);
       }
     });
+  }
+
+  const grad_load_t* step_grads(int64_t k, int64_t start, int64_t n, opmath_t* scratch) const {
+    const scalar_t* g = grads_ + k * args_.numel + start;
+    if constexpr (std::is_same_v<grad_load_t, scalar_t>) {
+      return g;
+    } else {
+      return widen(g, n, scratch);
+    }
   }
 
   // tile.sums[j] = sum_k weights[k] * grads[k, start + j]: one contiguous stream per step.
   void weighted_sum(Tile& t, int64_t start, int64_t n) const {
     opmath_t* sums = t.sums.data();
     std::fill(sums, sums + n, opmath_t(0));
-    for (int64_t k = 0; k < args_.steps; ++k) {
+    int64_t k = 0;
+    for (; k + kStepsPerPass <= args_.steps; k += kStepsPerPass) {
+      std::array<const grad_load_t*, kStepsPerPass> g;
+      std::array<opmath_t, kStepsPerPass> w;
+      for (int i = 0; i < kStepsPerPass; ++i) {
+        g[i] = step_grads(k + i, start, n, t.grads[i].data());
+        w[i] = weights_[k + i];
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        opmath_t sum = sums[j];
+        for (int i = 0; i < kStepsPerPass; ++i) sum = accumulate_step(sum, w[i], static_cast<opmath_t>(g[i][j]));
+        sums[j] = sum;
+      }
+    }
+    for (; k < args_.steps; ++k) {
+      const grad_load_t* g = step_grads(k, start, n, t.grads[0].data());
       const opmath_t w = weights_[k];
-      const opmath_t* g = widen(grads_ + k * args_.numel + start, n, t.grads.data());
-      for (int64_t j = 0; j < n; ++j) sums[j] = accumulate_step(sums[j], w, g[j]);
+      for (int64_t j = 0; j < n; ++j) sums[j] = accumulate_step(sums[j], w, static_cast<opmath_t>(g[j]));
     }
   }
 
