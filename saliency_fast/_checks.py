@@ -97,3 +97,69 @@ def check_accumulate_args(grads, weights, x, baseline, reduce, partial) -> None:
                 f"partial must have dtype {' or '.join(sorted(map(str, accepted)))} (x's dtype or its "
                 f"accumulation dtype), got {partial.dtype}"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Discretized Integrated Gradients ops (saliency_fast.ops.dig_*).
+
+DIG_STRATEGIES = ("greedy", "maxcount")
+
+
+def positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def dig_strategy(value) -> None:
+    if value not in DIG_STRATEGIES:
+        raise ValueError(f"strategy must be one of {DIG_STRATEGIES}, got {value!r}")
+
+
+def _points(name: str, value, ref_name: str, ref: torch.Tensor) -> None:
+    tensor(name, value)
+    same_device(name, value, ref_name, ref)
+    same_dtype(name, value, ref_name, ref)
+
+
+def check_dig_monotonize_args(anchor, current, baseline, steps) -> None:
+    tensor("anchor", anchor)
+    floating("anchor", anchor)
+    for name, value in (("current", current), ("baseline", baseline)):
+        _points(name, value, "anchor", anchor)
+        same_shape(name, value, "anchor", anchor)
+    positive_int("steps", steps)
+
+
+def check_dig_scores_args(candidates, current, baseline, steps) -> None:
+    tensor("candidates", candidates)
+    floating("candidates", candidates)
+    if candidates.dim() != 3:
+        raise ValueError(f"candidates must have shape (N, K, D), got {tuple(candidates.shape)}")
+    _points("current", current, "candidates", candidates)
+    n, _, d = candidates.shape
+    if tuple(current.shape) != (n, d):
+        raise ValueError(
+            f"current must have shape (N, D) = ({n}, {d}) to match candidates, got {tuple(current.shape)}"
+        )
+    _points("baseline", baseline, "candidates", candidates)
+    same_shape("baseline", baseline, "current", current)
+    positive_int("steps", steps)
+
+
+def check_dig_select_args(candidates, valid, current, baseline, steps, strategy, anchor_word) -> None:
+    check_dig_scores_args(candidates, current, baseline, steps)
+    tensor("valid", valid)
+    if valid.dtype != torch.bool:
+        raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
+    same_device("valid", valid, "candidates", candidates)
+    if tuple(valid.shape) != tuple(candidates.shape[:2]):
+        raise ValueError(
+            f"valid must have shape (N, K) = {tuple(candidates.shape[:2])} to match candidates, "
+            f"got {tuple(valid.shape)}"
+        )
+    dig_strategy(strategy)
+    if anchor_word is not None:
+        _points("anchor_word", anchor_word, "candidates", candidates)
+        same_shape("anchor_word", anchor_word, "current", current)

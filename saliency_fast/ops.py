@@ -174,3 +174,107 @@ def _reduce_backward(grad_out, reduce, unreduced, shape):
 
 if _native.status().loaded:
     _register_native()
+
+
+# ---------------------------------------------------------------------------------------------
+# Discretized Integrated Gradients ops (specification: the dig_* functions in reference.py).
+# Scoring and selection are discrete decisions, not differentiable: their outputs never carry
+# gradients, on either backend. dig_monotonize is differentiable (piecewise linear).
+
+
+def _use_dig_native(name: str, device: torch.device) -> bool:
+    """Native when it is active for ``device`` and this build has the DIG kernel for it (an older
+    build of the extension may predate the DIG ops)."""
+    if not _use_native(device):
+        return False
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_native.OP_NAMESPACE}::{name}", key)
+
+
+def dig_monotonize(anchor: torch.Tensor, current: torch.Tensor, baseline: torch.Tensor, steps: int) -> torch.Tensor:
+    """DIG's monotonization of ``anchor`` between ``current`` and ``baseline``; see
+    :func:`reference.dig_monotonize`."""
+    _checks.check_dig_monotonize_args(anchor, current, baseline, steps)
+    if _use_dig_native("dig_monotonize", anchor.device):
+        return _native_op("dig_monotonize")(anchor, current, baseline, steps)
+    return reference.dig_monotonize(anchor, current, baseline, steps)
+
+
+@torch.no_grad()
+def dig_monotonic_scores(
+    candidates: torch.Tensor, current: torch.Tensor, baseline: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per candidate anchor: (monotonic dim count, correction norm); see
+    :func:`reference.dig_monotonic_scores`."""
+    _checks.check_dig_scores_args(candidates, current, baseline, steps)
+    if _use_dig_native("dig_monotonic_scores", candidates.device):
+        return tuple(_native_op("dig_monotonic_scores")(candidates, current, baseline, steps))
+    return reference.dig_monotonic_scores(candidates, current, baseline, steps)
+
+
+@torch.no_grad()
+def dig_select_anchor(
+    candidates: torch.Tensor,
+    valid: torch.Tensor,
+    current: torch.Tensor,
+    baseline: torch.Tensor,
+    steps: int,
+    strategy: str,
+    anchor_word: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused DIG step for a batch of tokens: (choice, monotonized choice); see
+    :func:`reference.dig_select_anchor`."""
+    _checks.check_dig_select_args(candidates, valid, current, baseline, steps, strategy, anchor_word)
+    if _use_dig_native("dig_select_anchor", candidates.device):
+        return tuple(
+            _native_op("dig_select_anchor")(candidates, valid, current, baseline, steps, strategy, anchor_word)
+        )
+    return reference.dig_select_anchor(candidates, valid, current, baseline, steps, strategy, anchor_word)
+
+
+def _register_dig_native() -> None:
+    lib = f"{_native.OP_NAMESPACE}::"
+    if not hasattr(torch.ops.saliency_fast, "dig_monotonize"):
+        return
+
+    @torch.library.register_fake(lib + "dig_monotonize")
+    def _(anchor, current, baseline, steps):
+        return torch.empty_like(anchor, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "dig_monotonic_scores")
+    def _(candidates, current, baseline, steps):
+        shape = candidates.shape[:2]
+        return (
+            candidates.new_empty(shape, dtype=torch.long),
+            candidates.new_empty(shape, dtype=torch.float64),
+        )
+
+    @torch.library.register_fake(lib + "dig_select_anchor")
+    def _(candidates, valid, current, baseline, steps, strategy, anchor_word=None):
+        return candidates.new_empty(candidates.shape[:1], dtype=torch.long), candidates.new_empty(current.shape)
+
+    torch.library.register_autograd(lib + "dig_monotonize", _monotonize_backward, setup_context=_monotonize_setup)
+
+
+def _monotonize_setup(ctx, inputs, output):
+    anchor, current, baseline, steps = inputs
+    ctx.steps = steps
+    ctx.save_for_backward(anchor, current, baseline)
+
+
+def _monotonize_backward(ctx, grad_out):
+    # monotonic dims pass the anchor through; the others are current - (current - baseline) / steps
+    anchor, current, baseline = ctx.saved_tensors
+    kept = reference.dig_monotonic_mask(anchor, current, baseline)
+    inv = 1.0 / ctx.steps
+    zero = torch.zeros_like(grad_out)
+    return (
+        torch.where(kept, grad_out, zero),
+        torch.where(kept, zero, grad_out * (1.0 - inv)),
+        torch.where(kept, zero, grad_out * inv),
+        None,
+    )
+
+
+if _native.status().loaded:
+    _register_dig_native()

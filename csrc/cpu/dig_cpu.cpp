@@ -1,0 +1,163 @@
+// CPU kernels of the DIG ops. Rows are split across threads; each row's per-dimension rules
+// (interval and correction target) are computed once and then applied to all its candidates.
+#include <algorithm>
+#include <optional>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "saliency_fast/dig.h"
+#include "saliency_fast/dig_args.h"
+
+namespace saliency_fast::dig {
+namespace {
+
+// Elementwise work per parallel task, as ATen uses.
+constexpr int64_t kGrain = 32768;
+
+template <typename opmath_t>
+opmath_t inverse_steps(int64_t steps) {
+  return static_cast<opmath_t>(1.0 / static_cast<double>(steps));
+}
+
+template <typename scalar_t, typename opmath_t>
+void fill_rules(const scalar_t* current, const scalar_t* baseline, int64_t d, opmath_t inv_steps,
+                std::vector<DimRule<opmath_t>>& rules) {
+  rules.resize(d);
+  for (int64_t j = 0; j < d; ++j) {
+    rules[j] = dim_rule(static_cast<opmath_t>(current[j]), static_cast<opmath_t>(baseline[j]), inv_steps);
+  }
+}
+
+// Four interleaved partial scores keep the double additions off one dependency chain.
+template <typename scalar_t, typename opmath_t>
+Score score_candidate(const scalar_t* candidate, const DimRule<opmath_t>* rules, int64_t d) {
+  Score part[4];
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4) {
+    for (int u = 0; u < 4; ++u) add_dim(part[u], static_cast<opmath_t>(candidate[j + u]), rules[j + u]);
+  }
+  for (; j < d; ++j) add_dim(part[0], static_cast<opmath_t>(candidate[j]), rules[j]);
+  return combine(combine(part[0], part[1]), combine(part[2], part[3]));
+}
+
+template <typename scalar_t, typename opmath_t>
+void monotonize_row(const scalar_t* anchor, const DimRule<opmath_t>* rules, int64_t d, scalar_t* out) {
+  for (int64_t j = 0; j < d; ++j) out[j] = static_cast<scalar_t>(monotonize(static_cast<opmath_t>(anchor[j]), rules[j]));
+}
+
+int64_t row_grain(int64_t work_per_row) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work_per_row));
+}
+
+at::Tensor dig_monotonize_cpu(const at::Tensor& anchor, const at::Tensor& current, const at::Tensor& baseline,
+                              int64_t steps) {
+  MonotonizeArgs args = prepare_monotonize(anchor, current, baseline, steps);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.anchor.scalar_type(), "dig_monotonize_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t inv = inverse_steps<opmath_t>(args.steps);
+    const scalar_t* a = args.anchor.const_data_ptr<scalar_t>();
+    const scalar_t* c = args.current.const_data_ptr<scalar_t>();
+    const scalar_t* b = args.baseline.const_data_ptr<scalar_t>();
+    scalar_t* out = args.out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, args.numel, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const auto rule = dim_rule(static_cast<opmath_t>(c[e]), static_cast<opmath_t>(b[e]), inv);
+        out[e] = static_cast<scalar_t>(monotonize(static_cast<opmath_t>(a[e]), rule));
+      }
+    });
+  });
+  return args.out;
+}
+
+std::tuple<at::Tensor, at::Tensor> dig_monotonic_scores_cpu(const at::Tensor& candidates, const at::Tensor& current,
+                                                            const at::Tensor& baseline, int64_t steps) {
+  CandidateArgs args = prepare_scores(candidates, current, baseline, steps);
+  at::Tensor counts = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kLong));
+  at::Tensor norms = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.candidates.scalar_type(), "dig_scores_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t inv = inverse_steps<opmath_t>(args.steps);
+    const scalar_t* cand = args.candidates.const_data_ptr<scalar_t>();
+    const scalar_t* against = args.scored_against.const_data_ptr<scalar_t>();
+    const scalar_t* base = args.baseline.const_data_ptr<scalar_t>();
+    int64_t* count_out = counts.mutable_data_ptr<int64_t>();
+    double* norm_out = norms.mutable_data_ptr<double>();
+    const int64_t k = args.k, d = args.d;
+    at::parallel_for(0, args.n, row_grain(k * d), [&](int64_t begin, int64_t end) {
+      std::vector<DimRule<opmath_t>> rules;
+      for (int64_t row = begin; row < end; ++row) {
+        fill_rules(against + row * d, base + row * d, d, inv, rules);
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const Score s = score_candidate(cand + (row * k + kk) * d, rules.data(), d);
+          count_out[row * k + kk] = s.count;
+          norm_out[row * k + kk] = correction_norm(s);
+        }
+      }
+    });
+  });
+  return {counts, norms};
+}
+
+std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candidates, const at::Tensor& valid,
+                                                         const at::Tensor& current, const at::Tensor& baseline,
+                                                         int64_t steps, c10::string_view strategy,
+                                                         const std::optional<at::Tensor>& anchor_word) {
+  CandidateArgs args = prepare_select(candidates, valid, current, baseline, steps,
+                                      std::string_view(strategy.data(), strategy.size()), anchor_word);
+  at::Tensor choice = at::empty({args.n}, args.candidates.options().dtype(at::kLong));
+  at::Tensor out = at::empty({args.n, args.d}, args.candidates.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.candidates.scalar_type(), "dig_select_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t inv = inverse_steps<opmath_t>(args.steps);
+    const scalar_t* cand = args.candidates.const_data_ptr<scalar_t>();
+    const bool* ok = args.valid.const_data_ptr<bool>();
+    const scalar_t* cur = args.current.const_data_ptr<scalar_t>();
+    const scalar_t* against = args.scored_against.const_data_ptr<scalar_t>();
+    const scalar_t* base = args.baseline.const_data_ptr<scalar_t>();
+    int64_t* choice_out = choice.mutable_data_ptr<int64_t>();
+    scalar_t* mono_out = out.mutable_data_ptr<scalar_t>();
+    const int64_t k = args.k, d = args.d;
+    at::parallel_for(0, args.n, row_grain(k * d), [&](int64_t begin, int64_t end) {
+      std::vector<DimRule<opmath_t>> rules;
+      for (int64_t row = begin; row < end; ++row) {
+        fill_rules(against + row * d, base + row * d, d, inv, rules);
+        int64_t best_k = -1;
+        Score best;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          if (!ok[row * k + kk]) continue;
+          const Score s = score_candidate(cand + (row * k + kk) * d, rules.data(), d);
+          if (best_k < 0 || better(args.strategy, s, kk, best, best_k)) {
+            best = s;
+            best_k = kk;
+          }
+        }
+        choice_out[row] = best_k;
+        scalar_t* dst = mono_out + row * d;
+        if (best_k < 0) {
+          std::copy(base + row * d, base + (row + 1) * d, dst);
+          continue;
+        }
+        fill_rules(cur + row * d, base + row * d, d, inv, rules);
+        monotonize_row(cand + (row * k + best_k) * d, rules.data(), d, dst);
+      }
+    });
+  });
+  return {choice, out};
+}
+
+}  // namespace
+}  // namespace saliency_fast::dig
+
+TORCH_LIBRARY_IMPL(saliency_fast, CPU, m) {
+  m.impl("dig_monotonize", &saliency_fast::dig::dig_monotonize_cpu);
+  m.impl("dig_monotonic_scores", &saliency_fast::dig::dig_monotonic_scores_cpu);
+  m.impl("dig_select_anchor", &saliency_fast::dig::dig_select_anchor_cpu);
+}

@@ -1,0 +1,124 @@
+// Schemas and argument checks of the Discretized Integrated Gradients ops. Kernels register per
+// device in csrc/cpu/dig_cpu.cpp and csrc/cuda/dig_cuda.cu; specification in reference.py.
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include "saliency_fast/dig_args.h"
+
+namespace saliency_fast::dig {
+namespace {
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_defined(const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.defined(), name, " must be a defined tensor");
+}
+
+// `t` shares device and dtype with `ref` (named ref_name).
+void check_like(const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
+  check_defined(name, t);
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device(), "; expected the same device");
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
+                   " has ", ref.scalar_type(), "; expected the same dtype");
+}
+
+void check_shape(const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), name, " has shape ", t.sizes(), " but ", ref_name, " has ",
+                    ref.sizes(), "; expected the same shape");
+}
+
+void check_floating(const char* name, const at::Tensor& t) {
+  check_defined(name, t);
+  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), name,
+                   " must have a floating dtype (float32, float64, bfloat16, float16), got ", t.scalar_type());
+}
+
+void check_steps(int64_t steps) {
+  TORCH_CHECK_VALUE(steps >= 1, "steps must be >= 1, got ", steps);
+}
+
+Strategy parse_strategy(std::string_view strategy) {
+  if (strategy == "greedy") return Strategy::Greedy;
+  if (strategy == "maxcount") return Strategy::MaxCount;
+  TORCH_CHECK_VALUE(false, "strategy must be one of ('greedy', 'maxcount'), got '", strategy, "'");
+}
+
+}  // namespace
+
+MonotonizeArgs prepare_monotonize(const at::Tensor& anchor, const at::Tensor& current, const at::Tensor& baseline,
+                                  int64_t steps) {
+  check_floating("anchor", anchor);
+  check_like("current", current, "anchor", anchor);
+  check_shape("current", current, "anchor", anchor);
+  check_like("baseline", baseline, "anchor", anchor);
+  check_shape("baseline", baseline, "anchor", anchor);
+  check_steps(steps);
+  MonotonizeArgs args;
+  args.anchor = anchor.contiguous();
+  args.current = current.contiguous();
+  args.baseline = baseline.contiguous();
+  args.out = at::empty_like(args.anchor);
+  args.numel = anchor.numel();
+  args.steps = steps;
+  return args;
+}
+
+CandidateArgs prepare_scores(const at::Tensor& candidates, const at::Tensor& current, const at::Tensor& baseline,
+                             int64_t steps) {
+  check_floating("candidates", candidates);
+  TORCH_CHECK_VALUE(candidates.dim() == 3, "candidates must have shape (N, K, D), got ", candidates.sizes());
+  check_like("current", current, "candidates", candidates);
+  const int64_t n = candidates.size(0), d = candidates.size(2);
+  TORCH_CHECK_VALUE(current.dim() == 2 && current.size(0) == n && current.size(1) == d,
+                    "current must have shape (N, D) = (", n, ", ", d, ") to match candidates, got ",
+                    current.sizes());
+  check_like("baseline", baseline, "candidates", candidates);
+  check_shape("baseline", baseline, "current", current);
+  check_steps(steps);
+  CandidateArgs args;
+  args.candidates = candidates.contiguous();
+  args.current = current.contiguous();
+  args.baseline = baseline.contiguous();
+  args.scored_against = args.current;
+  args.n = n;
+  args.k = candidates.size(1);
+  args.d = d;
+  args.steps = steps;
+  return args;
+}
+
+CandidateArgs prepare_select(const at::Tensor& candidates, const at::Tensor& valid, const at::Tensor& current,
+                             const at::Tensor& baseline, int64_t steps, std::string_view strategy,
+                             const std::optional<at::Tensor>& anchor_word) {
+  CandidateArgs args = prepare_scores(candidates, current, baseline, steps);
+  check_defined("valid", valid);
+  TORCH_CHECK_TYPE(valid.scalar_type() == at::kBool, "valid must be a bool tensor, got ", valid.scalar_type());
+  TORCH_CHECK_VALUE(valid.device() == candidates.device(), "valid is on ", valid.device(), " but candidates is on ",
+                    candidates.device(), "; expected the same device");
+  TORCH_CHECK_VALUE(valid.dim() == 2 && valid.size(0) == args.n && valid.size(1) == args.k,
+                    "valid must have shape (N, K) = (", args.n, ", ", args.k, ") to match candidates, got ",
+                    valid.sizes());
+  args.strategy = parse_strategy(strategy);
+  if (anchor_word.has_value() && anchor_word->defined()) {
+    check_like("anchor_word", *anchor_word, "candidates", candidates);
+    check_shape("anchor_word", *anchor_word, "current", current);
+    args.scored_against = anchor_word->contiguous();
+  }
+  args.valid = valid.contiguous();
+  return args;
+}
+
+}  // namespace saliency_fast::dig
+
+TORCH_LIBRARY_FRAGMENT(saliency_fast, m) {
+  m.def("dig_monotonize(Tensor anchor, Tensor current, Tensor baseline, int steps) -> Tensor");
+  m.def(
+      "dig_monotonic_scores(Tensor candidates, Tensor current, Tensor baseline, int steps) "
+      "-> (Tensor counts, Tensor correction_norm)");
+  m.def(
+      "dig_select_anchor(Tensor candidates, Tensor valid, Tensor current, Tensor baseline, int steps, "
+      "str strategy, Tensor? anchor_word=None) -> (Tensor choice, Tensor monotonized)");
+}

@@ -1,0 +1,127 @@
+// Per-dimension arithmetic of Discretized Integrated Gradients (Sanyal & Ren, EMNLP 2021), shared
+// by the CPU and CUDA kernels so both devices run one copy of the math.
+// Specification: the dig_* functions in saliency_fast/reference.py.
+//
+// Values are widened to the opmath type (float for half types) on load; a monotonized value is
+// rounded once on store. The squared correction norm, used only to rank candidates, accumulates
+// in double so that the CPU, the GPU and the reference rank candidates the same way (summation
+// order then changes the sum only far below any real gap between two candidates).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "saliency_fast/common.h"
+
+namespace saliency_fast::dig {
+
+enum class Strategy { Greedy, MaxCount };
+
+// Products that the CUDA compiler must not fuse with the following subtraction into an FMA:
+// the reference rounds the product first, and so must every device.
+HOST_DEVICE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+HOST_DEVICE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+// Whether a candidate's value lies between the current point and the baseline in one dimension
+// (inclusive; where current == baseline it must equal both), as DIG's `monotonic` test. NaN never
+// is monotonic.
+template <typename T>
+HOST_DEVICE bool is_monotonic(T candidate, T current, T baseline) {
+  return (candidate >= current && candidate <= baseline) || (candidate <= current && candidate >= baseline);
+}
+
+// DIG's correction of a non-monotonic dimension: a fixed 1/steps of the way from the current
+// point toward the baseline. `inv_steps` is 1/steps rounded to T.
+template <typename T>
+HOST_DEVICE T step_toward_baseline(T current, T baseline, T inv_steps) {
+  return current - mul_rn(current - baseline, inv_steps);
+}
+
+// One dimension of a (current, baseline) pair, precomputed once per row and shared by all of the
+// row's candidates: the closed interval monotonic values lie in (empty, via NaN ends, when either
+// point is NaN) and the value a non-monotonic dimension is moved to.
+template <typename T>
+struct DimRule {
+  T lo, hi, moved;
+};
+
+template <typename T>
+HOST_DEVICE DimRule<T> dim_rule(T current, T baseline, T inv_steps) {
+  const T moved = step_toward_baseline(current, baseline, inv_steps);
+  if (!(current == current && baseline == baseline)) return DimRule<T>{moved, moved, moved};  // NaN
+  return current <= baseline ? DimRule<T>{current, baseline, moved} : DimRule<T>{baseline, current, moved};
+}
+
+template <typename T>
+HOST_DEVICE bool is_monotonic(T candidate, const DimRule<T>& rule) {
+  return candidate >= rule.lo && candidate <= rule.hi;
+}
+
+// The monotonized value of one dimension of a candidate anchor.
+template <typename T>
+HOST_DEVICE T monotonize(T candidate, const DimRule<T>& rule) {
+  return is_monotonic(candidate, rule) ? candidate : rule.moved;
+}
+
+// A candidate's running score over the embedding dims: how many dims are monotonic, and the
+// squared norm of the correction monotonization applies. Combining two partial scores of
+// disjoint dims is associative, so threads and warps may split the dims freely.
+struct Score {
+  int64_t count = 0;
+  double squared_correction = 0.0;
+};
+
+template <typename T>
+HOST_DEVICE void add_dim(Score& score, T candidate, const DimRule<T>& rule) {
+  const bool monotonic = is_monotonic(candidate, rule);
+  const double correction = monotonic ? 0.0 : static_cast<double>(candidate - rule.moved);
+  score.count += monotonic;
+  score.squared_correction += correction * correction;
+}
+
+HOST_DEVICE Score combine(Score a, Score b) {
+  return Score{a.count + b.count, a.squared_correction + b.squared_correction};
+}
+
+// The correction norm, in double whatever the input dtype: it ranks candidates.
+HOST_DEVICE double correction_norm(const Score& s) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(s.squared_correction);
+#else
+  return std::sqrt(s.squared_correction);
+#endif
+}
+
+// The greedy ranking key: a NaN correction ranks as +inf (last, but still above no candidate).
+HOST_DEVICE double greedy_key(const Score& s) {
+  const double norm = correction_norm(s);
+  return norm != norm ? HUGE_VAL : norm;
+}
+
+// Whether candidate `a` (index ka) beats candidate `b` (index kb): greedy wants the smallest
+// correction, max-count the most monotonic dims; ties go to the lower index, i.e. the nearer
+// neighbour, as the official code's stable sort over the neighbour list does.
+HOST_DEVICE bool better(Strategy strategy, const Score& a, int64_t ka, const Score& b, int64_t kb) {
+  if (strategy == Strategy::Greedy) {
+    const double key_a = greedy_key(a), key_b = greedy_key(b);
+    if (key_a != key_b) return key_a < key_b;
+  } else if (a.count != b.count) {
+    return a.count > b.count;
+  }
+  return ka < kb;
+}
+
+}  // namespace saliency_fast::dig
