@@ -427,3 +427,23 @@ def test_smoothgrad_noise_is_repeatable_with_a_seed():
     plain = explainer.attribute(TEXTS[0])
     torch.testing.assert_close(first.scores, again.scores, equal_nan=True)
     assert not torch.allclose(first.scores.nan_to_num(), plain.scores.nan_to_num())
+
+
+def test_dig_equals_the_method_class_and_a_batch_equals_one_text_at_a_time():
+    from saliency_fast import DiscretizedIntegratedGradients
+
+    model, tok = tiny_bert("classification"), bert_tokenizer()
+    explainer = Explainer(model, tok, batch_size=2)
+    options = {"method": "discretized_integrated_gradients", "n_steps": 4, "n_neighbors": 20, "target": 1,
+               "aggregate": "none"}
+    batched = explainer.attribute(TEXTS, **options)
+    for text, together in zip(TEXTS, batched):
+        enc, _, _, special = _inputs(model, tok, text)
+        dig = DiscretizedIntegratedGradients(_forward(model, enc), model.get_input_embeddings().weight, n_neighbors=20,
+                                             n_steps=4, baseline_token_id=tok.pad_token_id,
+                                             special_token_ids=tok.all_special_ids)
+        expected, delta = dig.attribute(enc["input_ids"], target=1, return_convergence_delta=True)
+        assert rel_diff(together.scores[0, ~special], expected[0, ~special]) <= 1e-5
+        assert together.metadata["completeness_error"][0] == pytest.approx(abs(float(delta[0])), abs=1e-7)
+    with pytest.raises(ValueError, match="baseline must be a token"):
+        explainer.attribute(TEXTS[0], method="discretized_integrated_gradients", baseline="zero")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 import saliency_fast
 from saliency_fast import ops
 from saliency_fast.hf import batching, method_registry, model_io, tasks
+from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.default_model import POOLING_CHOICES, sentence_pooling
 from saliency_fast.hf.targets import class_labels
 
@@ -185,6 +186,7 @@ class Explainer:
             check_attention_layers(method_kwargs.get("layers", "last"))
         items, single = model_io.check_texts(texts)
         _check_aggregate(aggregate)
+        layer_request = LayerRequest.pop(self.model, spec, method_kwargs, aggregate)  # layer=, layers=, layer_path=
         self._check_baseline(baseline)
         task = self._make_task(choices=choices, reference=reference, labels=labels)
         kind = task.score_choices[0] if score is None else score
@@ -192,10 +194,12 @@ class Explainer:
             raise ValueError(f"score must be one of {task.score_choices} for task {task.name!r}, got {score!r}")
         units = task.encode(items)
         rows, groups = task.plan(units, self.predict(task, units), target)
-        attributed = self._attribute_rows(task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress)
+        attributed = self._attribute_rows(task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress,
+                                          layer_request)
         per_example: dict[int, list] = {}
         for group in groups:
-            result = self._result(task, units[group.unit], group, rows, attributed, spec, kind, baseline, aggregate)
+            result = self._result(task, units[group.unit], group, rows, attributed, spec, kind, baseline, aggregate,
+                                  layer_request)
             per_example.setdefault(units[group.unit].example, []).append(result)
         all_choices = task.name == "multiple_choice" and isinstance(target, str) and target == "all"
         outputs = [found if all_choices else found[0] for found in per_example.values()]
@@ -247,6 +251,24 @@ class Explainer:
             self, prompt, max_new_tokens=max_new_tokens, generated_text=generated_text, method=method,
             target=target, aggregate=aggregate, baseline=baseline, **method_kwargs,
         )
+
+    def evaluate(self, texts, methods, *, k: int = 20, ks=(1, 5, 10, 20, 50), baseline: str = "pad",
+                 aggregate: str = "sum", batch_size: int | None = None, progress: bool = False) -> dict[str, list]:
+        """Faithfulness of each method on ``texts`` (a classifier), as a table: a dict of lists, one
+        entry per method: ``method``, ``n_texts``, ``seconds`` (attribution time), the mean
+        log-odds / comprehensiveness / sufficiency at ``k`` % (``log_odds@20``, ...) and their
+        AOPC over ``ks`` (``aopc_log_odds``, ...), as defined by Sanyal & Ren (2021); see
+        :mod:`saliency_fast.metrics`.
+
+        ``methods``: a list of method names, or a dict name -> method options (``n_steps``, ...).
+        ``baseline`` (``pad``, ``mask``, ``unk``) is both the attribution baseline and the token
+        log-odds puts in place of the top tokens. ``aggregate`` (default ``sum``, signed, as in the
+        paper) turns attributions into the scores tokens are ranked by.
+        """
+        from saliency_fast import metrics
+
+        return metrics.evaluate(self, texts, methods, k=k, ks=ks, baseline=baseline, aggregate=aggregate,
+                                batch_size=batch_size, progress=progress)
 
     # ------------------------------------------------------------------------- shared helpers
 
@@ -333,7 +355,8 @@ class Explainer:
             batching.pad_id(self.tokenizer), left=self.decoder_only, device=self.device,
         )
 
-    def _attribute_rows(self, task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress):
+    def _attribute_rows(self, task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress,
+                        layer_request=None):
         """One :class:`_Attributed` per row, its scores cropped to the row's tokens."""
         found: list[_Attributed | None] = [None] * len(rows)
         buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
@@ -351,7 +374,7 @@ class Explainer:
                     out = self._attention(task, batch, positions, method_kwargs.get("layers", "last"))
                 else:
                     out = self._gradient_batch(spec, forward, batch, batch_rows, keep, positions, baseline, aggregate,
-                                               method_kwargs)
+                                               method_kwargs, layer_request)
                 for b, r in enumerate(bucket):
                     scores = batch.crop(out.scores, b).float().cpu().clone()
                     scores[batch.crop(keep, b).cpu()] = float("nan")
@@ -364,16 +387,25 @@ class Explainer:
                     )
         return found
 
-    def _gradient_batch(self, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs):
+    def _gradient_batch(self, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs,
+                        layer_request=None):
         embeds = self.embedding(batch.input_ids).detach()
         baselines = self._baselines(batch, baseline, keep) if spec.uses_baseline else None
         index = torch.tensor([r.index for r in batch_rows], device=self.device)
         extra = _stack_extra([r.extra for r in batch_rows], self.device)
         args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, positions, extra)
+        if layer_request is not None:
+            layers, error, n_steps = layer_request.attribute(
+                forward, embeds, baselines, args, method_kwargs, aggregate,
+                method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
+            )
+            layers = layers.masked_fill(keep.unsqueeze(1), float("nan"))  # as scores: no score for kept tokens
+            return _Attributed(layers[:, -1], error, n_steps, layers)
         out = method_registry.attribute_embeddings(
             spec, forward, embeds, baselines, args, method_kwargs, keep=keep, input_ids=batch.input_ids,
-            embedding_matrix=self.embedding.weight, baseline_token_id=_baseline_id(self.tokenizer, baseline),
-            special_token_ids=sorted(model_io.special_ids(self.tokenizer)) if self.exclude_special_tokens else [],
+            embedding_matrix=self._embedding_matrix() if spec.family == "discretized" else None,
+            baseline_token_id=_baseline_id(self.tokenizer, baseline),
+            special_token_ids=self._constant_token_ids(),
             internal_batch_size=method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
         )
         attr = out.attributions.detach()
@@ -387,6 +419,19 @@ class Explainer:
         else:
             scores = attr if aggregate == "none" else saliency_fast.aggregate(attr, aggregate, inputs=embeds)
         return _Attributed(scores, out.completeness_error, out.n_steps)
+
+    def _embedding_matrix(self) -> torch.Tensor:
+        """The rows the forward receives: the table itself, unless the module transforms it (scaled
+        embeddings), in which case every row is embedded once."""
+        if type(self.embedding) is nn.Embedding:
+            return self.embedding.weight.detach()
+        with torch.no_grad():
+            return self.embedding(torch.arange(self.embedding.num_embeddings, device=self.device))
+
+    def _constant_token_ids(self) -> list[int]:
+        """Token ids whose positions are never attributed: padding, and special tokens unless asked."""
+        ids = model_io.special_ids(self.tokenizer) if self.exclude_special_tokens else set()
+        return sorted(ids | {batching.pad_id(self.tokenizer)})
 
     def _baselines(self, batch: batching.PaddedBatch, baseline, keep: torch.Tensor) -> torch.Tensor:
         if isinstance(baseline, torch.Tensor) and baseline.dim() == 2:
@@ -417,7 +462,7 @@ class Explainer:
         per_layer = torch.einsum("bq,blqk->blk", queries, heads_mean)
         return _Attributed(per_layer[:, -1] if layers == "last" else per_layer.mean(1), layers=per_layer)
 
-    def _result(self, task, unit, group, rows, attributed, spec, kind, baseline, aggregate):
+    def _result(self, task, unit, group, rows, attributed, spec, kind, baseline, aggregate, layer_request=None):
         group_rows = [rows[r] for r in group.rows]
         found = [attributed[r] for r in group.rows]
         metadata = self.base_metadata(task.name, spec.name, kind, None if spec.per_token else aggregate, baseline)
@@ -426,6 +471,8 @@ class Explainer:
             if spec.reports_completeness else None
         metadata["completeness_error"] = [f.completeness_error for f in found] if spec.reports_completeness else None
         metadata.update(group.metadata)
+        if layer_request is not None:
+            metadata.update(layer_request.metadata())
         keep = ~unit.special if self.exclude_special_tokens else torch.ones_like(unit.special)
         layers = None if found[0].layers is None else torch.stack([f.layers for f in found])
         return saliency_fast.AttributionResult(
@@ -438,7 +485,8 @@ class Explainer:
             word_ids=unit.word_ids,
             target_ids=[r.index for r in group_rows],
             layer_scores=layers,
-            layer_names=None if layers is None else [f"layer {i}" for i in range(layers.shape[1])],
+            layer_names=None if layers is None else layer_request.labels if layer_request is not None else [
+                f"layer {i}" for i in range(layers.shape[1])],
         )
 
 

@@ -16,6 +16,8 @@ import torch
 
 # ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
 _IG_KWARGS = frozenset({"n_steps", "quadrature", "internal_batch_size", "rtol", "atol", "min_steps", "max_steps", "dtype"})
+# layer attribution (saliency_fast.hf.layers): the Explainer and the generation engine take them out first
+_LAYER_KWARGS = frozenset({"layer", "layers", "layer_path"})
 _NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed", "dtype"})
 
 
@@ -32,11 +34,12 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("saliency", "gradient", False, False, False, frozenset({"dtype"})),
-        MethodSpec("input_x_gradient", "gradient", False, False, False, frozenset({"dtype"})),
-        MethodSpec("integrated_gradients", "path", True, False, True, _IG_KWARGS),
+        MethodSpec("saliency", "gradient", False, False, False, frozenset({"dtype"}) | _LAYER_KWARGS),
+        MethodSpec("input_x_gradient", "gradient", False, False, False, frozenset({"dtype"}) | _LAYER_KWARGS),
+        MethodSpec("integrated_gradients", "path", True, False, True, _IG_KWARGS | _LAYER_KWARGS),
         MethodSpec("discretized_integrated_gradients", "discretized", True, False, True,
-                   frozenset({"n_steps", "strategy", "n_neighbors", "factor", "internal_batch_size"})),
+                   frozenset({"n_steps", "strategy", "n_neighbors", "factor", "internal_batch_size", "knn_backend",
+                              "convention", "dtype"})),
         MethodSpec("sequential_integrated_gradients", "sequential", True, False, True,
                    frozenset({"n_steps", "quadrature", "internal_batch_size", "dtype"})),
         MethodSpec("smoothgrad", "noise", False, False, False, _NOISE_KWARGS),
@@ -92,7 +95,9 @@ def attribute_embeddings(
 
     ``keep`` (bool ``[B, S]``) marks positions that are not attributed (special tokens, padding):
     they already equal the baseline, and sequential IG makes no copy for them. DIG needs the
-    token ids, the embedding matrix and the baseline token.
+    token ids, the embedding matrix (whose rows ``inputs`` are), the baseline token and the ids
+    that keep a constant path (``special_token_ids``, padding included). ``n_steps`` in the
+    output counts gradient evaluations per row.
     """
     check_method_kwargs(spec, method_kwargs)
     kwargs = dict(method_kwargs)
@@ -118,11 +123,15 @@ def attribute_embeddings(
     if spec.family == "sequential":
         return _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype)
     if spec.family == "discretized":
+        if baseline_token_id is None:
+            raise ValueError(f"baseline must be a token (pad, mask or unk) for method {spec.name!r}: its path ends at a word")
         dig = importlib.import_module("saliency_fast.methods.dig")
-        return dig.dig_attribute_embeddings(
-            forward, input_ids, embedding_matrix, baseline_token_id, inputs=inputs,
-            additional_forward_args=additional_forward_args, special_token_ids=special_token_ids, **kwargs,
+        found = dig.dig_attribute_embeddings(
+            forward, input_ids, embedding_matrix, baseline_token_id, additional_forward_args=additional_forward_args,
+            special_token_ids=special_token_ids, return_convergence_delta=True, dtype=dtype, **kwargs,
         )
+        steps = torch.full((len(inputs),), found.n_points - 1, dtype=torch.long)  # no gradient at the input
+        return MethodOutput(found.attributions, found.convergence_delta.detach().abs(), steps)
     raise ValueError(f"method {spec.name!r} is not a gradient or perturbation method; the caller computes it")
 
 
