@@ -72,7 +72,8 @@ def test_fixed_rule_results_do_not_depend_on_the_chunk_size():
     ig = saliency_fast.IntegratedGradients(model)
     reference = ig.attribute(x, baselines=baselines, target=0, n_steps=9)
     for internal_batch_size in (5, 7, 20, 1000):
-        chunked = ig.attribute(x, baselines=baselines, target=0, n_steps=9, internal_batch_size=internal_batch_size)
+        chunked = ig.attribute(x, baselines=baselines, target=0, n_steps=9, internal_batch_size=internal_batch_size,
+                               show_progress=internal_batch_size == 7)
         assert relative_difference(chunked, reference) <= 1e-6
 
 
