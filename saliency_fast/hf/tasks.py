@@ -79,20 +79,20 @@ class Task:
     # -- inputs
 
     def encode(self, texts: list[str]) -> list[Unit]:
-        return [self._unit(i, self.tokenizer(text), f"texts[{i}]" if len(texts) > 1 else "texts")
-                for i, text in enumerate(texts)]
+        encoding = self.tokenizer(texts)  # one call: fast tokenizers encode a batch in parallel
+        return [self._unit(i, encoding, i, f"texts[{i}]" if len(texts) > 1 else "texts") for i in range(len(texts))]
 
-    def _unit(self, example: int, encoding, what: str, name: str | None = None) -> Unit:
-        """A unit from the tokenizer's encoding of one text (or one text pair)."""
-        ids = torch.as_tensor(encoding["input_ids"], dtype=torch.long)
+    def _unit(self, example: int, encoding, index: int, what: str, name: str | None = None) -> Unit:
+        """Unit from example ``index`` of the tokenizer's batch ``encoding`` (texts or text pairs)."""
+        ids = torch.as_tensor(encoding["input_ids"][index], dtype=torch.long)
         model_io.check_length(int(ids.shape[0]), self.model, what=what)
         types = encoding.get("token_type_ids")
-        types = None if types is None else torch.as_tensor(types, dtype=torch.long)
+        types = None if types is None else torch.as_tensor(types[index], dtype=torch.long)
         special = model_io.special_mask(self.tokenizer, ids)
         if bool(special.all()):
             raise ValueError(f"{what} has no token to attribute besides special tokens")
         tokens = model_io.token_texts(self.tokenizer, ids)
-        word_ids = words.word_ids(encoding, 0, tokens, special.tolist())
+        word_ids = words.word_ids(encoding, index, tokens, special.tolist())
         return Unit(example, ids, types, tokens, word_ids, special, name)
 
     # -- the model
@@ -124,6 +124,8 @@ class Task:
     # -- rows
 
     def plan(self, units: list[Unit], outputs: list[torch.Tensor], target) -> tuple[list[Row], list[Group]]:
+        """Rows to attribute and how they group into results, from the prediction ``outputs``
+        (one per unit) and the user's ``target`` (``None``: the prediction)."""
         raise NotImplementedError
 
 
@@ -190,9 +192,10 @@ class MultipleChoiceTask(Task):
         per_prompt = _choices_per_prompt(self.choices, len(texts))
         units = []
         for i, (prompt, choices) in enumerate(zip(texts, per_prompt)):
+            encoding = self.tokenizer([prompt] * len(choices), choices)
             for j, choice in enumerate(choices):
                 what = f"prompt {i} with choices[{j}]" if len(texts) > 1 else f"prompt with choices[{j}]"
-                units.append(self._unit(i, self.tokenizer(prompt, choice), what, name=choice))
+                units.append(self._unit(i, encoding, j, what, name=choice))
         return units
 
     def run_model(self, inputs_embeds, attention_mask, token_type_ids=None, position_ids=None, **kwargs):
