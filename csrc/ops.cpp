@@ -6,7 +6,9 @@
 // `import saliency_fast._C` loads this library, which runs the registrations below; the module
 // itself is empty (Python calls the ops through torch.ops.saliency_fast).
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr,
+  };
   return PyModule_Create(&module_def);
 }
 
