@@ -9,8 +9,8 @@ safetensors, keyed by a hash of the embedding matrix and k.
 
 Backends: ``faiss-gpu`` (a GPU build of FAISS with CUDA present), ``faiss-cpu``
 (``IndexFlatL2``), and ``torch`` (chunked matmul + top-k, on the embedding's device). The choice
-is automatic (:func:`default_backend`), overridable per call or with the ``SALIENCY_FAST_KNN``
-environment variable. Every backend only proposes candidates: the final distances are recomputed
+is automatic (:func:`default_backend`: FAISS on the GPU when it can, else torch), overridable per
+call or with the ``SALIENCY_FAST_KNN`` environment variable. Every backend only proposes candidates: the final distances are recomputed
 exactly in float64 and ordered by (distance, index), so all backends return the same lists,
 and equal distances are broken the same way.
 """
@@ -75,21 +75,20 @@ def _validate_backend(backend: str, source: str) -> str:
 def default_backend(device: torch.device | str | None = None) -> str:
     """The backend used for embeddings on ``device`` (default: the GPU when there is one).
 
-    ``SALIENCY_FAST_KNN`` wins when set. Otherwise: FAISS on the GPU when a GPU build is present,
-    else for a CUDA embedding matrix torch on the GPU (it beats copying the vocabulary to CPU
-    FAISS), else FAISS on the CPU, else torch.
+    ``SALIENCY_FAST_KNN`` wins when set. Otherwise FAISS on the GPU when a GPU build of FAISS and
+    CUDA are present, else torch (on the embedding's device). FAISS on the CPU is never the
+    automatic choice: for DIG's query batches (tens to hundreds of words against the vocabulary)
+    ``IndexFlatL2`` measured about 10x slower than torch's matmul + top-k on the same CPU
+    (``benchmarks/bench_dig.py`` prints both); ask for it with ``backend="faiss-cpu"``.
     """
     requested = os.environ.get(ENV_KNN, "").strip().lower()
     if requested:
         return _validate_backend(requested, ENV_KNN)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu and faiss_gpu_available():
+    if torch.device(device).type == "cuda" and faiss_gpu_available():
         return "faiss-gpu"
-    if on_gpu or _faiss() is None:
-        return "torch"
-    return "faiss-cpu"
+    return "torch"
 
 
 def resolve_backend(backend: str | None, device: torch.device | str | None = None) -> str:
