@@ -76,3 +76,12 @@ def tiny_gpt2(seed: int = 0, vocab_size: int = 200, **overrides):
     kwargs.update(overrides)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kwargs)).eval()
     return model, tok
+
+
+@functools.cache
+def minilm_word_embeddings() -> torch.Tensor:
+    """The real all-MiniLM-L6-v2 word embedding matrix (30522 x 384, float32), read-only use."""
+    from safetensors import safe_open
+
+    with safe_open(str(minilm_path() / "model.safetensors"), "pt") as f:
+        return f.get_tensor("embeddings.word_embeddings.weight")
