@@ -167,28 +167,14 @@ def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype)
 
 
 def _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype) -> MethodOutput:
-    """Sequential IG (Enguehard, 2023): token ``i``'s score is IG along a path that moves only
-    token ``i`` from its baseline to its value, every other token staying real. Each attributed
-    token becomes one copy of its row (only that token differs from the input at the baseline),
-    so all paths run as one IG over a batch of copies; each copy's attribution is non-zero only
-    at its own token, and a row's attributions are the sum of its copies'.
-    """
-    batch, length = inputs.shape[:2]
-    attributed = torch.ones(batch, length, dtype=torch.bool, device=inputs.device) if keep is None else ~keep
-    rows, positions = attributed.nonzero(as_tuple=True)
-    attr = torch.zeros_like(inputs)
-    # the largest per-token completeness error of each row (each path has its own endpoints)
-    error = torch.zeros(batch, dtype=torch.float32, device=inputs.device)
-    n_steps = torch.zeros(batch, dtype=torch.long, device=inputs.device)
-    chunk = kwargs.get("internal_batch_size") or rows.shape[0]
-    for start in range(0, rows.shape[0], chunk):
-        rows_c, positions_c = rows[start : start + chunk], positions[start : start + chunk]
-        copies = inputs.index_select(0, rows_c)
-        copy_baselines = copies.clone()
-        copy_baselines[torch.arange(rows_c.shape[0], device=rows_c.device), positions_c] = baselines[rows_c, positions_c]
-        copy_args = tuple(a.index_select(0, rows_c) if isinstance(a, torch.Tensor) else a for a in additional_forward_args)
-        out = _integrated_gradients(forward, copies, copy_baselines, copy_args, dict(kwargs), dtype)
-        attr.index_add_(0, rows_c, out.attributions.to(attr.dtype))
-        error.scatter_reduce_(0, rows_c, out.completeness_error.float(), reduce="amax")
-        n_steps.scatter_reduce_(0, rows_c, out.n_steps.to(n_steps.device), reduce="amax")
-    return MethodOutput(attr, error, n_steps)
+    """Sequential IG (Enguehard, 2023) over the attributed tokens (not ``keep``); a row's
+    completeness error is the largest of its tokens' (each path has its own endpoints)."""
+    sig = _method_class("SequentialIntegratedGradients")(forward, dtype=dtype)
+    n_steps = kwargs.get("n_steps", 50)
+    attr, delta = sig.attribute(
+        inputs, baselines=baselines, additional_forward_args=additional_forward_args, n_steps=n_steps,
+        method=kwargs.get("quadrature", "gausslegendre"), internal_batch_size=kwargs.get("internal_batch_size"),
+        return_convergence_delta=True, token_mask=None if keep is None else ~keep,
+    )
+    steps = torch.full((inputs.shape[0],), n_steps, dtype=torch.long, device=inputs.device)
+    return MethodOutput(attr, delta.abs().amax(1).float(), steps)
