@@ -31,6 +31,7 @@ import torch
 import saliency_fast
 from saliency_fast.hf import causal_pass, method_registry, model_io, words
 from saliency_fast.hf.explainer import ATTENTION_LAYERS, _check_aggregate
+from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
 from saliency_fast.hf.targets import check_target_fn
 from saliency_fast.methods._common import check_autocast_dtype
@@ -90,6 +91,7 @@ def attribute_generation(
     method_registry.check_method_kwargs(spec, kwargs)
     check_target_fn(target)
     _check_aggregate(aggregate)
+    layer_request = LayerRequest.pop(explainer.model, spec, kwargs, aggregate)  # layer=, layers=, layer_path=
     explainer._check_baseline(baseline)
     model_io.check_texts(prompt, name="prompt")
     if max_new_tokens is not None and (
@@ -146,7 +148,11 @@ def attribute_generation(
     metadata_extra = {"n_steps": None, "completeness_error": None}
     layer_scores = None
     with explainer.frozen_parameters():
-        if spec.name in ("saliency", "input_x_gradient"):
+        if layer_request is not None:
+            from saliency_fast.hf import causal_layers
+
+            layer_scores, metadata_extra = causal_layers.attribute(layer_request, cp, board, baselines, kwargs)
+        elif spec.name in ("saliency", "input_x_gradient"):
             causal_pass.saliency(cp, board, times_input=spec.name == "input_x_gradient")
         elif spec.name == "integrated_gradients":
             metadata_extra = _integrated_gradients(cp, board, baselines, kwargs)
@@ -174,6 +180,8 @@ def attribute_generation(
     tokens = model_io.token_texts(tokenizer, ids)
     metadata = explainer.base_metadata("generate", spec.name, target, None if spec.per_token else aggregate, baseline)
     metadata.update(metadata_extra)
+    if layer_request is not None:
+        metadata.update(layer_request.metadata())
     metadata.update(
         n_prompt_tokens=n_prompt,
         generated_text=tokenizer.decode(ids, skip_special_tokens=False),
@@ -192,7 +200,8 @@ def attribute_generation(
         word_ids=words.word_ids(None, 0, tokens, special_list),
         target_ids=list(ids[n_prompt:]),
         layer_scores=layer_scores,
-        layer_names=None if layer_scores is None else [f"layer {i}" for i in range(layer_scores.shape[1])],
+        layer_names=None if layer_scores is None else layer_request.labels if layer_request is not None else [
+            f"layer {i}" for i in range(layer_scores.shape[1])],
     )
 
 
