@@ -95,6 +95,7 @@ def compare(args) -> None:
     header = f"{'case':>6} {'method':>22} {'dtype':>9} {'inseq s':>9} {'ours s':>8} {'ratio':>7} {'max rel err':>12}"
     print(header)
     print("-" * len(header))
+    rows = []  # the run_all.py schema
     for case in args.cases:
         prompt, full = texts(*CASES[case])
         for method in args.methods:
@@ -121,6 +122,11 @@ def compare(args) -> None:
                 name = "float32" if dtype is None else "bfloat16"
                 print(f"{case:>6} {method:>22} {name:>9} {t_inseq:9.2f} {t_ours:8.2f} {t_inseq / t_ours:6.1f}x "
                       f"{rel_error(got, expected):12.2e}", flush=True)
+                rows.append({"workload": f"generation {case} tokens, {method} {name}", "peer": "inseq float32",
+                             "peer_s": t_inseq, "ours_s": t_ours, "ratio": t_inseq / t_ours,
+                             "max_diff": rel_error(got, expected), "floor_s": None})
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
 
 
 def long_child(args) -> None:
@@ -178,6 +184,7 @@ def main() -> None:
     parser.add_argument("--long-layers", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     args.cases = ["16+16"] if args.quick else args.cases.split(",")
     args.methods = args.methods.split(",")

@@ -22,6 +22,7 @@ which keeps a shared machine's load from favouring whoever ran first.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--internal-batch-size", type=int, default=40)
     parser.add_argument("--target", type=int, default=1)
+    parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 
@@ -167,6 +169,16 @@ def main() -> None:
           f"{median['ours fp32'] / median['model floor']:.3f}; bf16 ratio captum/ours-bf16 "
           f"{median['captum fp32'] / median['ours bf16']:.2f}; time to 1 % completeness: captum default "
           f"(50 steps) / ours auto {median['captum fp32'] / median['ours auto']:.2f}")
+    if args.json:  # the run_all.py schema: one row per (workload, peer) comparison
+        shape = f"BERT {args.layers}L {args.batch}x{args.tokens}, {args.steps} steps"
+        compared = {"ours fp32": ("IG fp32", results["ours"]), "ours bf16": ("IG bf16", results["bf16"]),
+                    "ours auto": ("IG n_steps=auto (1 % completeness)", auto_attr)}
+        with open(args.json, "w") as out:
+            json.dump({"rows": [
+                {"workload": f"{label}, {shape}", "peer": "captum IG fp32", "peer_s": median["captum fp32"],
+                 "ours_s": median[name], "ratio": median["captum fp32"] / median[name],
+                 "max_diff": relative_difference(attr, results["captum"]), "floor_s": median["model floor"]}
+                for name, (label, attr) in compared.items()]}, out, indent=2)
 
 
 if __name__ == "__main__":
