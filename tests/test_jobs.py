@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_models import bert_tokenizer, tiny_bert
+from tiny_models import bert_tokenizer, tiny_bert, tiny_gpt2
 
 from saliency_fast import cli
 from saliency_fast.hf.explainer import Explainer
@@ -233,13 +233,13 @@ def test_a_failed_shard_fails_the_command_and_is_retried_next_run(model_dir, tmp
 
 
 def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_path):
-    n, shard_size = 200, 10
+    n, shard_size = 200, 20
     texts = make_texts(n, seed=3)
     texts[7], texts[150] = "", TOO_LONG
     write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
     argv = [sys.executable, "-m", "saliency_fast", "batch", "--input", str(tmp_path / "in.jsonl"),
             "--output", str(tmp_path / "killed"), "--model", str(model_dir), "--shard-size", str(shard_size),
-            "--batch-size", "10", "--device", "cpu", "--no-progress"]
+            "--batch-size", "20", "--device", "cpu", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def complete_shards():
@@ -270,7 +270,7 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_pa
     assert resumed.column("id").to_pylist() == [f"t{i}" for i in range(n)]
     errors = resumed.column("error").to_pylist()
     assert [i for i, e in enumerate(errors) if e is not None] == [7, 150]
-    config = JobConfig(model=str(model_dir), shard_size=shard_size, batch_size=10, device="cpu")
+    config = JobConfig(model=str(model_dir), shard_size=shard_size, batch_size=20, device="cpu")
     assert run_local(config, tmp_path / "in.jsonl", tmp_path / "whole", progress=False).ok
     assert_rows_equal(resumed, read_results(tmp_path / "whole"), atol=1e-6)
 
@@ -293,3 +293,36 @@ def test_ray_engine_on_a_local_cluster_equals_the_local_engine(model_dir, tmp_pa
         assert again.resumed == 4  # the same manifest and resume rules as the local engine
     finally:
         ray.shutdown()
+
+
+def test_generation_job_attributes_each_prompt_continuation(tmp_path):
+    model, tokenizer = tiny_gpt2()
+    model.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    prompts = ["the movie was", "", "i it and not very"]
+    config = JobConfig(model=str(tmp_path / "gpt2"), task="generate", target="logprob",
+                       method_kwargs={"max_new_tokens": 3}, device="cpu")
+    table = Attributor(config)({"id": [0, 1, 2], "text": prompts})
+    assert table["error"] == [None, "text is empty", None]
+
+    explainer = Explainer.from_pretrained(tmp_path / "gpt2", task="generate", device="cpu")
+    for i in (0, 2):
+        result = explainer.attribute_generation(prompts[i], max_new_tokens=3, target="logprob")
+        assert table["tokens"][i] == result.tokens and table["target"][i] == result.targets
+        assert len(table["scores"][i]) == 3  # one row per generated token
+        np.testing.assert_allclose(np.array(table["scores"][i], float), result.scores.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(JobConfigError, match="score does not apply to generation"):
+        Attributor(JobConfig(**{**config.to_dict(), "score": "prob"}))({"id": [0], "text": ["the movie"]})
+
+
+def test_batch_without_a_model_is_the_default_zero_shot_sentiment_job(tmp_path, capsys):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "a truly great film"}, {"text": "boring and bad"}])
+    argv = ["batch", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--device", "cpu",
+            "--no-progress"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["model"] == "default"
+    assert manifest["config"]["task"] == "zero-shot" and manifest["config"]["labels"] == ["positive", "negative"]
+    table = read_results(tmp_path / "out")
+    assert table.column("error").null_count == 2
+    assert all(t in (["positive"], ["negative"]) for t in table.column("target").to_pylist())

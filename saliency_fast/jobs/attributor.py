@@ -21,6 +21,7 @@ from saliency_fast.jobs.plan import id_name
 
 PROBE_TEXT = "hello world"
 _EXPLAINERS: dict[str, object] = {}  # model key -> Explainer, one per process
+_PROBED: set[str] = set()  # configs (as JSON) that attributed the probe text in this process
 
 
 class JobConfigError(ValueError):
@@ -92,19 +93,22 @@ class Attributor:
         return give_back(_results_table(ids, rows, errors))
 
     def explainer(self):
-        """The Explainer of this config, loaded once per process and probed on a plain text."""
+        """The Explainer of this config, loaded once per process; each config is first probed on
+        a plain text, so that a config error fails loudly instead of as an error on every row."""
         key = self.config.model_key()
         explainer = _EXPLAINERS.get(key)
         if explainer is None:
             explainer = _load_explainer(self.config)
+            _EXPLAINERS.clear()  # one model per process: a new one replaces the old one
+            _EXPLAINERS[key] = explainer
+        if self.config.to_json() not in _PROBED:
             try:
                 self._attribute(explainer, [PROBE_TEXT])
             except Exception as exc:
                 raise JobConfigError(
                     f"this job's config cannot attribute even the text {PROBE_TEXT!r}: {_message(exc)}"
                 ) from exc
-            _EXPLAINERS.clear()  # one model per process: a new config replaces the old one
-            _EXPLAINERS[key] = explainer
+            _PROBED.add(self.config.to_json())
         return explainer
 
     def _columns(self, table: pa.Table) -> tuple[list, pa.ChunkedArray, list]:
@@ -136,11 +140,11 @@ class Attributor:
         """The one model call: an ``AttributionResult`` per text."""
         c = self.config
         common = {"method": c.method, "aggregate": c.aggregate, "baseline": c.baseline, **c.method_kwargs}
-        if explainer.task == "generate":
-            if c.target is not None:
-                raise ValueError("target does not apply to generation (every generated token is a target); set score")
-            score = {} if c.score is None else {"target": c.score}
-            return [explainer.attribute_generation(text, **score, **common) for text in texts]
+        if explainer.task == "generate":  # as in Explainer.attribute_generation, target is the function
+            if c.score is not None:
+                raise ValueError("score does not apply to generation; set target to logit, prob, logprob or loss")
+            target = {} if c.target is None else {"target": c.target}
+            return [explainer.attribute_generation(text, **target, **common) for text in texts]
         return explainer.attribute(texts, target=c.target, score=c.score, progress=False, **common)
 
 

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 
+# the same defaults and argument forms as `explain` (saliency_fast.cli imports this module lazily, in main())
+from saliency_fast.cli import DEFAULT_LABELS, _class_target, _labels, _one_line, _positive_int
 from saliency_fast.jobs.config import ENGINE_CHOICES, JobConfig
 
 # config field -> (flag, help); every default is JobConfig's own
 _CONFIG_FLAGS = {
-    "model": ("--model", "a local Hugging Face model directory, or 'default' for the embedded all-MiniLM-L6-v2"),
-    "task": ("--task", "the Explainer's task (default: auto, from the model class)"),
+    "model": ("--model", "a local Hugging Face model directory (default: the embedded all-MiniLM-L6-v2)"),
+    "task": ("--task", "the Explainer's task (default: auto, from the model class; zero-shot for the default model)"),
     "reference": ("--reference", "reference text of the similarity task"),
     "method": ("--method", "attribution method, e.g. saliency, integrated_gradients"),
     "score": ("--score", "the scalar attributed: logit, prob, logprob, loss (heads, generation); margin, cosine (zero-shot)"),
@@ -34,13 +36,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="local", help="local (this process) or ray")
     for field, (flag, help_text) in _CONFIG_FLAGS.items():
         parser.add_argument(flag, dest=field, help=help_text)
-    parser.add_argument("--labels", nargs="+", help="label names (zero-shot classification with an embedding model)")
-    parser.add_argument("--target", type=_target, help="class index or label name to attribute (default: the prediction)")
+    parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels (default: "
+                        f"{','.join(DEFAULT_LABELS)})")
+    parser.add_argument("--target", type=_class_target, help="class index or label name (default: the prediction); "
+                        "for --task generate the function attributed: logit (default), prob, logprob, loss")
+    parser.add_argument("--n-steps", type=_positive_int, help="steps of path methods (integrated gradients, ...)")
     parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", type=_method_arg,
-                        help="extra method argument, VALUE parsed as JSON when it can be (e.g. n_steps=16); repeatable")
-    parser.add_argument("--batch-size", type=int, help="texts per model call")
-    parser.add_argument("--shard-size", type=int, help="rows per output shard (the unit of resume)")
-    parser.add_argument("--actors", type=int, help="Ray engine: actors (default: one per GPU, else 1)")
+                        help="another method argument, VALUE parsed as JSON when it can be (e.g. "
+                        "internal_batch_size=64); repeatable")
+    parser.add_argument("--batch-size", type=_positive_int, help="texts per model call")
+    parser.add_argument("--shard-size", type=_positive_int, help="rows per output shard (the unit of resume)")
+    parser.add_argument("--actors", type=_positive_int, help="Ray engine: actors (default: one per GPU, else 1)")
     parser.add_argument("--cpus-per-actor", type=float, help="Ray engine: CPUs each actor reserves")
     parser.add_argument("--overwrite", action="store_true", help="discard finished shards instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,21 +55,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    fields = [*_CONFIG_FLAGS, "labels", "target", "batch_size", "shard_size"]
-    given = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     try:
-        config = JobConfig(**given, method_kwargs=dict(args.method_arg))
-        if args.engine == "ray":
-            from saliency_fast.jobs.ray_engine import run_ray
-
-            summary = run_ray(config, args.input, args.output, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                              overwrite=args.overwrite, progress=not args.no_progress)
-        else:
-            from saliency_fast.jobs.local import run_local
-
-            summary = run_local(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, TypeError, RuntimeError, ImportError) as exc:
-        print(f"saliency-fast batch: error: {exc}", file=sys.stderr)
+        summary = _run(args)
+    except KeyboardInterrupt:
+        print("saliency-fast batch: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
+        print(f"saliency-fast batch: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(
         f"{summary.done}/{summary.shards} shards done ({summary.resumed} from an earlier run), {summary.rows} rows, "
@@ -74,8 +72,29 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def _target(value: str):
-    return int(value) if value.lstrip("-").isdigit() else value
+def _run(args: argparse.Namespace):
+    given = {name: getattr(args, name) for name in [*_CONFIG_FLAGS, "labels", "target", "batch_size", "shard_size"]}
+    config = {name: value for name, value in given.items() if value is not None}
+    # as `explain`: the default model is a zero-shot sentiment classifier unless told otherwise
+    if args.model is None and config.get("task", "auto") == "auto" and args.reference is None:
+        config["task"] = "zero-shot"
+    if config.get("task") == "zero-shot" and args.labels is None:
+        config["labels"] = DEFAULT_LABELS
+    method_kwargs = dict(args.method_arg)
+    if args.n_steps is not None:
+        if "n_steps" in method_kwargs:
+            raise ValueError("n_steps is given twice: by --n-steps and by --method-arg")
+        method_kwargs["n_steps"] = args.n_steps
+    config = JobConfig(**config, method_kwargs=method_kwargs)
+    progress = not args.no_progress
+    if args.engine == "ray":
+        from saliency_fast.jobs.ray_engine import run_ray
+
+        return run_ray(config, args.input, args.output, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                       overwrite=args.overwrite, progress=progress)
+    from saliency_fast.jobs.local import run_local
+
+    return run_local(config, args.input, args.output, overwrite=args.overwrite, progress=progress)
 
 
 def _method_arg(item: str) -> tuple[str, object]:
