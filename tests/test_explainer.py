@@ -189,7 +189,8 @@ def test_occlusion_is_leave_one_out_with_the_baseline_token():
         for i in range(1, enc["input_ids"].shape[1] - 1):
             ids = enc["input_ids"].clone()
             ids[0, i] = tok.pad_token_id
-            assert float(result.scores[0, i]) == pytest.approx(float(full - model(ids, token_type_ids=enc["token_type_ids"]).logits[0, 0]), abs=1e-6)
+            occluded = model(ids, token_type_ids=enc["token_type_ids"]).logits[0, 0]
+            assert float(result.scores[0, i]) == pytest.approx(float(full - occluded), abs=1e-6)
     assert result.metadata["aggregate"] is None
 
 

@@ -239,7 +239,9 @@ class Explainer:
         ):
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         if generated_text is not None and not isinstance(generated_text, str):
-            raise TypeError(f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}")
+            raise TypeError(
+                f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}"
+            )
         if max_new_tokens is None and generated_text is None:
             raise ValueError("give max_new_tokens (greedy generation) or generated_text (forced decoding)")
         spec = method_registry.resolve_method(method)
@@ -342,10 +344,14 @@ class Explainer:
                 raise TypeError(f"baseline tensor must be floating point, got {baseline.dtype}")
             dim = self.embedding.embedding_dim
             if baseline.dim() not in (1, 2) or baseline.shape[-1] != dim:
-                raise ValueError(f"baseline tensor must have shape [{dim}] or [n_tokens, {dim}], got {tuple(baseline.shape)}")
+                raise ValueError(
+                    f"baseline tensor must have shape [{dim}] or [n_tokens, {dim}], got {tuple(baseline.shape)}"
+                )
             return
         if not isinstance(baseline, str):
-            raise TypeError(f"baseline must be one of {model_io.BASELINE_CHOICES} or a tensor, got {type(baseline).__name__}")
+            raise TypeError(
+                f"baseline must be one of {model_io.BASELINE_CHOICES} or a tensor, got {type(baseline).__name__}"
+            )
         model_io.baseline_token_id(self.tokenizer, baseline)
 
     def _pad(self, units: list[tasks.Unit]) -> batching.PaddedBatch:
@@ -369,7 +375,8 @@ class Explainer:
                 special = batch.place([units[r.unit].special for r in batch_rows],
                                       torch.zeros(batch.input_ids.shape, dtype=torch.bool)).to(self.device)
                 keep = ~batch.real() | (special if self.exclude_special_tokens else torch.zeros_like(special))
-                positions = torch.tensor([o + r.position for o, r in zip(batch.offsets, batch_rows)], device=self.device)
+                positions = torch.tensor([o + r.position for o, r in zip(batch.offsets, batch_rows)],
+                                         device=self.device)
                 if spec.family == "attention":
                     out = self._attention(task, batch, positions, method_kwargs.get("layers", "last"))
                 else:

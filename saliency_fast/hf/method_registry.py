@@ -15,7 +15,9 @@ import importlib
 import torch
 
 # ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
-_IG_KWARGS = frozenset({"n_steps", "quadrature", "internal_batch_size", "rtol", "atol", "min_steps", "max_steps", "dtype"})
+_IG_KWARGS = frozenset(
+    {"n_steps", "quadrature", "internal_batch_size", "rtol", "atol", "min_steps", "max_steps", "dtype"}
+)
 # layer attribution (saliency_fast.hf.layers): the Explainer and the generation engine take them out first
 _LAYER_KWARGS = frozenset({"layer", "layers", "layer_path"})
 _NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed", "dtype"})
@@ -114,7 +116,9 @@ def attribute_embeddings(
         attr = occlusion.attribute(
             inputs, sliding_window_shapes=(1, inputs.shape[-1]), strides=(1, inputs.shape[-1]), baselines=baselines,
             additional_forward_args=additional_forward_args,
-            perturbations_per_eval=kwargs.get("perturbations_per_eval", max(1, (internal_batch_size or 1) // len(inputs))),
+            perturbations_per_eval=kwargs.get(
+                "perturbations_per_eval", max(1, (internal_batch_size or 1) // len(inputs))
+            ),
         )
         return MethodOutput(attr)
     kwargs.setdefault("internal_batch_size", internal_batch_size)
@@ -124,7 +128,9 @@ def attribute_embeddings(
         return _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype)
     if spec.family == "discretized":
         if baseline_token_id is None:
-            raise ValueError(f"baseline must be a token (pad, mask or unk) for method {spec.name!r}: its path ends at a word")
+            raise ValueError(
+                f"baseline must be a token (pad, mask or unk) for method {spec.name!r}: its path ends at a word"
+            )
         dig = importlib.import_module("saliency_fast.methods.dig")
         found = dig.dig_attribute_embeddings(
             forward, input_ids, embedding_matrix, baseline_token_id, additional_forward_args=additional_forward_args,

@@ -252,7 +252,9 @@ def _choices_per_prompt(choices, n_prompts: int) -> list[list[str]]:
         raise ValueError("choices is required for a multiple-choice model: attribute(prompt, choices=[...])")
     if isinstance(choices, (list, tuple)) and choices and all(isinstance(c, (list, tuple)) for c in choices):
         if len(choices) != n_prompts:
-            raise ValueError(f"choices has {len(choices)} lists but there are {n_prompts} prompts; expected one per prompt")
+            raise ValueError(
+                f"choices has {len(choices)} lists but there are {n_prompts} prompts; expected one per prompt"
+            )
         return [check(c, f"choices[{i}]") for i, c in enumerate(choices)]
     return [check(choices, "choices")] * n_prompts
 
@@ -315,12 +317,16 @@ class SimilarityTask(_PooledTask):
 
 def _references(reference, n_texts: int) -> list[str]:
     if reference is None:
-        raise ValueError("reference is required for similarity: attribute(text, reference='...') or Explainer(reference=...)")
+        raise ValueError(
+            "reference is required for similarity: attribute(text, reference='...') or Explainer(reference=...)"
+        )
     if isinstance(reference, str):
         reference = [reference] * n_texts
     texts, _ = model_io.check_texts(reference, name="reference")
     if len(texts) != n_texts:
-        raise ValueError(f"reference has {len(texts)} texts but there are {n_texts} texts; expected one or one per text")
+        raise ValueError(
+            f"reference has {len(texts)} texts but there are {n_texts} texts; expected one or one per text"
+        )
     return texts
 
 
@@ -371,7 +377,9 @@ class ZeroShotTask(_PooledTask):
 
 def check_labels(labels) -> list[str]:
     if labels is None:
-        raise ValueError("labels are required for zero-shot classification: Explainer(..., labels=['positive', 'negative'])")
+        raise ValueError(
+            "labels are required for zero-shot classification: Explainer(..., labels=['positive', 'negative'])"
+        )
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
         raise TypeError(f"labels must be a non-empty list of label strings, got {labels!r}")
     for i, label in enumerate(labels):
@@ -403,7 +411,9 @@ def infer_task(model, labels) -> str:
         return task
     if getattr(model, "base_model", None) is model:
         return "zero-shot" if labels is not None else "similarity"
-    raise ValueError(f"task='auto' cannot tell the task of a {type(model).__name__}; pass task= one of {TASK_CHOICES[1:]}")
+    raise ValueError(
+        f"task='auto' cannot tell the task of a {type(model).__name__}; pass task= one of {TASK_CHOICES[1:]}"
+    )
 
 
 def forward_parameters(model) -> set[str]:
