@@ -209,8 +209,9 @@ class AttributionResult:
 
     def plot(self, kind: str = "auto", path=None):
         """A matplotlib Figure: ``bars`` (up for positive, down for negative) or ``heatmap``;
-        ``auto`` draws bars for one row and a heatmap for generation or several rows. Saved as
-        PNG to ``path`` if given."""
+        ``auto`` draws bars for one row and a heatmap for generation or several rows; ``layers``
+        draws ``layer_scores`` as a layers x tokens heatmap per target. Saved as PNG to ``path``
+        if given."""
         from saliency_fast.viz import plot as plot_view
 
         return plot_view.figure(self, kind=kind, path=path)

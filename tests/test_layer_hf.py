@@ -10,6 +10,7 @@ import captum.attr
 import pytest
 import torch
 
+import saliency_fast
 from saliency_fast import Explainer
 from saliency_fast.hf import generation
 from saliency_fast.hf import layers as hf_layers
@@ -236,8 +237,6 @@ def test_generation_all_layers_equal_each_layer_alone(method, path):
 
 def test_generation_input_path_matches_the_methods_class_on_each_prefix():
     model, tok = gpt2()
-    import saliency_fast
-
     result = Explainer(model, tok).attribute_generation(
         PROMPT, generated_text=FORCED, method="integrated_gradients", layer=1, aggregate="sum", baseline="zero",
         n_steps=12)
@@ -261,3 +260,23 @@ def test_generation_bad_layer_options():
         explainer.attribute_generation(PROMPT, generated_text=FORCED, method="occlusion", layer=0)
     with pytest.raises(ValueError, match="out of range"):
         explainer.attribute_generation(PROMPT, generated_text=FORCED, method="saliency", layer=5)
+
+
+# ------------------------------------------------------------------------------ views, files
+
+
+def test_layers_heatmap_and_files(tmp_path):
+    model, tok = gpt2()
+    result = Explainer(model, tok).attribute_generation(PROMPT, generated_text=FORCED, method="saliency",
+                                                         layers="all")
+    fig = result.plot(kind="layers", path=tmp_path / "layers.png")
+    assert (tmp_path / "layers.png").stat().st_size > 0
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == len(result.targets)
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == result.layer_names
+    back = saliency_fast.load(result.save(tmp_path / "result.json"))
+    assert back.layer_names == result.layer_names and back.metadata["layers"] == result.layer_names
+    assert _same(back.layer_scores, result.layer_scores)
+    plain = Explainer(bert(), bert_tokenizer()).attribute(TEXTS[0])
+    with pytest.raises(ValueError, match="needs layer scores"):
+        plain.plot(kind="layers")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
@@ -15,7 +16,7 @@ from saliency_fast.viz.scale import (
     MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, summary_fields,
 )
 
-KINDS = ("auto", "bars", "heatmap")
+KINDS = ("auto", "bars", "heatmap", "layers")
 MAX_BAR_ROWS = 16
 MAX_TICK_LABELS = 120
 MAX_LABEL_CHARS = 20
@@ -39,7 +40,9 @@ def figure(result, kind: str = "auto", path=None) -> Figure:
     scores, keep = result.token_scores(), result.meaningful()
     limit = color_limit(scores, keep)
     values = np.where(keep.numpy(), scores.numpy(), np.nan)
-    if kind == "bars":
+    if kind == "layers":
+        fig = _layers(result, keep)
+    elif kind == "bars":
         if len(result.targets) > MAX_BAR_ROWS:
             raise ValueError(
                 f"kind='bars' draws at most {MAX_BAR_ROWS} rows, this result has {len(result.targets)}; use kind='heatmap'"
@@ -115,4 +118,32 @@ def _heatmap(result, values: np.ndarray, limit: float) -> Figure:
     ax.set_ylabel("generated token" if result.is_generation else "target")
     fig.colorbar(image, ax=ax, shrink=0.8, label="attribution")
     fig.suptitle(_title(result), fontsize=10).set_parse_math(False)
+    return fig
+
+
+def _layers(result, keep) -> Figure:
+    """One layers x tokens heatmap per target (the first ``MAX_BAR_ROWS``, said in the title), each
+    on its own colour scale shared by its layers, so the layers compare."""
+    if result.layer_scores is None:
+        raise ValueError("kind='layers' needs layer scores: attribute with layer= or layers='all' "
+                         "(or method='attention')")
+    n_targets, n_layers, n_tokens = result.layer_scores.shape
+    shown = min(n_targets, MAX_BAR_ROWS)
+    names = result.layer_names or [f"layer {i}" for i in range(n_layers)]
+    width = min(MAX_INCHES[0], max(6.0, 0.32 * n_tokens + 3.0))
+    height = min(MAX_INCHES[1], shown * max(1.6, 0.3 * n_layers + 1.0) + 0.6)
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(shown, 1, squeeze=False)[:, 0]
+    for t, ax in enumerate(axes):
+        layer_keep = keep[t].unsqueeze(0) & torch.isfinite(result.layer_scores[t])
+        limit = color_limit(result.layer_scores[t], layer_keep)
+        values = np.where(layer_keep.numpy(), result.layer_scores[t].numpy(), np.nan)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=COLORMAP, vmin=-limit, vmax=limit, aspect="auto",
+                          interpolation="nearest")
+        _set_tick_labels(ax.xaxis, result.tokens, rotation=60)
+        _set_tick_labels(ax.yaxis, names, rotation=0)
+        ax.set_title(f"target: {display_token(result.targets[t])}", loc="left", fontsize=10).set_parse_math(False)
+        fig.colorbar(image, ax=ax, shrink=0.8, label="attribution")
+    more = f" · first {shown} of {n_targets} targets" if shown < n_targets else ""
+    fig.suptitle(_title(result) + more, fontsize=10).set_parse_math(False)
     return fig
