@@ -13,7 +13,9 @@ texts of ``--tokens`` random word pieces, IG w.r.t. the embedding output (the fo
   captum's default rule (``n_steps=50``, gausslegendre; its completeness error is printed too).
 
 Contenders run interleaved, ``--repeats`` rounds, and the median is reported (the minimum too),
-which keeps a shared machine's load from favouring whoever ran first.
+which keeps a shared machine's load from favouring whoever ran first. On a busy machine pass
+``--threads 1``: with more threads than free cores, every op's OpenMP barrier waits for a
+descheduled thread, a large per-op cost unrelated to the work.
 
     python benchmarks/bench_methods.py            # 3 rounds
     python benchmarks/bench_methods.py --quick    # 1 round
@@ -110,8 +112,13 @@ def main() -> None:
     parser.add_argument("--internal-batch-size", type=int, default=40)
     parser.add_argument("--target", type=int, default=1)
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 keeps a shared, busy machine from distorting "
+                             "the timings with OpenMP barrier waits")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     forward, x = build(args.layers, args.batch, args.tokens)
     common = dict(target=args.target, n_steps=args.steps, method="gausslegendre",
