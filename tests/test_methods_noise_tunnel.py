@@ -62,12 +62,18 @@ def test_smoothgrad_estimates_the_mean_over_the_noise(case):
     assert relative_difference(many, other) < 0.5 * relative_difference(many, plain)
 
 
-def test_noise_tunnel_draws_baselines_from_a_distribution(case):
-    model, x = case
+def test_noise_tunnel_draws_baselines_from_a_distribution():
+    """IG of a linear model is (x - b) * w, so averaged over baselines drawn uniformly from a pool it
+    approaches (x - mean(pool)) * w; each noisy copy gets its own delta."""
+    weights = torch.randn(4, 8)
+    model = lambda v: (v * weights).flatten(1).sum(1)  # noqa: E731
+    x = torch.randn(3, 4, 8)
+    pool = torch.stack([torch.zeros(4, 8), torch.full((4, 8), 4.0)])
     nt = saliency_fast.NoiseTunnel(saliency_fast.IntegratedGradients(model))
-    pool = torch.randn(10, 4, 8)
     out, delta = nt.attribute(
-        x, target=0, nt_samples=4, stdevs=0.1, baselines=pool, draw_baseline_from_distrib=True, n_steps=5,
-        return_convergence_delta=True, generator=3,
+        x, nt_samples=400, nt_samples_batch_size=100, stdevs=0.0, baselines=pool, draw_baseline_from_distrib=True,
+        n_steps=2, return_convergence_delta=True, generator=3,
     )
-    assert out.shape == x.shape and delta.shape == (12,)
+    assert delta.shape == (1200,) and float(delta.abs().max()) < 1e-4
+    assert relative_difference(out, (x - 2) * weights) < 0.05
+    assert relative_difference(out, x * weights) > 0.3 and relative_difference(out, (x - 4) * weights) > 0.3
