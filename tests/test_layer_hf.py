@@ -153,6 +153,31 @@ def test_explainer_layer_path_completeness():
     assert curved.metadata["completeness_error"][0] > exact.metadata["completeness_error"][0]
 
 
+def test_explainer_auto_steps_on_captums_path():
+    result = Explainer(bert(), bert_tokenizer()).attribute(
+        TEXTS[0], method="integrated_gradients", target=1, layer=1, layer_path="layer", n_steps="auto", rtol=1e-3)
+    x, base, _, forward = _bert_inputs(TEXTS[0])
+    with torch.no_grad():
+        change = float(forward(x)[0, 1] - forward(base)[0, 1])
+    assert result.metadata["n_steps"] in (3, 7, 15, 31, 63, 127)
+    assert result.metadata["completeness_error"][0] <= 1e-3 * abs(change) + 1e-7
+
+
+@pytest.mark.parametrize("head", ["multiple_choice", "tagging"])
+def test_other_tasks_give_one_map_per_row(head):
+    """Multiple choice (one unit per choice) and tagging (one row per position) batch rows their own
+    way; every row's layer map still equals attributing that layer alone."""
+    model = tiny_bert(head, num_hidden_layers=2)
+    explainer = Explainer(model, bert_tokenizer(), batch_size=3)
+    options = {"choices": ["yes", "no way"], "target": "all"} if head == "multiple_choice" else {}
+    together = explainer.attribute(TEXTS[0], method="input_x_gradient", layers="all", aggregate="sum", **options)
+    alone = explainer.attribute(TEXTS[0], method="input_x_gradient", layer=0, aggregate="sum", **options)
+    together, alone = (together, alone) if head == "multiple_choice" else ([together], [alone])
+    for t, a in zip(together, alone):
+        assert t.layer_scores.shape == (len(t.targets), 2, len(t.tokens))
+        assert _same(t.layer_scores[:, 0], a.scores)
+
+
 def test_explainer_dot_is_attribution_dot_activation():
     model = bert()
     x, base, special, forward = _bert_inputs(TEXTS[0])
