@@ -26,13 +26,22 @@ FORCED_REFERENCE = os.environ.get("SALIENCY_FAST_BACKEND", "").strip().lower() =
 needs_native = pytest.mark.skipif(FORCED_REFERENCE, reason="SALIENCY_FAST_BACKEND=reference")
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 REDUCES = ["none", "sum", "l2", "abs_sum"]
 HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def native(name: str):
     return getattr(torch.ops.saliency_fast, name).default
+
+
+def op_of(entry: str, name: str):
+    """The op ``name`` as the native kernel called directly, the reference, or the public op."""
+    if entry == "native":
+        return native(name)
+    return getattr(reference if entry == "reference" else ops, name)
+
+
+NATIVE = pytest.param("native", marks=needs_native)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,18 +297,9 @@ def test_opcheck(requires_grad):
         torch.library.opcheck(native("ig_accumulate_"), (torch.zeros(2, 5), grads, weights, x, baseline))
 
 
-def implementations():
-    native_marks = [needs_native]
-    return [
-        pytest.param(("native", lambda name: native(name)), marks=native_marks, id="native"),
-        pytest.param(("reference", lambda name: getattr(reference, name)), id="reference"),
-    ]
-
-
-@pytest.mark.parametrize("impl", implementations())
-def test_gradcheck_accumulate(impl):
-    _, get = impl
-    op = get("ig_accumulate")
+@pytest.mark.parametrize("entry", [NATIVE, "reference"])
+def test_gradcheck_accumulate(entry):
+    op = op_of(entry, "ig_accumulate")
     for args in accumulate_samples(requires_grad=True):
         tensors, reduce, partial = args[:4], args[4], args[5]
         fn = lambda *t: op(*t[:4], reduce, t[4] if len(t) > 4 else None)  # noqa: E731
@@ -308,15 +308,14 @@ def test_gradcheck_accumulate(impl):
         assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("impl", implementations())
-def test_gradcheck_interpolate(impl):
-    _, get = impl
+@pytest.mark.parametrize("entry", [NATIVE, "reference"])
+def test_gradcheck_interpolate(entry):
     inputs = [random_tensor((2, 3), torch.float64), random_tensor((2, 3), torch.float64),
               random_tensor((4,), torch.float64, positive=True)]
     for t in inputs:
         t.requires_grad_()
-    assert torch.autograd.gradcheck(get("ig_interpolate"), inputs)
-    assert torch.autograd.gradgradcheck(get("ig_interpolate"), inputs)
+    assert torch.autograd.gradcheck(op_of(entry, "ig_interpolate"), inputs)
+    assert torch.autograd.gradgradcheck(op_of(entry, "ig_interpolate"), inputs)
 
 
 def test_torch_compile_fullgraph():
@@ -374,17 +373,7 @@ INTERPOLATE_ERRORS = [
     ({"x": torch.tensor(2.0), "baseline": torch.tensor(1.0)}, ValueError, "x"),
 ]
 
-ENTRY_POINTS = [
-    pytest.param("native", marks=needs_native),
-    "reference",
-    "public",
-]
-
-
-def _call(entry, name, *args):
-    fn = {"native": lambda: native(name), "reference": lambda: getattr(reference, name),
-          "public": lambda: getattr(ops, name)}[entry]()
-    return fn(*args)
+ENTRY_POINTS = [NATIVE, "reference", "public"]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -392,7 +381,7 @@ def _call(entry, name, *args):
 def test_accumulate_bad_input(entry, change, error, name):
     a = {**_good(), "reduce": "sum", "partial": None, **change}
     with pytest.raises(error, match=name):
-        _call(entry, "ig_accumulate", a["grads"], a["weights"], a["x"], a["baseline"], a["reduce"], a["partial"])
+        op_of(entry, "ig_accumulate")(a["grads"], a["weights"], a["x"], a["baseline"], a["reduce"], a["partial"])
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -400,10 +389,10 @@ def test_accumulate_bad_input(entry, change, error, name):
 def test_interpolate_bad_input(entry, change, error, name):
     a = {**_good(), **change}
     with pytest.raises(error, match=name):
-        _call(entry, "ig_interpolate", a["x"], a["baseline"], a["alphas"])
+        op_of(entry, "ig_interpolate")(a["x"], a["baseline"], a["alphas"])
 
 
-@pytest.mark.parametrize("entry", [pytest.param("native", marks=needs_native), "public"])
+@pytest.mark.parametrize("entry", [NATIVE, "public"])
 @pytest.mark.parametrize(("acc", "error"), [
     (torch.zeros(2, 5), ValueError),
     (torch.zeros(2, 4, dtype=torch.float64), TypeError),
@@ -411,7 +400,7 @@ def test_interpolate_bad_input(entry, change, error, name):
 ])
 def test_accumulate_inplace_bad_acc(entry, acc, error):
     a = _good()
-    fn = native("ig_accumulate_") if entry == "native" else ops.ig_accumulate_
+    fn = op_of(entry, "ig_accumulate_")
     # the public op checks acc as the running partial sum it is
     with pytest.raises(error, match="acc" if entry == "native" else "partial"):
         fn(acc, a["grads"], a["weights"], a["x"], a["baseline"])
@@ -428,9 +417,9 @@ def test_accumulate_inplace_refuses_overlapping_acc():
 def test_device_mismatch_names_argument(entry):
     a = _good()
     with pytest.raises(ValueError, match="baseline"):
-        _call(entry, "ig_interpolate", a["x"], a["baseline"].to("meta"), a["alphas"])
+        op_of(entry, "ig_interpolate")(a["x"], a["baseline"].to("meta"), a["alphas"])
     with pytest.raises(ValueError, match="weights"):
-        _call(entry, "ig_accumulate", a["grads"], a["weights"].to("meta"), a["x"], a["baseline"], "sum", None)
+        op_of(entry, "ig_accumulate")(a["grads"], a["weights"].to("meta"), a["x"], a["baseline"], "sum", None)
 
 
 @needs_native
