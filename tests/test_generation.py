@@ -225,11 +225,32 @@ def test_integrated_gradients_match_inseq(explainer, inseq_model):
 # ------------------------------------------------------------------------------ engine options
 
 
-def test_logit_rows_head_equals_full_head(explainer):
-    rows = run(explainer, "saliency", target="logit", aggregate="none")
-    full = run(explainer, "saliency", target="logit", aggregate="none", lm_head="full")
-    assert rows.metadata["lm_head"] == "rows" and full.metadata["lm_head"] == "full"
-    assert_rows_close(rows.scores, full.scores, rtol=1e-5)
+@pytest.mark.parametrize("target,head", [("logit", "rows"), ("prob", "targets")])
+def test_split_head_equals_the_models_own_head(explainer, target, head):
+    split = run(explainer, "saliency", target=target, aggregate="none")
+    full = run(explainer, "saliency", target=target, aggregate="none", lm_head="full")
+    assert split.metadata["lm_head"] == head and full.metadata["lm_head"] == "model"
+    assert_rows_close(split.scores, full.scores, rtol=1e-5)
+
+
+def test_a_head_the_split_cannot_reproduce_falls_back_to_the_model():
+    from saliency_fast.hf.lm_head import CausalLMScorer
+
+    model, tok = tiny_gpt2()
+    forward = model.forward
+    model.forward = lambda *a, **k: _scaled(forward(*a, **k))  # a final logit scale the split would miss
+    assert not CausalLMScorer(model).splits
+    explainer = saliency_fast.Explainer(model, tok)
+    result = run(explainer, "saliency", target="logit", aggregate="sum")
+    model.forward = forward
+    assert result.metadata["lm_head"] == "model"
+    plain = run(saliency_fast.Explainer(model, tok), "saliency", target="logit", aggregate="sum")
+    assert_rows_close(result.scores, 2 * plain.scores, rtol=1e-5)
+
+
+def _scaled(output):
+    output.logits = 2 * output.logits
+    return output
 
 
 @pytest.mark.parametrize("method,kwargs", [

@@ -108,28 +108,46 @@ class CausalPass:
             finally:
                 self._bar = None
 
-    def scores(self, points: torch.Tensor, chunk: Chunk | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
-        """Target scores ``[B, T_chunk]`` of ``points`` (``[B, L, D]``); the whole set when no chunk,
-        only the targets ``subset`` (indices within the chunk) when given."""
+    def _targets(self, chunk: Chunk | None, subset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         positions, token_ids = self.positions, self.token_ids
         if chunk is not None:
             positions, token_ids = positions[chunk.start : chunk.end], token_ids[chunk.start : chunk.end]
         if subset is not None:
             positions, token_ids = positions[subset], token_ids[subset]
+        return positions, token_ids
+
+    def scores(self, points: torch.Tensor, chunk: Chunk | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
+        """Target scores ``[B, T_chunk]`` of ``points`` (``[B, L, D]``); the whole set when no chunk,
+        only the targets ``subset`` (indices within the chunk) when given."""
         with self.autocast():
-            out = self.scorer.scores(points, positions, token_ids, self.target)
+            out = self.scorer.scores(points, *self._targets(chunk, subset), self.target)
         return out.float()
 
     def gradients(self, points: torch.Tensor, chunk: Chunk, subset: torch.Tensor | None = None) -> torch.Tensor:
         """``d score_i / d points`` for every target ``i`` of ``chunk`` (or of its ``subset``):
         ``[T_chunk, B, L, D]``.
 
-        One forward for the batch of points; the backward of all targets at once (batched
-        grad_outputs, one one-hot per target), w.r.t. the points only.
+        One forward for the batch of points, then the backward of all targets at once. When the
+        scorer splits body and head, the head's gradients come first, from one plain backward
+        (score ``i`` reads only the hidden state at its own position, so the gradient of their sum
+        holds every target's), and the batched backward starts at the hidden states, seeded with
+        target ``i``'s head gradient at its position: the head is never back-propagated once per
+        target (for ``prob`` targets that would be ``T x T x V x D`` work per chunk).
         """
         points = points.detach().requires_grad_(True)
-        (grads,) = self.target_gradients(self.scores(points, chunk, subset), (points,))
-        return grads
+        if not self.scorer.splits:
+            (grads,) = self.target_gradients(self.scores(points, chunk, subset), (points,))
+            return grads
+        positions, token_ids = self._targets(chunk, subset)
+        with self.autocast():
+            hidden = self.scorer.hidden(points)
+        at_targets = hidden[:, positions].detach().requires_grad_(True)
+        with self.autocast():
+            scores = self.scorer.head_scores(at_targets, token_ids, self.target)
+        (head_grads,) = torch.autograd.grad(scores.sum(), at_targets)  # [B, T, D]
+        seeds = hidden.new_zeros((positions.shape[0], *hidden.shape))
+        seeds[torch.arange(positions.shape[0], device=seeds.device), :, positions] = head_grads.transpose(0, 1)
+        return self._batched_backward(hidden, (points,), seeds)[0]
 
     def total_change(self, baseline: torch.Tensor) -> torch.Tensor:
         """``F(x) - F(baseline)`` of every target ``[T]`` (float32, CPU), at full precision as the
@@ -149,11 +167,15 @@ class CausalPass:
         every tensor ``w`` of ``wrt`` (the points, or activations inside the model): ``[T_chunk, *w.shape]``
         each, from one backward for all targets (batched grad_outputs, one one-hot per target)."""
         n = scores.shape[1]
-        if n == 1:
-            grads = tuple(g.unsqueeze(0) for g in torch.autograd.grad(scores.sum(), wrt))
+        one_hot = torch.eye(n, dtype=scores.dtype, device=scores.device).unsqueeze(1).repeat(1, scores.shape[0], 1)
+        return self._batched_backward(scores, wrt, one_hot)
+
+    def _batched_backward(self, outputs: torch.Tensor, wrt: tuple[torch.Tensor, ...], seeds: torch.Tensor):
+        """``grad(outputs, wrt, seeds[i])`` for every ``i``, in one batched backward."""
+        if seeds.shape[0] == 1:
+            grads = tuple(g.unsqueeze(0) for g in torch.autograd.grad(outputs, wrt, seeds[0]))
         else:
-            one_hot = torch.eye(n, dtype=scores.dtype, device=scores.device).unsqueeze(1).repeat(1, scores.shape[0], 1)
-            grads = torch.autograd.grad(scores, wrt, one_hot, is_grads_batched=True)
+            grads = torch.autograd.grad(outputs, wrt, seeds, is_grads_batched=True)
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             raise NonFiniteAttributionError(
                 "gradients became NaN/inf (half-precision overflow or a NaN in the model); "

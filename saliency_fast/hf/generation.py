@@ -187,7 +187,7 @@ def attribute_generation(
         generated_text=tokenizer.decode(ids, skip_special_tokens=False),
         forced=generated_text is not None,
         dtype=None if options["dtype"] is None else str(options["dtype"]).replace("torch.", ""),
-        lm_head="rows" if target == "logit" and cp.scorer.uses_rows else "full",
+        lm_head=("rows" if target == "logit" else "targets") if cp.scorer.splits else "model",
     )
     special_list = special.cpu().tolist()
     return saliency_fast.AttributionResult(

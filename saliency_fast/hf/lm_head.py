@@ -1,15 +1,19 @@
 """Scores of chosen tokens at chosen positions of a causal LM, computing as little of the head as possible.
 
 A causal LM's vocabulary projection costs ``V x D`` per position (~30 % of GPT-2-small's compute),
-yet attribution needs one score per generated token, read at the position before it. So:
+yet attribution needs one score per generated token, read at the position before it. So the scorer
+splits the model into its body (``base_model``: embeddings in, final hidden states out) and its
+head, applied at the target positions only:
 
 - target ``logit``: only the target rows of the head, ``hidden[pos] . W[token] (+ b[token])``;
-- ``prob`` / ``logprob`` / ``loss``: the full head, but only at the target positions (the softmax
-  needs the log-sum-exp over the whole vocabulary there, and nowhere else), through the model's
-  own forward with ``logits_to_keep``, so any final logit scaling or soft-capping is kept.
+- ``prob`` / ``logprob`` / ``loss``: the full head at the target positions (the softmax needs the
+  log-sum-exp over the whole vocabulary there, and nowhere else).
 
-The row shortcut skips the model's own head code, so it is used only after a probe shows it gives
-the model's logits (one tiny forward per model, cached); otherwise the full path is taken.
+The split also lets the backward start from the hidden states (see
+:meth:`saliency_fast.hf.causal_pass.CausalPass.gradients`). It skips the model's own head code
+(final logit scaling, soft-capping), so it is used only after a probe shows ``head(body(x))``
+gives the model's logits (one tiny forward per model, cached); otherwise, and with
+``head="full"``, the model's own forward runs, with ``logits_to_keep`` at the target positions.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import nn
 from saliency_fast.hf import targets as target_fns
 
 HEAD_CHOICES = ("auto", "full")
-# rel. tolerance of the probe that compares the row shortcut with the model's own logits
+# rel. tolerance of the probe that compares head(body(x)) with the model's own logits
 _PROBE_RTOL = 1e-3
 _probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -32,8 +36,8 @@ class CausalLMScorer:
     """``scores(embeds, positions, token_ids, target)``: the target score of ``token_ids[i]`` read at
     ``positions[i]`` for every row of ``embeds`` (``[B, L, D]`` word embeddings) -> ``[B, T]`` float32.
 
-    ``head="auto"`` takes the row shortcut for ``logit`` targets when the model allows it; ``"full"``
-    always runs the model's own head (at the target positions only).
+    ``head="auto"`` splits body and head when the model allows it (:attr:`splits`); ``"full"``
+    always runs the model's own forward (its head at the target positions only).
     """
 
     def __init__(self, model: nn.Module, head: str = "auto"):
@@ -42,19 +46,33 @@ class CausalLMScorer:
         self.model = model
         self.head = head
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._rows = head == "auto" and _rows_shortcut_ok(model)
+        self._splits = head == "auto" and _split_ok(model)
 
     @property
-    def uses_rows(self) -> bool:
-        """True when ``logit`` targets read only the target rows of the head."""
-        return self._rows
+    def splits(self) -> bool:
+        """True when scores come from :meth:`hidden` then :meth:`head_scores` (``logit`` targets
+        then read only the target rows of the head)."""
+        return self._splits
 
     def scores(self, embeds: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, target: str) -> torch.Tensor:
         target_fns.check_target_fn(target)
-        if target == "logit" and self._rows:
-            hidden = body_hidden(self.model, embeds)[:, positions]
-            return _row_logits(self.model.get_output_embeddings(), hidden, token_ids)
+        if self._splits:
+            return self.head_scores(self.hidden(embeds)[:, positions], token_ids, target)
         logits = self.logits_at(embeds, positions)
+        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        return target_fns.score_from_logits(logits, index, target).float()
+
+    def hidden(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The body's final hidden states ``[B, L, D]`` (only when :attr:`splits`)."""
+        return body_hidden(self.model, embeds)
+
+    def head_scores(self, hidden: torch.Tensor, token_ids: torch.Tensor, target: str) -> torch.Tensor:
+        """Scores ``[B, T]`` (float32) of ``token_ids[i]`` from ``hidden[:, i]`` (``[B, T, D]``, the
+        hidden states at the target positions; only when :attr:`splits`)."""
+        head = self.model.get_output_embeddings()
+        if target == "logit":
+            return _row_logits(head, hidden, token_ids)
+        logits = head(hidden)
         index = token_ids.to(logits.device).expand(logits.shape[:-1])
         return target_fns.score_from_logits(logits, index, target).float()
 
@@ -80,17 +98,17 @@ def _row_logits(head: nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) 
     return out
 
 
-def _rows_shortcut_ok(model: nn.Module) -> bool:
+def _split_ok(model: nn.Module) -> bool:
     """Whether ``body(x) @ W.T + b`` reproduces ``model(x).logits`` (checked once per model)."""
     cached = _probe_cache.get(model)
     if cached is not None:
         return cached
-    ok = _probe_rows_shortcut(model)
+    ok = _probe_split(model)
     _probe_cache[model] = ok
     return ok
 
 
-def _probe_rows_shortcut(model: nn.Module) -> bool:
+def _probe_split(model: nn.Module) -> bool:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     base = getattr(model, "base_model", None)
     if not isinstance(head, nn.Linear) or base is None or base is model:
