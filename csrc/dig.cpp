@@ -1,5 +1,6 @@
 // Schemas and argument checks of the Discretized Integrated Gradients ops. Kernels register per
 // device in csrc/cpu/dig_cpu.cpp and csrc/cuda/dig_cuda.cu; specification in reference.py.
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
@@ -47,6 +48,32 @@ Strategy parse_strategy(std::string_view strategy) {
 }
 
 }  // namespace
+
+DistanceArgs prepare_distances(const at::Tensor& embedding, const at::Tensor& queries, const at::Tensor& candidates) {
+  check_floating("embedding", embedding);
+  TORCH_CHECK_VALUE(embedding.dim() == 2, "embedding must have shape (V, D), got ", embedding.sizes());
+  check_like("queries", queries, "embedding", embedding);
+  TORCH_CHECK_VALUE(queries.dim() == 2 && queries.size(1) == embedding.size(1), "queries must have shape (M, D) = (M, ",
+                    embedding.size(1), "), got ", queries.sizes());
+  check_defined("candidates", candidates);
+  TORCH_CHECK_TYPE(candidates.scalar_type() == at::kLong, "candidates must be an int64 tensor of row indices, got ",
+                   candidates.scalar_type());
+  TORCH_CHECK_VALUE(candidates.device() == embedding.device(), "candidates is on ", candidates.device(),
+                    " but embedding is on ", embedding.device(), "; expected the same device");
+  TORCH_CHECK_VALUE(candidates.dim() == 2 && candidates.size(0) == queries.size(0),
+                    "candidates must have shape (M, C) with M = ", queries.size(0), " (one row per query), got ",
+                    candidates.sizes());
+  DistanceArgs args;
+  args.embedding = embedding.contiguous();
+  args.queries = queries.contiguous();
+  args.candidates = candidates.contiguous();
+  args.v = embedding.size(0);
+  args.d = embedding.size(1);
+  args.m = candidates.size(0);
+  args.c = candidates.size(1);
+  args.out = at::empty({args.m, args.c}, embedding.options().dtype(at::kDouble));
+  return args;
+}
 
 MonotonizeArgs prepare_monotonize(const at::Tensor& anchor, const at::Tensor& current, const at::Tensor& baseline,
                                   int64_t steps) {
@@ -114,6 +141,7 @@ CandidateArgs prepare_select(const at::Tensor& candidates, const at::Tensor& val
 }  // namespace saliency_fast::dig
 
 TORCH_LIBRARY_FRAGMENT(saliency_fast, m) {
+  m.def("dig_exact_distances(Tensor embedding, Tensor queries, Tensor candidates) -> Tensor");
   m.def("dig_monotonize(Tensor anchor, Tensor current, Tensor baseline, int steps) -> Tensor");
   m.def(
       "dig_monotonic_scores(Tensor candidates, Tensor current, Tensor baseline, int steps) "

@@ -163,3 +163,24 @@ def check_dig_select_args(candidates, valid, current, baseline, steps, strategy,
     if anchor_word is not None:
         _points("anchor_word", anchor_word, "candidates", candidates)
         same_shape("anchor_word", anchor_word, "current", current)
+
+
+def check_dig_distances_args(embedding, queries, candidates) -> None:
+    tensor("embedding", embedding)
+    floating("embedding", embedding)
+    if embedding.dim() != 2:
+        raise ValueError(f"embedding must have shape (V, D), got {tuple(embedding.shape)}")
+    _points("queries", queries, "embedding", embedding)
+    if queries.dim() != 2 or queries.shape[1] != embedding.shape[1]:
+        raise ValueError(f"queries must have shape (M, D) = (M, {embedding.shape[1]}), got {tuple(queries.shape)}")
+    tensor("candidates", candidates)
+    if candidates.dtype != torch.int64:
+        raise TypeError(f"candidates must be an int64 tensor of row indices, got {candidates.dtype}")
+    same_device("candidates", candidates, "embedding", embedding)
+    if candidates.dim() != 2 or candidates.shape[0] != queries.shape[0]:
+        raise ValueError(
+            f"candidates must have shape (M, C) with M = {queries.shape[0]} (one row per query), "
+            f"got {tuple(candidates.shape)}"
+        )
+    if candidates.numel() and (int(candidates.min()) < 0 or int(candidates.max()) >= embedding.shape[0]):
+        raise ValueError(f"candidates must hold row indices of embedding, in [0, {embedding.shape[0]})")

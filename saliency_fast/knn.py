@@ -27,6 +27,8 @@ import tempfile
 import torch
 from tqdm.auto import tqdm
 
+from saliency_fast import ops
+
 ENV_KNN = "SALIENCY_FAST_KNN"
 BACKENDS = ("faiss-gpu", "faiss-cpu", "torch")
 # FAISS's GPU k-selection handles at most this many neighbours per query.
@@ -151,7 +153,7 @@ def exact_rerank(
     """Order each query's ``candidates`` by exact float64 distance, equal distances by index,
     drop ``exclude[i]`` from row i, keep ``k``. Returns (distances float64, indices int64)."""
     by_index = torch.sort(candidates, dim=-1).values
-    distances = (embedding[by_index].double() - queries.double().unsqueeze(1)).square().sum(-1)
+    distances = ops.dig_exact_distances(embedding, queries.to(embedding.dtype), by_index)
     if exclude is not None:
         distances = distances.masked_fill(by_index == exclude.unsqueeze(1), float("inf"))
     order = torch.sort(distances, dim=-1, stable=True).indices[:, :k]

@@ -232,10 +232,24 @@ def dig_select_anchor(
     return reference.dig_select_anchor(candidates, valid, current, baseline, steps, strategy, anchor_word)
 
 
+@torch.no_grad()
+def dig_exact_distances(embedding: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Exact float64 squared distances from each query to its candidate rows of ``embedding``; see
+    :func:`reference.dig_exact_distances`."""
+    _checks.check_dig_distances_args(embedding, queries, candidates)
+    if _use_dig_native("dig_exact_distances", embedding.device):
+        return _native_op("dig_exact_distances")(embedding, queries, candidates)
+    return reference.dig_exact_distances(embedding, queries, candidates)
+
+
 def _register_dig_native() -> None:
     lib = f"{_native.OP_NAMESPACE}::"
-    if not hasattr(torch.ops.saliency_fast, "dig_monotonize"):
+    if not hasattr(torch.ops.saliency_fast, "dig_exact_distances"):
         return
+
+    @torch.library.register_fake(lib + "dig_exact_distances")
+    def _(embedding, queries, candidates):
+        return embedding.new_empty(candidates.shape, dtype=torch.float64)
 
     @torch.library.register_fake(lib + "dig_monotonize")
     def _(anchor, current, baseline, steps):

@@ -182,6 +182,13 @@ def dig_upscale(points: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def dig_exact_distances(embedding: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Exact squared Euclidean distances, float64 ``[M, C]``, from each query ``queries[m]`` to the
+    embedding rows ``candidates[m, c]`` (differences and squares in float64)."""
+    _checks.check_dig_distances_args(embedding, queries, candidates)
+    return (embedding[candidates].double() - queries.double().unsqueeze(1)).square().sum(-1)
+
+
 def dig_exact_neighbors(embedding: torch.Tensor, word: int, k: int) -> torch.Tensor:
     """The ``k`` nearest vocabulary words of ``word`` (itself excluded) by exact float64 Euclidean
     distance, nearest first, equal distances by index."""

@@ -56,7 +56,7 @@ def strided(t):
 def test_native_dig_ops_registered():
     if FORCED_REFERENCE:
         pytest.skip("SALIENCY_FAST_BACKEND=reference")
-    for name in ("dig_monotonize", "dig_monotonic_scores", "dig_select_anchor"):
+    for name in ("dig_monotonize", "dig_monotonic_scores", "dig_select_anchor", "dig_exact_distances"):
         assert ops._use_dig_native(name, torch.device("cpu")), f"native {name} is not active"
 
 
@@ -103,6 +103,23 @@ def test_monotonize_matches_reference(device, dtype, contiguous):
     assert torch.equal(ops.dig_monotonize(anchor, current, baseline, 30), out)
 
 
+@needs_native
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, c, d", [(5, 9, 37), (1, 1, 1), (0, 4, 3), (3, 0, 3), (2, 3, 0)])
+def test_exact_distances_match_reference(device, dtype, m, c, d):
+    embedding = torch.randn(50, d).to(device, dtype)
+    queries = torch.randn(m, d).to(device, dtype)
+    candidates = torch.randint(0, 50, (m, c), device=device)
+    if m and c > 1:
+        embedding[candidates[0, 1]] = embedding[candidates[0, 0]]  # a tie must stay exact
+    out = native("dig_exact_distances")(embedding, queries, candidates)
+    assert out.dtype == torch.float64 and out.shape == (m, c)
+    torch.testing.assert_close(out, reference.dig_exact_distances(embedding, queries, candidates), rtol=1e-13, atol=0)
+    if m and c > 1:
+        assert out[0, 0] == out[0, 1]
+
+
 def test_reference_spec_by_hand():
     # dims: inside, outside above, outside below, current == baseline == candidate, current == baseline != candidate
     current = torch.tensor([[0.0, 0.0, 2.0, 1.0, 1.0]])
@@ -147,6 +164,7 @@ def test_opcheck():
     torch.library.opcheck(native("dig_monotonic_scores"), (candidates, current, baseline, 3))
     torch.library.opcheck(native("dig_select_anchor"), (candidates, valid, current, baseline, 3, "greedy", anchor_word))
     torch.library.opcheck(native("dig_select_anchor"), (candidates, valid, current, baseline, 3, "maxcount", None))
+    torch.library.opcheck(native("dig_exact_distances"), (current, baseline, torch.tensor([[0, 2], [1, 1], [2, 0]])))
     anchor = candidates[:, 0].clone().requires_grad_()
     torch.library.opcheck(native("dig_monotonize"), (anchor, current.requires_grad_(), baseline, 3))
 
@@ -188,6 +206,16 @@ def bad_calls():
         ("dig_monotonize", (c[:, 0], cur, b[:, :2], 3), ValueError, "baseline has shape"),
         ("dig_monotonize", (c[:, 0], cur.half(), b, 3), TypeError, "current has dtype"),
         ("dig_monotonize", (c[:, 0].int(), cur, b, 3), TypeError, "anchor must have a floating dtype"),
+        ("dig_exact_distances", (c[0], cur.half(), torch.zeros(2, 2, dtype=torch.long)), TypeError,
+         "queries has dtype"),
+        ("dig_exact_distances", (c[0], cur, torch.zeros(3, 2, dtype=torch.long)), ValueError,
+         r"candidates must have shape \(M, C\) with M = 2"),
+        ("dig_exact_distances", (c[0], cur, torch.zeros(2, 2, dtype=torch.int32)), TypeError,
+         "candidates must be an int64 tensor"),
+        ("dig_exact_distances", (c[0], cur, torch.full((2, 2), 3)), ValueError,
+         r"candidates must hold row indices of embedding, in \[0, 3\)"),
+        ("dig_exact_distances", (c[0], cur[:, :2], torch.zeros(2, 2, dtype=torch.long)), ValueError,
+         r"queries must have shape \(M, D\)"),
     ]
 
 

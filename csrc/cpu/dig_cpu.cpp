@@ -1,6 +1,7 @@
 // CPU kernels of the DIG ops. Rows are split across threads; each row's per-dimension rules
 // (interval and correction target) are computed once and then applied to all its candidates.
 #include <algorithm>
+#include <atomic>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -55,6 +56,42 @@ void monotonize_row(const scalar_t* anchor, const DimRule<opmath_t>* rules, int6
 
 int64_t row_grain(int64_t work_per_row) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work_per_row));
+}
+
+at::Tensor dig_exact_distances_cpu(const at::Tensor& embedding, const at::Tensor& queries,
+                                  const at::Tensor& candidates) {
+  DistanceArgs args = prepare_distances(embedding, queries, candidates);
+  std::atomic<bool> out_of_range{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.embedding.scalar_type(), "dig_distances_cpu", [&] {
+    const scalar_t* rows = args.embedding.const_data_ptr<scalar_t>();
+    const scalar_t* q = args.queries.const_data_ptr<scalar_t>();
+    const int64_t* idx = args.candidates.const_data_ptr<int64_t>();
+    double* out = args.out.mutable_data_ptr<double>();
+    const int64_t c = args.c, d = args.d, v = args.v;
+    at::parallel_for(0, args.m, row_grain(c * d), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        for (int64_t j = 0; j < c; ++j) {
+          const int64_t row = idx[i * c + j];
+          if (row < 0 || row >= v) {
+            out_of_range = true;
+            out[i * c + j] = 0.0;
+            continue;
+          }
+          double part[4] = {0.0, 0.0, 0.0, 0.0};
+          const scalar_t* e = rows + row * d;
+          const scalar_t* qi = q + i * d;
+          int64_t t = 0;
+          for (; t + 4 <= d; t += 4) {
+            for (int u = 0; u < 4; ++u) part[u] += squared_difference(e[t + u], qi[t + u]);
+          }
+          for (; t < d; ++t) part[0] += squared_difference(e[t], qi[t]);
+          out[i * c + j] = (part[0] + part[1]) + (part[2] + part[3]);
+        }
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(!out_of_range, "candidates must hold row indices of embedding, in [0, ", args.v, ")");
+  return args.out;
 }
 
 at::Tensor dig_monotonize_cpu(const at::Tensor& anchor, const at::Tensor& current, const at::Tensor& baseline,
@@ -157,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candi
 }  // namespace saliency_fast::dig
 
 TORCH_LIBRARY_IMPL(saliency_fast, CPU, m) {
+  m.impl("dig_exact_distances", &saliency_fast::dig::dig_exact_distances_cpu);
   m.impl("dig_monotonize", &saliency_fast::dig::dig_monotonize_cpu);
   m.impl("dig_monotonic_scores", &saliency_fast::dig::dig_monotonic_scores_cpu);
   m.impl("dig_select_anchor", &saliency_fast::dig::dig_select_anchor_cpu);

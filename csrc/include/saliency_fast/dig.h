@@ -124,4 +124,13 @@ HOST_DEVICE bool better(Strategy strategy, const Score& a, int64_t ka, const Sco
   return ka < kb;
 }
 
+// One dimension's term of an exact squared Euclidean distance: the difference taken in double
+// (exact for float and half inputs) and squared in double. Used to rank vocabulary neighbours, so
+// identical rows get identical distances whatever their position.
+template <typename T>
+HOST_DEVICE double squared_difference(T a, T b) {
+  const double diff = static_cast<double>(a) - static_cast<double>(b);
+  return diff * diff;
+}
+
 }  // namespace saliency_fast::dig

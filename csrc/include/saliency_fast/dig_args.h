@@ -30,6 +30,14 @@ struct CandidateArgs {
   Strategy strategy = Strategy::Greedy;
 };
 
+// dig_exact_distances: embedding [v, d], queries [m, d], candidates int64 [m, c], out float64 [m, c].
+struct DistanceArgs {
+  at::Tensor embedding, queries, candidates, out;
+  int64_t v = 0, d = 0, m = 0, c = 0;
+};
+
+DistanceArgs prepare_distances(const at::Tensor& embedding, const at::Tensor& queries, const at::Tensor& candidates);
+
 MonotonizeArgs prepare_monotonize(const at::Tensor& anchor, const at::Tensor& current, const at::Tensor& baseline,
                                   int64_t steps);
 
