@@ -221,8 +221,11 @@ def _as_table(batch) -> tuple[pa.Table, Callable]:
         )
     if isinstance(batch, dict):
         return pa.table(batch), pa.Table.to_pydict
-    if type(batch).__name__ == "DataFrame" and hasattr(batch, "to_dict"):  # pandas, without importing it
-        return pa.Table.from_pandas(batch, preserve_index=False), pa.Table.to_pandas
+    if type(batch).__module__.split(".")[0] == "pandas":  # no pandas import for the other kinds
+        import pandas
+
+        if isinstance(batch, pandas.DataFrame):
+            return pa.Table.from_pandas(batch, preserve_index=False), pa.Table.to_pandas
     raise TypeError(
         f"batch must be a pyarrow Table or RecordBatch, a pandas DataFrame or a dict of columns, got {type(batch).__name__}"
     )

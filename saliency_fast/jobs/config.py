@@ -27,9 +27,9 @@ class JobConfig:
     go to the Explainer; ``method``, ``target``, ``score``, ``aggregate``, ``baseline`` and
     ``method_kwargs`` to ``Explainer.attribute`` (for a causal LM, ``task="generate"``, each text
     is a prompt for ``Explainer.attribute_generation``, ``target`` its target function and
-    ``method_kwargs`` hold ``max_new_tokens``). ``id_column=None`` takes the ``id`` column when the input has one,
-    else the row's position in the input. ``batch_size`` texts go to the model at once;
-    ``shard_size`` rows make one output file (the unit of resume).
+    ``method_kwargs`` hold ``max_new_tokens``). ``id_column=None`` takes the ``id`` column when
+    the input has one, else the row's position in the input. ``batch_size`` texts go to the model
+    at once; ``shard_size`` rows make one output file (the unit of resume).
     """
 
     model: str = DEFAULT_MODEL

@@ -105,11 +105,10 @@ class JobDir:
         """Check that this directory holds nothing or the same job, clean what a killed run left,
         write the manifest, and return the shards still to do, in order."""
         self._plan, self._config, self._started = plan, config, time.perf_counter()
-        previous = self._read_manifest()
+        previous = None if overwrite else self._read_manifest()
         if overwrite:
             shutil.rmtree(self.shards_dir)
             self.shards_dir.mkdir()
-            previous = None
         elif previous is None and io.shard_files(self.root):
             raise ValueError(f"{self.root} holds shards but no {MANIFEST}; use overwrite or another output directory")
         elif previous is not None and previous.get("fingerprint") != plan.fingerprint(config):

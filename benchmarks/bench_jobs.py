@@ -1,0 +1,125 @@
+"""Texts per second of a data-set job: the local engine, the Ray engine, and one in-memory call.
+
+1,000 short texts through the embedded all-MiniLM-L6-v2 (zero-shot sentiment, labels positive /
+negative), with saliency and with Integrated Gradients (n_steps=16):
+
+- ``in-memory``: one ``Explainer.attribute(all_texts)`` call, what a user without jobs writes
+  (everything in memory, nothing written, no resume); it is the reference of the outputs;
+- ``local``: ``run_local`` (shards, atomic Parquet writes, manifest, per-row error capture);
+- ``ray``: ``run_ray`` with 2 actors on a local Ray cluster started before the clock runs
+  (each actor loads its own model: that start-up is part of the job and is timed).
+
+The outputs of all three are checked to agree, then texts/s and the ratios are printed. Every
+job is timed once, whole: a thousand texts are their own average. Run:
+``python benchmarks/bench_jobs.py [--texts 1000] [--actors 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import tempfile
+import time
+
+import numpy as np
+
+from saliency_fast.jobs import JobConfig, read_results, run_local, run_ray
+
+LABELS = ("positive", "negative")
+SUBJECTS = "the movie|this film|the plot|the acting|the soundtrack|the ending|the cast|every scene".split("|")
+VERDICTS = "good|bad|great|terrible|boring|moving|slow|brilliant|awful|fun".split("|")
+ADVERBS = "really|quite|incredibly|not|very|somewhat|truly".split("|")
+TAILS = ("", " and i loved it", " and i hated it", ", sadly", " overall", " from start to finish")
+
+
+def short_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.choice(SUBJECTS)} was {rng.choice(ADVERBS)} {rng.choice(VERDICTS)}{rng.choice(TAILS)}."
+            for _ in range(n)]
+
+
+def max_abs_diff(a: list, b: list) -> float:
+    """Largest |a - b| over the score matrices of matching rows (NaN where both are NaN)."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
+            return float("inf")
+        if x.size:
+            worst = max(worst, float(np.nanmax(np.abs(x - y), initial=0.0)))
+    return worst
+
+
+def in_memory(config: JobConfig, texts: list[str]) -> tuple[float, list]:
+    from saliency_fast import Explainer
+    from saliency_fast.hf.default_model import default_model
+
+    started = time.perf_counter()
+    explainer = Explainer(*default_model(), labels=list(config.labels), batch_size=config.batch_size)
+    results = explainer.attribute(texts, method=config.method, progress=False, **config.method_kwargs)
+    return time.perf_counter() - started, [r.scores.float().numpy() for r in results]
+
+
+def timed_job(engine, config: JobConfig, source: pathlib.Path, output: pathlib.Path, **kwargs) -> tuple[float, list]:
+    started = time.perf_counter()
+    summary = engine(config, source, output, progress=False, **kwargs)
+    seconds = time.perf_counter() - started
+    if not summary.ok or summary.row_errors:
+        raise RuntimeError(f"{engine.__name__} did not finish cleanly: {summary}")
+    return seconds, read_results(output).column("scores").to_pylist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    import torch
+
+    texts = short_texts(args.texts)
+    rows = []
+    methods = {"saliency": {}, "integrated_gradients": {"n_steps": 16}}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    print(f"{args.texts} texts, embedded all-MiniLM-L6-v2 zero-shot, batch {args.batch_size}, shards of "
+          f"{args.shard_size}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, Ray actors {args.actors}")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = pathlib.Path(tmp, "texts.jsonl")
+        source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+        for method, kwargs in methods.items():
+            config = JobConfig(labels=LABELS, method=method, method_kwargs=kwargs, batch_size=args.batch_size,
+                               shard_size=args.shard_size)
+            t_mem, ref = in_memory(config, texts)
+            t_local, local = timed_job(run_local, config, source, pathlib.Path(tmp, f"local-{method}"))
+            t_ray, ray_out = timed_job(run_ray, config, source, pathlib.Path(tmp, f"ray-{method}"), actors=args.actors)
+            d_local, d_ray = max_abs_diff(local, ref), max_abs_diff(ray_out, ref)
+            scale = max(float(np.nanmax(np.abs(s))) for s in ref)
+            if max(d_local, d_ray) > 1e-4 * scale:
+                raise RuntimeError(f"{method}: outputs disagree (local {d_local:.2e}, ray {d_ray:.2e}, scale {scale:.2e})")
+            n = len(texts)
+            print(f"{method:22s} in-memory {n / t_mem:7.1f} texts/s | local {n / t_local:7.1f} texts/s "
+                  f"({t_mem / t_local:.2f}x in-memory) | ray x{args.actors} {n / t_ray:7.1f} texts/s "
+                  f"({t_local / t_ray:.2f}x local) | max |diff| vs in-memory: local {d_local:.1e}, ray {d_ray:.1e}",
+                  flush=True)
+            workload = f"{n} texts MiniLM zero-shot {method}{' n_steps=16' if kwargs else ''}"
+            rows += [
+                {"workload": f"{workload}: local job", "peer": "in-memory Explainer.attribute", "peer_s": t_mem,
+                 "ours_s": t_local, "ratio": t_mem / t_local, "max_diff": d_local / scale, "floor_s": None},
+                {"workload": f"{workload}: Ray job, {args.actors} actors", "peer": "local job", "peer_s": t_local,
+                 "ours_s": t_ray, "ratio": t_local / t_ray, "max_diff": d_ray / scale, "floor_s": None},
+            ]
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
