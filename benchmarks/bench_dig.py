@@ -54,11 +54,11 @@ SENTENCES = [
     "the film opens with a long shot of an empty harbour at dawn, and for the next two hours it never once "
     "lets the audience forget how cold the water is",
     "i bought this blender because the reviews promised it could crush ice in seconds, but after a week the "
-    "motor started to smell like burning plastic",
+    "motor started to smell like burning plastic and the lid would no longer close",
     "researchers at the university measured how quickly the glaciers retreated over three decades and found "
-    "that the pace has nearly doubled since the nineties",
+    "that the pace has nearly doubled since the early nineties, faster than any model had predicted",
     "our team lost the final match on penalties after leading for most of the game, which made the long bus "
-    "ride home feel even longer than usual",
+    "ride home through the snow and the dark feel even longer than usual",
 ]
 
 

@@ -7,6 +7,8 @@ written with differentiable torch ops (and the ops themselves), so double backwa
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from saliency_fast import _checks, _native, reference
@@ -185,10 +187,12 @@ if _native.status().loaded:
 def _use_dig_native(name: str, device: torch.device) -> bool:
     """Native when it is active for ``device`` and this build has the DIG kernel for it (an older
     build of the extension may predate the DIG ops)."""
-    if not _use_native(device):
-        return False
-    key = "CUDA" if device.type == "cuda" else "CPU"
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_native.OP_NAMESPACE}::{name}", key)
+    return _use_native(device) and _has_kernel(name, "CUDA" if device.type == "cuda" else "CPU")
+
+
+@functools.cache
+def _has_kernel(name: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_native.OP_NAMESPACE}::{name}", dispatch_key)
 
 
 def dig_monotonize(anchor: torch.Tensor, current: torch.Tensor, baseline: torch.Tensor, steps: int) -> torch.Tensor:

@@ -28,30 +28,55 @@ opmath_t inverse_steps(int64_t steps) {
   return static_cast<opmath_t>(1.0 / static_cast<double>(steps));
 }
 
-template <typename scalar_t, typename opmath_t>
-void fill_rules(const scalar_t* current, const scalar_t* baseline, int64_t d, opmath_t inv_steps,
-                std::vector<DimRule<opmath_t>>& rules) {
-  rules.resize(d);
-  for (int64_t j = 0; j < d; ++j) {
-    rules[j] = dim_rule(static_cast<opmath_t>(current[j]), static_cast<opmath_t>(baseline[j]), inv_steps);
-  }
-}
+// One row's rules, structure of arrays so the candidate loop below vectorizes.
+template <typename opmath_t>
+struct RowRules {
+  std::vector<opmath_t> lo, hi, moved;
 
-// Four interleaved partial scores keep the double additions off one dependency chain.
+  template <typename scalar_t>
+  void fill(const scalar_t* current, const scalar_t* baseline, int64_t d, opmath_t inv_steps) {
+    lo.resize(d);
+    hi.resize(d);
+    moved.resize(d);
+    for (int64_t j = 0; j < d; ++j) {
+      const auto rule = dim_rule(static_cast<opmath_t>(current[j]), static_cast<opmath_t>(baseline[j]), inv_steps);
+      lo[j] = rule.lo;
+      hi[j] = rule.hi;
+      moved[j] = rule.moved;
+    }
+  }
+};
+
+// Eight interleaved partial scores: independent accumulation chains the compiler can vectorize.
+constexpr int kLanes = 8;
+
 template <typename scalar_t, typename opmath_t>
-Score score_candidate(const scalar_t* candidate, const DimRule<opmath_t>* rules, int64_t d) {
-  Score part[4];
+Score score_candidate(const scalar_t* candidate, const RowRules<opmath_t>& rules, int64_t d) {
+  double squared[kLanes] = {};
+  int32_t count[kLanes] = {};
+  const opmath_t *lo = rules.lo.data(), *hi = rules.hi.data(), *moved = rules.moved.data();
   int64_t j = 0;
-  for (; j + 4 <= d; j += 4) {
-    for (int u = 0; u < 4; ++u) add_dim(part[u], static_cast<opmath_t>(candidate[j + u]), rules[j + u]);
+  for (; j + kLanes <= d; j += kLanes) {
+    for (int u = 0; u < kLanes; ++u) {
+      const auto c = static_cast<opmath_t>(candidate[j + u]);
+      const int monotonic = monotonic_flag(c, lo[j + u], hi[j + u]);
+      const double correction = masked_correction(c, moved[j + u], monotonic);
+      squared[u] += correction * correction;
+      count[u] += monotonic;
+    }
   }
-  for (; j < d; ++j) add_dim(part[0], static_cast<opmath_t>(candidate[j]), rules[j]);
-  return combine(combine(part[0], part[1]), combine(part[2], part[3]));
+  Score score;
+  for (; j < d; ++j) add_dim(score, static_cast<opmath_t>(candidate[j]), lo[j], hi[j], moved[j]);
+  for (int u = 0; u < kLanes; ++u) score = combine(score, Score{count[u], squared[u]});
+  return score;
 }
 
 template <typename scalar_t, typename opmath_t>
-void monotonize_row(const scalar_t* anchor, const DimRule<opmath_t>* rules, int64_t d, scalar_t* out) {
-  for (int64_t j = 0; j < d; ++j) out[j] = static_cast<scalar_t>(monotonize(static_cast<opmath_t>(anchor[j]), rules[j]));
+void monotonize_row(const scalar_t* anchor, const RowRules<opmath_t>& rules, int64_t d, scalar_t* out) {
+  for (int64_t j = 0; j < d; ++j) {
+    out[j] = static_cast<scalar_t>(monotonize(static_cast<opmath_t>(anchor[j]), rules.lo[j], rules.hi[j],
+                                              rules.moved[j]));
+  }
 }
 
 int64_t row_grain(int64_t work_per_row) {
@@ -129,11 +154,11 @@ std::tuple<at::Tensor, at::Tensor> dig_monotonic_scores_cpu(const at::Tensor& ca
     double* norm_out = norms.mutable_data_ptr<double>();
     const int64_t k = args.k, d = args.d;
     at::parallel_for(0, args.n, row_grain(k * d), [&](int64_t begin, int64_t end) {
-      std::vector<DimRule<opmath_t>> rules;
+      RowRules<opmath_t> rules;
       for (int64_t row = begin; row < end; ++row) {
-        fill_rules(against + row * d, base + row * d, d, inv, rules);
+        rules.fill(against + row * d, base + row * d, d, inv);
         for (int64_t kk = 0; kk < k; ++kk) {
-          const Score s = score_candidate(cand + (row * k + kk) * d, rules.data(), d);
+          const Score s = score_candidate(cand + (row * k + kk) * d, rules, d);
           count_out[row * k + kk] = s.count;
           norm_out[row * k + kk] = correction_norm(s);
         }
@@ -163,14 +188,14 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candi
     scalar_t* mono_out = out.mutable_data_ptr<scalar_t>();
     const int64_t k = args.k, d = args.d;
     at::parallel_for(0, args.n, row_grain(k * d), [&](int64_t begin, int64_t end) {
-      std::vector<DimRule<opmath_t>> rules;
+      RowRules<opmath_t> rules;
       for (int64_t row = begin; row < end; ++row) {
-        fill_rules(against + row * d, base + row * d, d, inv, rules);
+        rules.fill(against + row * d, base + row * d, d, inv);
         int64_t best_k = -1;
         Score best;
         for (int64_t kk = 0; kk < k; ++kk) {
           if (!ok[row * k + kk]) continue;
-          const Score s = score_candidate(cand + (row * k + kk) * d, rules.data(), d);
+          const Score s = score_candidate(cand + (row * k + kk) * d, rules, d);
           if (best_k < 0 || better(args.strategy, s, kk, best, best_k)) {
             best = s;
             best_k = kk;
@@ -182,8 +207,8 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candi
           std::copy(base + row * d, base + (row + 1) * d, dst);
           continue;
         }
-        fill_rules(cur + row * d, base + row * d, d, inv, rules);
-        monotonize_row(cand + (row * k + best_k) * d, rules.data(), d, dst);
+        rules.fill(cur + row * d, base + row * d, d, inv);
+        monotonize_row(cand + (row * k + best_k) * d, rules, d, dst);
       }
     });
   });

@@ -35,14 +35,6 @@ HOST_DEVICE double mul_rn(double a, double b) {
 #endif
 }
 
-// Whether a candidate's value lies between the current point and the baseline in one dimension
-// (inclusive; where current == baseline it must equal both), as DIG's `monotonic` test. NaN never
-// is monotonic.
-template <typename T>
-HOST_DEVICE bool is_monotonic(T candidate, T current, T baseline) {
-  return (candidate >= current && candidate <= baseline) || (candidate <= current && candidate >= baseline);
-}
-
 // DIG's correction of a non-monotonic dimension: a fixed 1/steps of the way from the current
 // point toward the baseline. `inv_steps` is 1/steps rounded to T.
 template <typename T>
@@ -51,8 +43,9 @@ HOST_DEVICE T step_toward_baseline(T current, T baseline, T inv_steps) {
 }
 
 // One dimension of a (current, baseline) pair, precomputed once per row and shared by all of the
-// row's candidates: the closed interval monotonic values lie in (empty, via NaN ends, when either
-// point is NaN) and the value a non-monotonic dimension is moved to.
+// row's candidates: the closed interval monotonic values lie in, i.e. between current and
+// baseline inclusive (empty, via NaN ends, when either point is NaN: NaN is never monotonic), and
+// the value a non-monotonic dimension is moved to. This is DIG's `monotonic` test.
 template <typename T>
 struct DimRule {
   T lo, hi, moved;
@@ -65,15 +58,30 @@ HOST_DEVICE DimRule<T> dim_rule(T current, T baseline, T inv_steps) {
   return current <= baseline ? DimRule<T>{current, baseline, moved} : DimRule<T>{baseline, current, moved};
 }
 
+// 1 where a candidate's value lies in the rule's interval, else 0. Branch-free (as are the
+// helpers below) so the CPU loops vectorize.
 template <typename T>
-HOST_DEVICE bool is_monotonic(T candidate, const DimRule<T>& rule) {
-  return candidate >= rule.lo && candidate <= rule.hi;
+HOST_DEVICE int monotonic_flag(T candidate, T lo, T hi) {
+  return static_cast<int>(candidate >= lo) & static_cast<int>(candidate <= hi);
+}
+
+// The correction of a non-monotonic dim (moved - candidate, sign aside), 0 for a monotonic one.
+// Where `monotonic` is 1 the difference is finite (both values lie in the finite interval), so
+// multiplying by 0 gives 0; a NaN candidate is never monotonic and stays NaN.
+template <typename T>
+HOST_DEVICE double masked_correction(T candidate, T moved, int monotonic) {
+  return static_cast<double>((candidate - moved) * static_cast<T>(1 - monotonic));
 }
 
 // The monotonized value of one dimension of a candidate anchor.
 template <typename T>
+HOST_DEVICE T monotonize(T candidate, T lo, T hi, T moved) {
+  return monotonic_flag(candidate, lo, hi) ? candidate : moved;
+}
+
+template <typename T>
 HOST_DEVICE T monotonize(T candidate, const DimRule<T>& rule) {
-  return is_monotonic(candidate, rule) ? candidate : rule.moved;
+  return monotonize(candidate, rule.lo, rule.hi, rule.moved);
 }
 
 // A candidate's running score over the embedding dims: how many dims are monotonic, and the
@@ -85,11 +93,16 @@ struct Score {
 };
 
 template <typename T>
-HOST_DEVICE void add_dim(Score& score, T candidate, const DimRule<T>& rule) {
-  const bool monotonic = is_monotonic(candidate, rule);
-  const double correction = monotonic ? 0.0 : static_cast<double>(candidate - rule.moved);
+HOST_DEVICE void add_dim(Score& score, T candidate, T lo, T hi, T moved) {
+  const int monotonic = monotonic_flag(candidate, lo, hi);
+  const double correction = masked_correction(candidate, moved, monotonic);
   score.count += monotonic;
   score.squared_correction += correction * correction;
+}
+
+template <typename T>
+HOST_DEVICE void add_dim(Score& score, T candidate, const DimRule<T>& rule) {
+  add_dim(score, candidate, rule.lo, rule.hi, rule.moved);
 }
 
 HOST_DEVICE Score combine(Score a, Score b) {
