@@ -14,8 +14,9 @@ texts of ``--tokens`` random word pieces, IG w.r.t. the embedding output (the fo
 
 Contenders run interleaved, ``--repeats`` rounds, and the median is reported (the minimum too),
 which keeps a shared machine's load from favouring whoever ran first. On a busy machine pass
-``--threads 1``: with more threads than free cores, every op's OpenMP barrier waits for a
-descheduled thread, a large per-op cost unrelated to the work.
+``--threads 1 --clock cpu``: with more threads than free cores, every op's OpenMP barrier waits
+for a descheduled thread (a large per-op cost unrelated to the work), and one thread's CPU time
+is what the work costs whatever else runs.
 
     python benchmarks/bench_methods.py            # 3 rounds
     python benchmarks/bench_methods.py --quick    # 1 round
@@ -90,14 +91,22 @@ def model_floor(forward, x: torch.Tensor, target: int, steps: int, chunk_steps: 
     return run
 
 
-def interleaved(contenders: dict, repeats: int) -> dict[str, list[float]]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved(contenders: dict, repeats: int, clock: str) -> dict[str, list[float]]:
+    """Seconds of each contender per round on ``clock``: ``wall``, or ``cpu`` (this process's CPU
+    time, which other processes' load barely moves; meaningful with one thread, where no time goes
+    to spinning at barriers)."""
+    now = CLOCKS[clock]
     times = {name: [] for name in contenders}
     for round_ in range(repeats):
         for name, fn in contenders.items():
-            start = time.perf_counter()
+            start, wall = now(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-            print(f"  round {round_ + 1}/{repeats} {name}: {times[name][-1]:.2f} s", flush=True)
+            times[name].append(now() - start)
+            print(f"  round {round_ + 1}/{repeats} {name}: {times[name][-1]:.2f} s {clock} "
+                  f"({time.perf_counter() - wall:.2f} s wall)", flush=True)
     return times
 
 
@@ -115,6 +124,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); 1 keeps a shared, busy machine from distorting "
                              "the timings with OpenMP barrier waits")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="what is timed: wall time, or process CPU time (use with --threads 1 on a busy machine)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
     if args.threads is not None:
@@ -150,7 +161,7 @@ def main() -> None:
         forward(x)
     saliency_fast.IntegratedGradients(forward, dtype=torch.bfloat16).attribute(x, target=args.target, n_steps=2)
     captum_ig.attribute(x, target=args.target, n_steps=2)
-    times = interleaved(contenders, repeats)
+    times = interleaved(contenders, repeats, args.clock)
 
     # outputs and accuracy (outside the timers)
     with torch.no_grad():
@@ -168,7 +179,8 @@ def main() -> None:
                       f"{relative_difference(auto_attr, results['captum']):.1e}", ""),
     ]
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\n{'contender':<13} {'median s':>9} {'min s':>8} {'captum/it':>10} {'it/floor':>9}  check")
+    print(f"\n{args.clock} time, median of {repeats} round(s)")
+    print(f"{'contender':<13} {'median s':>9} {'min s':>8} {'captum/it':>10} {'it/floor':>9}  check")
     for name, note, _ in rows:
         print(f"{name:<13} {median[name]:>9.2f} {min(times[name]):>8.2f} "
               f"{median['captum fp32'] / median[name]:>10.2f} {median[name] / median['model floor']:>9.2f}  {note}")
