@@ -206,8 +206,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="path points, inseq's n_steps (30 anchors)")
     parser.add_argument("--strategy", choices=["greedy", "maxcount"], default="greedy")
     parser.add_argument("--no-completeness", action="store_true", help="skip the real-MiniLM completeness check")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads for everyone (default: torch's)")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sentences, tokens, vocab_size = (4, 32, 30522) if not args.quick else (2, 16, 6000)
     if args.quick:
         args.layers, args.steps = 2, 12
