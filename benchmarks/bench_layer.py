@@ -134,7 +134,8 @@ def bench_model(name: str, args, repeats: int) -> list[dict]:
     forward, x, target = build(name, args.batch, args.tokens)
     blocks = forward.blocks
     b = torch.zeros_like(x)
-    common = dict(target=target, n_steps=args.steps, method="gausslegendre", internal_batch_size=args.internal_batch_size)
+    common = dict(target=target, n_steps=args.steps, method="gausslegendre",
+                  internal_batch_size=args.internal_batch_size)
     results = {}
 
     def keep(key, fn):
@@ -153,7 +154,8 @@ def bench_model(name: str, args, repeats: int) -> list[dict]:
     contenders = {
         "model floor": model_floor(forward, x, target, args.steps, args.internal_batch_size // args.batch),
         "captum LIG per layer": keep("captum_lig", lambda: [
-            captum.attr.LayerIntegratedGradients(forward, block).attribute(x, b, **common).detach() for block in blocks]),
+            captum.attr.LayerIntegratedGradients(forward, block).attribute(x, b, **common).detach()
+            for block in blocks]),
         "ours all blocks, input path": keep("ours_all", lambda: saliency_fast.LayerIntegratedGradients(
             forward, blocks).attribute(x, b, path="inputs", **common)),
         "captum II x dh per layer": keep("captum_ii", captum_influence_times_change),

@@ -181,7 +181,8 @@ def test_other_tasks_give_one_map_per_row(head):
 def test_explainer_dot_is_attribution_dot_activation():
     model = bert()
     x, base, special, forward = _bert_inputs(TEXTS[0])
-    result = Explainer(model, bert_tokenizer()).attribute(TEXTS[0], method="saliency", target=0, layer=0, aggregate="dot")
+    result = Explainer(model, bert_tokenizer()).attribute(
+        TEXTS[0], method="saliency", target=0, layer=0, aggregate="dot")
     block = model.bert.encoder.layer[0]
     expected = captum.attr.LayerGradientXActivation(forward, block).attribute(x, target=0).detach()[0].sum(-1)
     assert relative_difference(result.scores[0, ~special], expected[~special]) <= TOL

@@ -11,6 +11,7 @@ from torch import nn
 
 import saliency_fast
 from saliency_fast.methods import layer as layer_module
+from saliency_fast.methods._common import Target
 from tests import tiny_models
 from tests.test_methods_models import BertLogits, TokenMLP, relative_difference
 
@@ -352,5 +353,4 @@ def test_replacement_of_the_wrong_shape_is_rejected():
     x = torch.randn(2, 5, 8)
     layers = layer_module.LayerSet([model.net[0]])
     with pytest.raises(ValueError, match="path points for"):
-        layers.replaced_gradients(model, (x,), [(torch.zeros(2, 5, 3),)], saliency_fast.methods._common.Target.parse(0, 2),
-                                  None)
+        layers.replaced_gradients(model, (x,), [(torch.zeros(2, 5, 3),)], Target.parse(0, 2), None)

@@ -186,8 +186,8 @@ class LayerRequest:
             activations = single_activations(self.layer_set().activations(forward, (embeds,), args), self.labels,
                                              embeds.shape[:2])
         scores = torch.stack([
-            saliency_fast.aggregate(attr.float(), aggregate, inputs=None if activations is None else activations[i].float())
-            for i, attr in enumerate(attributions)
+            saliency_fast.aggregate(attr.float(), aggregate, inputs=None if activations is None else act.float())
+            for attr, act in zip(attributions, activations or [None] * len(attributions))
         ], dim=1)
         return scores, error, n_steps
 

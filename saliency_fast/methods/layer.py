@@ -90,7 +90,8 @@ def _floating_items(value, label: str, on_input: bool):
     elif isinstance(value, (tuple, list)):
         items, is_tensor = tuple(value), False
     else:
-        raise TypeError(f"{label} returned a {type(value).__name__}; layer attribution needs a tensor or a tuple of tensors")
+        raise TypeError(
+            f"{label} returned a {type(value).__name__}; layer attribution needs a tensor or a tuple of tensors")
     places = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor) and item.is_floating_point()]
     if not places:
         what = "positional inputs" if on_input else "output"
@@ -266,7 +267,8 @@ class _LayerMethod(GradientAttribution):
             grads, acts = layers.gradients(self.forward_func, inputs, target, args, self.dtype)
         for label, values in zip(layers.labels, grads):
             for grad in values:
-                _common.check_finite(f"the gradient w.r.t. {label}", grad, " (the forward function is not finite there)")
+                _common.check_finite(f"the gradient w.r.t. {label}", grad,
+                                     " (the forward function is not finite there)")
         return grads, acts
 
 
@@ -278,8 +280,8 @@ class LayerSaliency(_LayerMethod):
     ``LayerGradientXActivation(..., multiply_by_inputs=False)`` with ``Saliency``'s ``abs``.
     """
 
-    def attribute(self, inputs, target=None, abs: bool = True, additional_forward_args=None,  # noqa: A002 (captum's name)
-                  attribute_to_layer_input: bool = False):
+    def attribute(self, inputs, target=None, abs: bool = True,  # noqa: A002 (captum's name)
+                  additional_forward_args=None, attribute_to_layer_input: bool = False):
         """Gradients shaped like the layer's activations (a list of them for a list of layers)."""
         _check_bool("abs", abs)
         grads, _ = self._layer_gradients(inputs, target, additional_forward_args, attribute_to_layer_input)
@@ -427,7 +429,9 @@ class LayerIntegratedGradients(_LayerMethod):
             at_inputs = layers.activations(forward, inputs, args)
             at_baselines = layers.activations(forward, baselines, args)
             ends = (flatten(at_inputs), flatten(at_baselines))
-            change = self.ig._total_change(inputs, baselines, target, args) if auto or return_convergence_delta else None
+            change = None
+            if auto or return_convergence_delta:
+                change = self.ig._total_change(inputs, baselines, target, args)
             if path == "layer":
                 gradient_fn = replaced_gradient_function(layers, forward, inputs, target, args, self.dtype, at_inputs)
                 path_inputs, path_baselines, accumulate_at = ends[0], ends[1], None
@@ -444,8 +448,9 @@ class LayerIntegratedGradients(_LayerMethod):
                 _warn_unconverged(found, rtol, atol, max_steps)
             else:
                 attributions = integrate_path(
-                    gradient_fn, path_inputs, path_baselines, alphas, weights, steps_per_chunk(internal_batch_size, n_examples),
-                    multiply_by_inputs=self.multiplies_by_inputs, progress=progress, ends=accumulate_at,
+                    gradient_fn, path_inputs, path_baselines, alphas, weights,
+                    steps_per_chunk(internal_batch_size, n_examples), multiply_by_inputs=self.multiplies_by_inputs,
+                    progress=progress, ends=accumulate_at,
                 )
                 self.last_n_steps = torch.full((n_examples,), n_steps, dtype=torch.long, device=inputs[0].device)
         per_layer = nest(attributions, at_inputs)
