@@ -9,10 +9,15 @@ random init, with a word-level tokenizer over its vocabulary (``tests/tiny_model
 Cases: prompt 16 + 16 forced tokens, prompt 32 + 64. Methods: saliency, and integrated gradients
 (16 Gauss-Legendre steps, ``unk`` baseline as inseq) in float32 and with bf16 autocast.
 
-``--long``: a 4,096-token sequence (GPT-2 with ``n_positions=4096``; ``--long-layers`` layers, 2 by
-default, the full 12 do not finish in useful time on a small CPU) attributed with saliency at every
-step, run in a child process so its peak RSS (``resource.getrusage``) is the attribution's alone;
-a few rows are checked against running their prefix alone.
+``--long``: a 4,096-token sequence (GPT-2 with ``n_positions=4096``) attributed with saliency, run in
+a child process so its peak RSS (``resource.getrusage``, model included) is the attribution's alone;
+a few rows are checked against running their prefix alone. Every step of 4,096 tokens is cubic work
+in the length (each of the 4,095 backward passes runs over its prefix, attention quadratic in it):
+at GPT-2-small width that is hours on a small CPU, so the every-step run uses a narrow model
+(``--long-layers/--long-embd/--long-heads``, default 1 layer of 128 dims), then the last
+``--width-steps`` steps (8) run on the full GPT-2-small architecture (12 layers of 768): memory is
+set by the longest chunk (the last one), so the peak of the last steps is the peak of a whole run
+at that width.
 
     python benchmarks/bench_generation.py                 # both cases, saliency + IG
     python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed repeat
@@ -26,6 +31,7 @@ import json
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,12 +49,12 @@ from benchmarks._timing import median_time  # noqa: E402
 CASES = {"16+16": (16, 16), "32+64": (32, 64)}
 
 
-def build(n_layer: int = 12, n_positions: int = 1024, seed: int = 0):
+def build(n_layer: int = 12, n_positions: int = 1024, seed: int = 0, **overrides):
     import transformers
     from tiny_models import word_tokenizer
 
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_layer=n_layer, n_positions=n_positions)
+    config = transformers.GPT2Config(n_layer=n_layer, n_positions=n_positions, **overrides)
     tok = word_tokenizer(config.vocab_size)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     return transformers.GPT2LMHeadModel(config).eval(), tok
@@ -75,6 +81,20 @@ def inseq_l2(inseq_model, prompt, full, target, **kwargs) -> torch.Tensor:
     return out.sequence_attributions[0].target_attributions.float().norm(dim=-1).T  # [T, N]
 
 
+def wall_and_cpu(fn, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds of this process (all its threads) per call: on a
+    shared machine the CPU time says how much work a call did even when the wall clock waited."""
+    cpu = []
+
+    def timed():
+        start = time.process_time()
+        fn()
+        cpu.append(time.process_time() - start)
+
+    wall = median_time(timed, repeats=repeats, warmup=warmup)
+    return wall, statistics.median(cpu[warmup:])
+
+
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     if not torch.equal(torch.isnan(a), torch.isnan(b)):
         return float("inf")
@@ -92,7 +112,8 @@ def compare(args) -> None:
     _, inseq_tok = build(n_layer=1)  # inseq reconfigures its tokenizer: give it its own copy
     print(f"backend={saliency_fast.ops.active_backend()} threads={torch.get_num_threads()} "
           f"model=GPT-2-small random init, target={args.target}")
-    header = f"{'case':>6} {'method':>22} {'dtype':>9} {'inseq s':>9} {'ours s':>8} {'ratio':>7} {'max rel err':>12}"
+    header = (f"{'case':>6} {'method':>22} {'dtype':>9} {'inseq s':>9} {'ours s':>8} {'ratio':>7} "
+              f"{'inseq cpu':>10} {'ours cpu':>9} {'cpu ratio':>9} {'max rel err':>12}")
     print(header)
     print("-" * len(header))
     rows = []  # the run_all.py schema
@@ -108,7 +129,7 @@ def compare(args) -> None:
                 nonlocal expected
                 expected = inseq_l2(im, prompt, full, args.target, **kwargs)
 
-            t_inseq = median_time(run_inseq, repeats=repeats, warmup=0 if repeats == 1 else 1)
+            t_inseq, c_inseq = wall_and_cpu(run_inseq, repeats=repeats, warmup=0 if repeats == 1 else 1)
             dtypes = [None, torch.bfloat16] if method == "integrated_gradients" else [None]
             for dtype in dtypes:
                 extra = dict(kwargs, baseline="unk") if method == "integrated_gradients" else {}
@@ -118,10 +139,11 @@ def compare(args) -> None:
                     nonlocal got
                     got = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
 
-                t_ours = median_time(run_ours, repeats=args.repeats, warmup=1)
+                t_ours, c_ours = wall_and_cpu(run_ours, repeats=args.repeats, warmup=1)
                 name = "float32" if dtype is None else "bfloat16"
                 print(f"{case:>6} {method:>22} {name:>9} {t_inseq:9.2f} {t_ours:8.2f} {t_inseq / t_ours:6.1f}x "
-                      f"{rel_error(got, expected):12.2e}", flush=True)
+                      f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {rel_error(got, expected):12.2e}",
+                      flush=True)
                 rows.append({"workload": f"generation {case} tokens, {method} {name}", "peer": "inseq float32",
                              "peer_s": t_inseq, "ours_s": t_ours, "ratio": t_inseq / t_ours,
                              "max_diff": rel_error(got, expected), "floor_s": None})
@@ -135,38 +157,55 @@ def long_child(args) -> None:
     from saliency_fast.hf import generation
 
     n = args.long_tokens
-    model, tok = build(n_layer=args.long_layers, n_positions=n)
+    steps = args.long_steps or n - 1
+    model, tok = build(n_layer=args.long_layers, n_positions=n, n_embd=args.long_embd, n_head=args.long_heads)
     explainer = saliency_fast.Explainer(model, tok)
-    prompt, full = texts(1, n - 1, seed=1)
-    start = time.perf_counter()
+    prompt, full = texts(n - steps, steps, seed=1)
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = generation.attribute_generation(
         explainer, prompt, generated_text=full, method="saliency", target="logit", aggregate="l2",
         progress=args.progress, max_batch_tokens=args.max_batch_tokens,
     )
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     ids = torch.tensor(result.token_ids)
     errors = []
-    for row in (0, n // 2, n - 2):  # each row's prefix alone, as a peer would run it
-        t = row + 1
+    for row in (0, steps // 2, steps - 1):  # each row's prefix alone, as a peer would run it
+        t = n - steps + row
         prefix = explainer.embedding(ids[:t]).detach().requires_grad_(True)
         logit = model(inputs_embeds=prefix.unsqueeze(0)).logits[0, -1, ids[t]]
         (grad,) = torch.autograd.grad(logit, prefix)
         errors.append(rel_error(result.scores[row, :t], grad.norm(dim=-1)))
-    print(json.dumps({"tokens": n, "layers": args.long_layers, "seconds": seconds, "peak_rss_gib": peak_gib,
+    print(json.dumps({"tokens": n, "steps": steps, "layers": args.long_layers, "embd": args.long_embd,
+                      "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+                      "peak_rss_gib": peak_gib,
                       "rows_checked": 3, "max_rel_err": max(errors), "finite": bool(result.scores[result.mask].isfinite().all())}))
 
 
 def long_run(args) -> None:
-    cmd = [sys.executable, __file__, "--long-child", "--long-tokens", str(args.long_tokens),
-           "--long-layers", str(args.long_layers), "--max-batch-tokens", str(args.max_batch_tokens)]
-    if args.progress:
-        cmd.append("--progress")
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
-    found = json.loads(out)
-    print(f"long sequence: {found['tokens']} tokens, GPT-2 with {found['layers']} layers (n_positions={found['tokens']}), "
-          f"saliency at every step: {found['seconds']:.1f} s, peak RSS {found['peak_rss_gib']:.2f} GiB "
-          f"(limit 8 GiB), max rel err of {found['rows_checked']} rows vs their prefix alone {found['max_rel_err']:.1e}")
+    """Every step on the narrow model, then the last ``--width-steps`` steps at GPT-2-small width."""
+    runs = [(args.long_layers, args.long_embd, args.long_heads, args.long_steps)]
+    if args.width_steps:
+        runs.append((12, 768, 12, args.width_steps))
+    for layers, embd, heads, steps in runs:
+        cmd = [sys.executable, __file__, "--long-child", "--long-tokens", str(args.long_tokens),
+               "--long-layers", str(layers), "--long-embd", str(embd), "--long-heads", str(heads),
+               "--long-steps", str(steps), "--max-batch-tokens", str(args.max_batch_tokens)]
+        if args.progress:
+            cmd.append("--progress")
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+        _print_long(json.loads(out))
+
+
+def _print_long(found: dict) -> None:
+    every = "every step" if found["steps"] == found["tokens"] - 1 else f"the last {found['steps']} steps"
+    print(f"long sequence: {found['tokens']} tokens, GPT-2 with {found['layers']} layer(s) of {found['embd']} dims "
+          f"(n_positions={found['tokens']}), saliency at {every}: {found['seconds']:.1f} s "
+          f"({found['cpu_seconds']:.1f} s CPU on {found['threads']} thread(s)), peak RSS "
+          f"{found['peak_rss_gib']:.2f} GiB (limit 8 GiB), max rel err of {found['rows_checked']} rows vs their "
+          f"prefix alone {found['max_rel_err']:.1e}, all scores finite: {found['finite']}")
 
 
 def main() -> None:
@@ -178,16 +217,24 @@ def main() -> None:
                         help="attributed score (inseq's default is the probability)")
     parser.add_argument("--n-steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--long", action="store_true", help="only the 4,096-token memory run")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--long", action="store_true", help="only the 4,096-token memory runs")
     parser.add_argument("--long-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--long-tokens", type=int, default=4096)
-    parser.add_argument("--long-layers", type=int, default=2)
-    parser.add_argument("--max-batch-tokens", type=int, default=8192)
+    parser.add_argument("--long-layers", type=int, default=1)
+    parser.add_argument("--long-embd", type=int, default=128)
+    parser.add_argument("--long-heads", type=int, default=2)
+    parser.add_argument("--long-steps", type=int, default=0, help="attribute only the last K steps (0: all)")
+    parser.add_argument("--width-steps", type=int, default=8,
+                        help="then the last K steps at GPT-2-small width, 12 layers (0: skip)")
+    parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     args.cases = ["16+16"] if args.quick else args.cases.split(",")
     args.methods = args.methods.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats = 1
     if args.long_child:
