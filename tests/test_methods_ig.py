@@ -238,3 +238,20 @@ def test_bfloat16_mode_is_close_to_float32():
     half = saliency_fast.IntegratedGradients(model, dtype=torch.bfloat16).attribute(x, target=1, n_steps=16)
     assert half.dtype == torch.float32
     assert relative_difference(half, full) <= 0.05
+
+
+def test_bfloat16_mode_uses_math_attention_on_cpu_for_short_sequences_only():
+    seen = []
+    model = BertLogits()
+
+    def forward(embeds):
+        seen.append(torch.backends.cuda.flash_sdp_enabled())
+        return model(embeds) if embeds.shape[1] <= 128 else embeds.sum((1, 2)).unsqueeze(1)
+
+    x = model.embed(n=2, length=8)
+    saliency_fast.Saliency(forward).attribute(x, target=0)
+    saliency_fast.Saliency(forward, dtype=torch.bfloat16).attribute(x, target=0)
+    long = torch.randn(1, 1100, x.shape[-1]) * 0.05  # rows * L * L above the bound
+    saliency_fast.Saliency(forward, dtype=torch.bfloat16).attribute(long, target=0)
+    assert seen == [True, False, True]
+    assert torch.backends.cuda.flash_sdp_enabled()
