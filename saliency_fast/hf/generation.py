@@ -30,7 +30,7 @@ import torch
 
 import saliency_fast
 from saliency_fast.hf import causal_pass, method_registry, model_io, words
-from saliency_fast.hf.explainer import ATTENTION_LAYERS, _check_aggregate
+from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
 from saliency_fast.hf.targets import check_target_fn
@@ -85,32 +85,15 @@ def attribute_generation(
         per generated token, NaN and mask False at and after each row's target position.
     """
     engine = {k: kwargs.pop(k) for k in ENGINE_KWARGS & kwargs.keys()}
-    spec = method_registry.resolve_method(method)
-    if spec.name not in _SUPPORTED:
-        raise ValueError(f"method {method!r} is not available for generation; choose one of {_SUPPORTED}")
-    method_registry.check_method_kwargs(spec, kwargs)
-    check_target_fn(target)
-    _check_aggregate(aggregate)
+    spec = _check_arguments(explainer, prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs)
     layer_request = LayerRequest.pop(explainer.model, spec, kwargs, aggregate)  # layer=, layers=, layer_path=
     explainer._check_baseline(baseline)
-    model_io.check_texts(prompt, name="prompt")
-    if max_new_tokens is not None and (
-        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
-    ):
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if generated_text is None and max_new_tokens is None:
-        raise ValueError("give max_new_tokens (greedy generation) or generated_text (forced decoding)")
+    if spec.family == "attention":
+        check_attention_layers(kwargs.get("layers", "last"))
     options = _engine_options(engine)
 
     model, tokenizer = explainer.model, explainer.tokenizer
-    prompt_ids = encode(tokenizer, prompt)
-    if generated_text is not None:
-        ids = forced_ids(tokenizer, prompt_ids, generated_text, max_new_tokens)
-    else:
-        model_io.check_length(len(prompt_ids) + int(max_new_tokens), model, "prompt + max_new_tokens")
-        ids = greedy_ids(model, tokenizer, prompt_ids, int(max_new_tokens))
-    model_io.check_length(len(ids), model, "prompt + generated text")
-    n_prompt = len(prompt_ids)
+    ids, n_prompt = sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
     device = explainer.device
     input_ids = torch.tensor(ids, device=device)
     special = model_io.special_mask(tokenizer, input_ids)
@@ -162,10 +145,7 @@ def attribute_generation(
             ppe = kwargs.get("perturbations_per_eval") or max(1, options["max_batch_tokens"] // cp.prefix_length)
             causal_pass.occlusion(cp, board, baselines, keep, _positive_int(ppe, "perturbations_per_eval"))
         else:
-            layers = kwargs.get("layers", "last")
-            if layers not in ATTENTION_LAYERS:
-                raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
-            layer_scores = causal_pass.attention(cp, board, layers)
+            layer_scores = causal_pass.attention(cp, board, kwargs.get("layers", "last"))
 
     # row i scores token n_prompt + i: meaningful before that position, except kept (special) tokens
     targets_at = torch.arange(n_prompt, n_tokens).unsqueeze(1)
@@ -205,7 +185,39 @@ def attribute_generation(
     )
 
 
+def _check_arguments(explainer, prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs):
+    """The method's spec, after every check that needs no tokenizing (bad input fails fast)."""
+    spec = method_registry.resolve_method(method)
+    if spec.name not in _SUPPORTED:
+        raise ValueError(f"method {method!r} is not available for generation; choose one of {_SUPPORTED}")
+    method_registry.check_method_kwargs(spec, kwargs)
+    check_target_fn(target)
+    _check_aggregate(aggregate)
+    model_io.check_texts(prompt, name="prompt")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if generated_text is None and max_new_tokens is None:
+        raise ValueError("give max_new_tokens (greedy generation) or generated_text (forced decoding)")
+    return spec
+
+
 # ----------------------------------------------------------------------------------- tokens
+
+
+def sequence_ids(model, tokenizer, prompt: str, max_new_tokens: int | None, generated_text: str | None):
+    """``(ids of prompt + continuation, number of prompt tokens)``: the forced text's tokens, or the
+    prompt's followed by greedily generated ones; over-long sequences are an error naming the limit."""
+    prompt_ids = encode(tokenizer, prompt)
+    if generated_text is not None:
+        ids = forced_ids(tokenizer, prompt_ids, generated_text, max_new_tokens)
+    else:
+        model_io.check_length(len(prompt_ids) + int(max_new_tokens), model, "prompt + max_new_tokens")
+        ids = greedy_ids(model, tokenizer, prompt_ids, int(max_new_tokens))
+    model_io.check_length(len(ids), model, "prompt + generated text")
+    return ids, len(prompt_ids)
+
 
 
 def encode(tokenizer, text: str) -> list[int]:
