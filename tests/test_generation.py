@@ -140,6 +140,27 @@ def test_integrated_gradients_auto_steps_reach_the_tolerance(explainer):
             assert errors[row] <= 1e-3 * abs(float(change))
 
 
+def test_discretized_integrated_gradients_equal_the_method_on_each_prefix(explainer):
+    from saliency_fast.methods import dig
+
+    options = {"n_steps": 4, "n_neighbors": 40}
+    ours = run(explainer, "discretized_integrated_gradients", target="logit", aggregate="none", baseline="pad",
+               **options)
+    ids, pad = full_ids(explainer), explainer.tokenizer.pad_token_id
+    expected = torch.full_like(ours.scores, float("nan"))
+    for row, t in enumerate(range(N_PROMPT, N_TOKENS)):
+        def forward(embeds, t=t):
+            return explainer.model(inputs_embeds=embeds).logits[:, -1, ids[t]]
+
+        found = dig.dig_attribute_embeddings(forward, ids[:t].unsqueeze(0), explainer.embedding.weight, pad,
+                                             return_convergence_delta=True, **options)
+        expected[row, :t] = found.attributions[0]
+        assert ours.metadata["completeness_error"][row] == pytest.approx(abs(float(found.convergence_delta[0])),
+                                                                          rel=1e-4, abs=1e-6)
+    assert_rows_close(ours.scores, expected)
+    assert ours.metadata["n_steps"] == found.n_points - 1
+
+
 @pytest.mark.parametrize("kind", ["smoothgrad", "vargrad"])
 def test_noise_tunnel_equals_naive_loop_with_same_noise(explainer, kind):
     ours = run(explainer, kind, target="logit", aggregate="none", nt_samples=3, stdevs=0.05, seed=7)
@@ -361,7 +382,8 @@ def test_non_finite_gradients_are_reported():
     ({"max_new_tokens": 300, "generated_text": None}, ValueError, "at most 256"),
     ({"target": "probability"}, ValueError, "target"),
     ({"method": "lime"}, ValueError, "method"),
-    ({"method": "discretized_integrated_gradients"}, ValueError, "not available for generation"),
+    ({"method": "sequential_integrated_gradients"}, ValueError, "not available for generation"),
+    ({"method": "discretized_integrated_gradients", "baseline": "zero"}, ValueError, "baseline"),
     ({"aggregate": "max"}, ValueError, "aggregate"),
     ({"baseline": "random"}, ValueError, "baseline"),
     ({"baseline": torch.zeros(5, 32)}, ValueError, "rows"),

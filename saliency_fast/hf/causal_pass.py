@@ -287,6 +287,33 @@ def _shared_point_gradients(cp: CausalPass, chunk: Chunk) -> ig.GradientFn:
     return gradients
 
 
+def discretized_integrated_gradients(cp: CausalPass, board: ScoreBoard, paths: torch.Tensor, steps_per_batch: int):
+    """DIG of every target: ``sum_k grad(p_k) * (p_{k+1} - p_k)`` along the word paths ``paths``
+    (``[P, N, D]``, ``p_0`` the baseline, ``p_{P-1}`` the input; see :mod:`saliency_fast.methods.dig`).
+
+    Every token walks its own path, independent of the others, so a target's prefix path is the
+    prefix of the sequence's: one forward per batch of path points serves a whole chunk of targets.
+    Returns the signed completeness error of every target ``[T]``.
+    """
+    change = cp.total_change(paths[0])
+    delta = torch.zeros(cp.n_targets, dtype=torch.float32)
+    n_steps = paths.shape[0] - 1  # no gradient at the input: its step is zero
+    steps_per_batch = max(1, min(steps_per_batch, n_steps))
+    chunks = cp.chunks(rows=steps_per_batch)
+    with cp.progress_bar(len(chunks) * -(-n_steps // steps_per_batch), "discretized_integrated_gradients"):
+        for chunk in chunks:
+            acc = torch.zeros((chunk.size, chunk.length, paths.shape[-1]), dtype=torch.float32, device=paths.device)
+            for k in range(0, n_steps, steps_per_batch):
+                points = paths[k : k + steps_per_batch, : chunk.length]
+                grads = cp.gradients(points, chunk).float()
+                with torch.no_grad():
+                    step = paths[k + 1 : k + 1 + points.shape[0], : chunk.length].float() - points.float()
+                    acc += (grads * step).sum(1)
+            delta[chunk.start : chunk.end] = acc.sum((1, 2)).cpu() - change[chunk.start : chunk.end]
+            board.put(chunk, acc)
+    return delta
+
+
 def noise_tunnel(
     cp: CausalPass, board: ScoreBoard, noise: torch.Tensor, samples_per_batch: int, kind: str
 ) -> None:

@@ -38,7 +38,8 @@ from saliency_fast.methods._common import check_autocast_dtype
 
 ENGINE_KWARGS = frozenset({"dtype", "lm_head", "max_batch_tokens", "target_batch_size", "progress"})
 # Gradient methods the single pass runs; the others named by the registry are not available here.
-_SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "vargrad", "occlusion", "attention")
+_SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "discretized_integrated_gradients",
+              "smoothgrad", "vargrad", "occlusion", "attention")
 # Largest [n_generated, n_tokens, D] result aggregate="none" may build.
 _MAX_UNREDUCED_BYTES = 4 * 2**30
 _IG_DEFAULTS = {"n_steps": 50, "quadrature": "gausslegendre", "rtol": 0.01, "atol": 0.0, "min_steps": 3, "max_steps": 127}
@@ -66,8 +67,9 @@ def attribute_generation(
             first ``max_new_tokens`` tokens of its continuation.
         generated_text: the full text (prompt + continuation) to force; it must tokenize to the
             prompt's tokens followed by at least one more token.
-        method: ``saliency``, ``input_x_gradient``, ``integrated_gradients``, ``smoothgrad``,
-            ``vargrad``, ``occlusion`` or ``attention``.
+        method: ``saliency``, ``input_x_gradient``, ``integrated_gradients``,
+            ``discretized_integrated_gradients``, ``smoothgrad``, ``vargrad``, ``occlusion`` or
+            ``attention``.
         target: the attributed score of each generated token: ``logit``, ``prob``, ``logprob``
             or ``loss`` (cross-entropy with the generated token as label).
         aggregate: ``none``, ``sum``, ``l2``, ``abs_sum`` or ``dot`` over the embedding dim
@@ -77,6 +79,7 @@ def attribute_generation(
         kwargs: the method's options (``n_steps`` (an int, or ``"auto"``: nested rules until the
             completeness error is within ``atol + rtol |F(x) - F(b)|``, ``min_steps`` to ``max_steps``
             points per target), ``quadrature``, ``internal_batch_size`` (path points per forward);
+            ``strategy``, ``n_neighbors``, ``factor``, ``convention``, ``knn_backend`` (DIG);
             ``nt_samples``, ``nt_samples_batch_size``, ``stdevs``, ``stdevs_relative``, ``seed``;
             ``perturbations_per_eval``; ``layers``) and the engine options of the module doc.
 
@@ -139,6 +142,8 @@ def attribute_generation(
             causal_pass.saliency(cp, board, times_input=spec.name == "input_x_gradient")
         elif spec.name == "integrated_gradients":
             metadata_extra = _integrated_gradients(cp, board, baselines, kwargs)
+        elif spec.family == "discretized":
+            metadata_extra = _discretized(cp, board, explainer, input_ids, keep, baseline, kwargs)
         elif spec.family == "noise":
             _noise_tunnel(cp, board, spec.name, kwargs)
         elif spec.name == "occlusion":
@@ -294,6 +299,33 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
         "n_steps": n_steps if rule.levels is None else found.n_steps.tolist(),
         "completeness_error": found.delta.abs().tolist(),
     }
+
+
+def _discretized(cp, board, explainer, input_ids, keep, baseline, kwargs: dict) -> dict:
+    """DIG: the word paths of the whole sequence (each token's own, so every prefix's too), then
+    the single causal pass along them."""
+    from saliency_fast import dig_paths, knn
+    from saliency_fast.methods import dig
+
+    if not isinstance(baseline, str) or baseline == "zero":
+        raise ValueError(f"baseline must be a token (pad, mask or unk) for method "
+                         f"'discretized_integrated_gradients': its path ends at a word, got {baseline!r}")
+    options = {"n_steps": dig.DEFAULT_N_STEPS, "n_neighbors": dig.DEFAULT_N_NEIGHBORS, "strategy": "greedy",
+               "factor": 0, "convention": "official", "knn_backend": None, **kwargs}
+    n_anchors, monotonize_steps = dig_paths.step_plan(options["n_steps"], options["convention"])
+    matrix = explainer.embedding.weight.detach()
+    index = knn.neighbor_index(matrix, options["n_neighbors"], options["knn_backend"])
+    baseline_ids = torch.full_like(input_ids, model_io.baseline_token_id(explainer.tokenizer, baseline))
+    paths = dig_paths.build_paths(
+        input_ids.unsqueeze(0), baseline_ids.unsqueeze(0), matrix, index, n_anchors=n_anchors,
+        monotonize_steps=monotonize_steps, strategy=options["strategy"], factor=options["factor"],
+        constant=keep.unsqueeze(0), show_progress=cp.progress,
+    )[:, 0]
+    n_points = paths.shape[0] - 1
+    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points)
+    delta = causal_pass.discretized_integrated_gradients(
+        cp, board, paths, _positive_int(per_batch, "internal_batch_size"))
+    return {"n_steps": n_points, "completeness_error": delta.abs().tolist()}
 
 
 def _noise_tunnel(cp, board, kind: str, kwargs: dict) -> None:
