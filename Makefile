@@ -10,9 +10,13 @@ endif
 
 .PHONY: setup deps-system deps-browser demo test test-python test-cpp bench clean
 
-setup: $(VENV)/.deps-installed
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+setup: $(VENV)/.extension-built
 	$(PY) -m saliency_fast info
+
+# Rebuild the extension only when its sources or the build script change (a CUDA build takes minutes).
+$(VENV)/.extension-built: $(VENV)/.deps-installed setup.py pyproject.toml $(shell find csrc -type f)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
 
 $(VENV)/.deps-installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
