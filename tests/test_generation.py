@@ -214,21 +214,25 @@ def inseq_model():
     return lambda method: inseq.load_model(model, method, tokenizer=tok)
 
 
-def inseq_matrix(inseq_model, method, **kwargs):
+def inseq_matrix(inseq_model, method, with_view=False, **kwargs):
+    """inseq's raw per-step attributions ``[T, N, D]`` (and its default view ``[T, N]``)."""
     out = inseq_model(method).attribute(
         PROMPT, FULL, attributed_fn="probability", show_progress=False, **kwargs
     )
     seq = out.sequence_attributions[0]
     assert [t.token for t in seq.target] == FULL.split()
-    return seq.target_attributions.permute(1, 0, 2).float()  # [N, T, D] -> [T, N, D]
+    raw = seq.target_attributions.permute(1, 0, 2).float()  # [N, T, D] -> [T, N, D]
+    return (raw, seq.aggregate().target_attributions.T.float()) if with_view else raw
 
 
 def test_saliency_matches_inseq(explainer, inseq_model):
-    expected = inseq_matrix(inseq_model, "saliency")
+    expected, view = inseq_matrix(inseq_model, "saliency", with_view=True)
     ours = run(explainer, "saliency", target="prob", aggregate="none").scores
     assert_rows_close(ours.abs(), expected)  # captum's Saliency (inseq's) returns |gradient|
-    l2 = run(explainer, "saliency", target="prob", aggregate="l2").scores
-    assert_rows_close(l2, expected.norm(dim=-1))  # inseq's default aggregation (before normalizing)
+    l2 = run(explainer, "saliency", target="prob", aggregate="l2")
+    assert_rows_close(l2.scores, expected.norm(dim=-1))
+    # inseq's default view: the L2 norm over the embedding dim, normalised to sum to one per step
+    assert_rows_close(l2.normalize("sum_to_one").scores, view)
 
 
 def test_input_x_gradient_matches_inseq(explainer, inseq_model):
