@@ -77,8 +77,10 @@ class LastTokenLogits(nn.Module):
 def build(layers: int, vocab_size: int):
     embedding = minilm_word_embeddings()[:vocab_size]
     torch.manual_seed(0)
+    tok = bert_tokenizer()
     config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=embedding.shape[1], n_layer=layers,
-                                     n_head=6, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                     n_head=6, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         model.transformer.wte.weight.copy_(embedding)  # tied with the LM head

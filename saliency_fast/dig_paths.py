@@ -69,6 +69,12 @@ def _upscaled(points: torch.Tensor, factor: int) -> torch.Tensor:
     return points
 
 
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an index of any shape, by ``index_select`` (row copies: several times
+    faster than advanced indexing for the small gathers of each step)."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
+
+
 class _AnchorScores:
     """Sort keys of each anchor word's neighbours, computed once per distinct (anchor word,
     baseline word) pair within a build.
@@ -88,8 +94,10 @@ class _AnchorScores:
     def _score(self, pairs: list[int]) -> None:
         pair = torch.tensor(pairs, device=self.embedding.device)
         words, base_words = pair // self.vocab_size, pair % self.vocab_size
-        e = self.embedding
-        counts, norms = ops.dig_monotonic_scores(e[self.index.neighbors(words)], e[words], e[base_words], self.steps)
+        counts, norms = ops.dig_monotonic_scores(
+            _rows(self.embedding, self.index.neighbors(words)), _rows(self.embedding, words),
+            _rows(self.embedding, base_words), self.steps,
+        )
         first, stop = len(self.row_of), len(self.row_of) + len(pairs)
         if stop > self.keys.shape[0]:
             grown = self.keys.new_empty((max(stop, 2 * self.keys.shape[0]), self.keys.shape[1]))
@@ -105,8 +113,8 @@ class _AnchorScores:
         missing = [p for p in distinct if p not in self.row_of]
         if missing:
             self._score(missing)
-        rows = torch.tensor([self.row_of[p] for p in distinct], device=words.device)[inverse]
-        return self.keys[rows]
+        rows = torch.tensor([self.row_of[p] for p in distinct], device=words.device)
+        return _rows(self.keys, rows.index_select(0, inverse))
 
 
 @torch.no_grad()
@@ -140,7 +148,7 @@ def build_paths(
     words = input_ids.reshape(-1).to(device=device, dtype=torch.long)
     base_words = baseline_ids.reshape(-1).to(device=device, dtype=torch.long)
     fixed = constant.reshape(-1).to(device) if constant is not None else torch.zeros_like(words, dtype=torch.bool)
-    x, b = embedding_matrix[words], embedding_matrix[base_words]
+    x, b = _rows(embedding_matrix, words), _rows(embedding_matrix, base_words)
     on_path = ~fixed & (words != base_words)
     scores = _AnchorScores(embedding_matrix, index, monotonize_steps, strategy)
 
@@ -152,17 +160,19 @@ def build_paths(
     for step in tqdm(range(1, n_anchors + 1), desc="DIG paths", disable=not show_progress):
         rows = on_path.nonzero().squeeze(1)
         if rows.numel():
-            row_words, row_base = previous[rows], base_words[rows]
+            row_words, row_base = previous.index_select(0, rows), base_words.index_select(0, rows)
             neighbors = index.neighbors(row_words)
-            seen = (neighbors.unsqueeze(-1) == visited[rows, :step].unsqueeze(1)).any(-1)
+            seen = (neighbors.unsqueeze(-1) == visited.index_select(0, rows)[:, :step].unsqueeze(1)).any(-1)
             valid = (neighbors != row_base.unsqueeze(1)) & ~seen
             choice = reference.dig_pick(scores.rank_keys(row_words, row_base), valid)
             # no valid neighbour: the anchor is the baseline word, which monotonizes to itself
             chosen = torch.where(choice >= 0, neighbors.gather(1, choice.clamp_min(0).unsqueeze(1)).squeeze(1),
                                  row_base)
-            current[rows] = ops.dig_monotonize(embedding_matrix[chosen], current[rows], b[rows], monotonize_steps)
-            previous[rows] = chosen
-            on_path[rows] = chosen != row_base
+            moved = ops.dig_monotonize(_rows(embedding_matrix, chosen), _rows(current, rows), _rows(b, rows),
+                                       monotonize_steps)
+            current.index_copy_(0, rows, moved)
+            previous.index_copy_(0, rows, chosen)
+            on_path.index_copy_(0, rows, chosen != row_base)
         visited[:, step] = previous
         points.append(current.clone())
     points.append(torch.where(fixed.unsqueeze(1), x, b))

@@ -256,11 +256,12 @@ class NeighborIndex:
         words = words.to(self._table.device)
         if words.numel() and (int(words.min()) < 0 or int(words.max()) >= self.vocab_size):
             raise ValueError(f"word ids must lie in [0, {self.vocab_size}), got {int(words.min())}..{int(words.max())}")
-        missing = torch.unique(words[~self._known[words]])
+        flat = words.reshape(-1)
+        missing = torch.unique(flat[~self._known.index_select(0, flat)])
         if missing.numel():
             self._table[missing] = self._search_words(missing)
             self._known[missing] = True
-        return self._table[words]
+        return self._table.index_select(0, flat).reshape(*words.shape, self.k)
 
     @property
     def searched_words(self) -> int:
