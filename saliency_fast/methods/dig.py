@@ -13,8 +13,9 @@ The attribution is the left Riemann sum along the path with per-dimension steps,
 ``sum_i grad(x_i) * (x_{i+1} - x_i)`` (``x_0`` the baseline, ``x_{P-1}`` the input). Only the word
 embeddings move; positions stay real (the forward function adds them). Completeness does not hold
 exactly: the convergence delta ``sum(attributions) - (F(input) - F(baseline))`` is often large for
-DIG (27-741 % of ``F(input) - F(baseline)`` measured on all-MiniLM-L6-v2 with 30 anchors), so
-report it.
+DIG (39-372 % of ``F(input) - F(baseline)`` with greedy, 134-1192 % with max-count, measured by
+``benchmarks/bench_dig.py`` on all-MiniLM-L6-v2 sentence similarity with 30 anchors and 50
+neighbours), so report it.
 
 Where we differ from the official code (INK-USC/DIG) and inseq's port, on purpose:
 
