@@ -24,7 +24,9 @@ class GradientAttribution:
         dtype: None (default) runs the forward at the inputs' precision. ``torch.bfloat16`` /
             ``torch.float16`` runs it under ``torch.autocast`` (the gradients and their
             accumulation stay in the inputs' dtype, float32 for float32 inputs). Faster where the
-            hardware has bf16 matrix units; see each method's docstring for its measured accuracy.
+            hardware has bf16 matrix units (on CPU, short sequences also get PyTorch's math
+            attention, whose bf16 backward beats the flash kernel's); see each method's docstring
+            for its measured accuracy.
     """
 
     def __init__(self, forward_func, *, dtype: torch.dtype | None = None) -> None:
@@ -61,8 +63,9 @@ class Saliency(GradientAttribution):
     """Saliency (Simonyan et al., 2013): the gradient of the target w.r.t. each input feature, by
     default its absolute value. Same arguments as ``captum.attr.Saliency``.
 
-    With ``dtype=torch.bfloat16`` the gradients come from a bf16 forward/backward: expect a relative
-    error of about 1e-2 against float32 (bf16 keeps 8 significant bits).
+    With ``dtype=torch.bfloat16`` the gradients come from a bf16 forward/backward (bf16 keeps 8
+    significant bits): on a random 4-layer BERT (4 x 64 tokens) the largest difference from float32
+    was 5e-3 of the largest gradient, and 5e-4 for per-token L2 norms.
     """
 
     def attribute(self, inputs, target=None, abs: bool = True, additional_forward_args=None):  # noqa: A002 (captum's name)

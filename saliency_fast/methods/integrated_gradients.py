@@ -247,8 +247,11 @@ class IntegratedGradients(GradientAttribution):
     deltas, run under ``torch.inference_mode`` at full precision, also when ``dtype`` autocasts the
     gradient passes.
 
-    ``dtype=torch.bfloat16`` (autocast forward and backward; accumulation in float32). Measured on
-    a random BERT-base (4 texts x 64 tokens, n_steps=50): see ``benchmarks/bench_methods.py``.
+    ``dtype=torch.bfloat16`` autocasts the forward (and so the backward) while interpolation and
+    accumulation stay in float32. Measured with ``benchmarks/bench_methods.py`` on a random
+    BERT-base (4 texts x 64 tokens, n_steps=50, an AMX CPU): the largest difference from the
+    float32 result is 3.6e-3 of the largest attribution, the completeness error 0.4 % of
+    F(x) - F(baseline) (float32: 2e-6), and it runs 3.1x faster than captum in float32.
 
     ``multiply_by_inputs=False`` returns the weighted mean gradient without the ``(x - b)`` factor;
     deltas then still measure completeness (captum sums the unmultiplied gradients instead).
