@@ -186,8 +186,8 @@ def main() -> None:
               f"{median['captum fp32'] / median[name]:>10.2f} {median[name] / median['model floor']:>9.2f}  {note}")
     print(f"\nfp32 ratio captum/ours {median['captum fp32'] / median['ours fp32']:.2f}, ours/floor "
           f"{median['ours fp32'] / median['model floor']:.3f}; bf16 ratio captum/ours-bf16 "
-          f"{median['captum fp32'] / median['ours bf16']:.2f}; time to 1 % completeness: captum default "
-          f"(50 steps) / ours auto {median['captum fp32'] / median['ours auto']:.2f}")
+          f"{median['captum fp32'] / median['ours bf16']:.2f}; time to 1 % completeness: captum "
+          f"({args.steps} gausslegendre steps) / ours auto {median['captum fp32'] / median['ours auto']:.2f}")
     if args.json:  # the run_all.py schema: one row per (workload, peer) comparison
         shape = f"BERT {args.layers}L {args.batch}x{args.tokens}, {args.steps} steps"
         compared = {"ours fp32": ("IG fp32", results["ours"]), "ours bf16": ("IG bf16", results["bf16"]),
