@@ -56,7 +56,7 @@ def relative_difference(ours, theirs) -> float:
     ours = ours if isinstance(ours, tuple) else (ours,)
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
     assert len(ours) == len(theirs)
-    diff = max(float((a.double() - b.double()).abs().max()) for a, b in zip(ours, theirs))
-    scale = max(float(b.double().abs().max()) for b in theirs)
+    diff = max(float((a.detach().double() - b.detach().double()).abs().max()) for a, b in zip(ours, theirs))
+    scale = max(float(b.detach().double().abs().max()) for b in theirs)
     assert scale > 0, "the reference is all zeros: the comparison would be empty"
     return diff / scale
