@@ -161,5 +161,7 @@ def test_bad_constructor_arguments(gpt2):
         DiscretizedIntegratedGradients(last_logits(model), embedding, convention="captum")
     with pytest.raises(ValueError, match="embedding_matrix must be a tensor of shape"):
         DiscretizedIntegratedGradients(last_logits(model), embedding[0])
+    with pytest.raises(TypeError, match="embedding_matrix must be a torch.Tensor"):
+        DiscretizedIntegratedGradients(last_logits(model), embedding.tolist())
     with pytest.raises(TypeError, match="forward_func must be callable"):
         DiscretizedIntegratedGradients(None, embedding)

@@ -62,7 +62,7 @@ class DIGAttribution(NamedTuple):
 
 
 def _ids(name: str, value, embedding: torch.Tensor) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dtype in (torch.bool,):
+    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of token ids, got "
                         f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
     if value.dim() != 2:
@@ -126,6 +126,8 @@ def dig_attribute_embeddings(
     _common.check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
     if not isinstance(return_convergence_delta, bool):
         raise TypeError(f"return_convergence_delta must be a bool, got {type(return_convergence_delta).__name__}")
+    if not isinstance(embedding_matrix, torch.Tensor):
+        raise TypeError(f"embedding_matrix must be a torch.Tensor, got {type(embedding_matrix).__name__}")
     embedding = embedding_matrix.detach()
     input_ids = _ids("input_ids", input_ids, embedding)
     baseline_ids = _baseline_ids(baseline_id, input_ids)
@@ -203,9 +205,12 @@ class DiscretizedIntegratedGradients(GradientAttribution):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(forward_func, dtype=dtype)
-        if not isinstance(embedding_matrix, torch.Tensor) or embedding_matrix.dim() != 2:
-            raise ValueError("embedding_matrix must be a tensor of shape (vocab_size, embed_dim), got "
-                             f"{tuple(embedding_matrix.shape) if isinstance(embedding_matrix, torch.Tensor) else type(embedding_matrix).__name__}")
+        if not isinstance(embedding_matrix, torch.Tensor):
+            raise TypeError(f"embedding_matrix must be a torch.Tensor, got {type(embedding_matrix).__name__}")
+        if embedding_matrix.dim() != 2:
+            raise ValueError(
+                f"embedding_matrix must be a tensor of shape (vocab_size, embed_dim), got {tuple(embedding_matrix.shape)}"
+            )
         dig_paths.step_plan(n_steps, convention)
         self.embedding_matrix = embedding_matrix
         self.strategy = strategy
