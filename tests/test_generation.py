@@ -278,6 +278,21 @@ def _scaled(output):
     return output
 
 
+def test_the_split_probe_catches_a_final_soft_cap_on_small_logits():
+    from saliency_fast.hf.lm_head import CausalLMScorer
+
+    model, _ = tiny_gpt2()
+    forward = model.forward
+
+    def capped(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        output.logits = 30 * torch.tanh(output.logits / 30)  # Gemma-2 style soft-capping
+        return output
+
+    model.forward = capped
+    assert not CausalLMScorer(model).splits
+
+
 @pytest.mark.parametrize("method,kwargs", [
     ("saliency", {}),
     ("integrated_gradients", {"n_steps": 5, "baseline": "unk"}),
