@@ -60,7 +60,9 @@ def in_memory(config: JobConfig, texts: list[str]) -> tuple[float, list]:
     started = time.perf_counter()
     explainer = Explainer(*default_model(), labels=list(config.labels), batch_size=config.batch_size)
     results = explainer.attribute(texts, method=config.method, progress=False, **config.method_kwargs)
-    return time.perf_counter() - started, [r.scores.float().numpy() for r in results]
+    seconds = time.perf_counter() - started
+    print(f"  in-memory: {seconds:.1f} s, load average after {os.getloadavg()[0]:.1f}", flush=True)
+    return seconds, [r.scores.float().numpy() for r in results]
 
 
 def timed_job(engine, config: JobConfig, source: pathlib.Path, output: pathlib.Path, **kwargs) -> tuple[float, list]:
@@ -69,6 +71,7 @@ def timed_job(engine, config: JobConfig, source: pathlib.Path, output: pathlib.P
     seconds = time.perf_counter() - started
     if not summary.ok or summary.row_errors:
         raise RuntimeError(f"{engine.__name__} did not finish cleanly: {summary}")
+    print(f"  {engine.__name__}: {seconds:.1f} s, load average after {os.getloadavg()[0]:.1f}", flush=True)
     return seconds, read_results(output).column("scores").to_pylist()
 
 
@@ -90,7 +93,8 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"{args.texts} texts, embedded all-MiniLM-L6-v2 zero-shot, batch {args.batch_size}, shards of "
           f"{args.shard_size}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, Ray actors {args.actors}")
+          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, Ray actors {args.actors}; load average "
+          f"{os.getloadavg()[0]:.1f} (a shared machine's other work slows every contender)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         source = pathlib.Path(tmp, "texts.jsonl")
         source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
