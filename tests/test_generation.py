@@ -358,6 +358,18 @@ def test_the_explainer_delegates_generation(explainer):
     assert_rows_close(result.scores, direct.scores, rtol=1e-6)
 
 
+def test_the_explainer_passes_engine_options_through(explainer):
+    """max_batch_tokens / target_batch_size / lm_head / progress are generation's own options, not the
+    method's: the Explainer must hand them over, and they must not change the result."""
+    options = dict(max_batch_tokens=64, target_batch_size=2, lm_head="full", progress=False)
+    result = explainer.attribute_generation(PROMPT, generated_text=FULL, method="integrated_gradients", n_steps=4,
+                                            **options)
+    direct = run(explainer, "integrated_gradients", n_steps=4)
+    assert_rows_close(result.scores, direct.scores, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        explainer.attribute_generation(PROMPT, generated_text=FULL, max_batch_tokens=0)
+
+
 def test_max_new_tokens_cuts_a_forced_continuation(explainer):
     result = run(explainer, "saliency", max_new_tokens=2)
     assert result.tokens == FULL.split()[: N_PROMPT + 2] and len(result.targets) == 2

@@ -224,31 +224,12 @@ class Explainer:
         The engine is :func:`saliency_fast.hf.generation.attribute_generation`.
         """
         from saliency_fast.hf import generation
-        from saliency_fast.hf.targets import check_target_fn
 
         if self.task != "generate":
             raise ValueError(
                 f"attribute_generation needs a causal LM (task='generate'); this Explainer's task is {self.task!r}: "
                 "use attribute(texts, ...)"
             )
-        model_io.check_texts(prompt, name="prompt")
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        if max_new_tokens is not None and (
-            isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
-        ):
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        if generated_text is not None and not isinstance(generated_text, str):
-            raise TypeError(
-                f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}"
-            )
-        if max_new_tokens is None and generated_text is None:
-            raise ValueError("give max_new_tokens (greedy generation) or generated_text (forced decoding)")
-        spec = method_registry.resolve_method(method)
-        method_registry.check_method_kwargs(spec, method_kwargs)
-        check_target_fn(target)
-        _check_aggregate(aggregate)
-        self._check_baseline(baseline)
         return generation.attribute_generation(
             self, prompt, max_new_tokens=max_new_tokens, generated_text=generated_text, method=method,
             target=target, aggregate=aggregate, baseline=baseline, **method_kwargs,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, method_registry, model_io, words
+from saliency_fast.hf import causal_pass, lean_backward, method_registry, model_io, words
 from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
@@ -133,7 +133,9 @@ def attribute_generation(
     board = causal_pass.ScoreBoard(n_targets, embeds, None if spec.per_token else aggregate, _aggregate)
     metadata_extra = {"n_steps": None, "completeness_error": None}
     layer_scores = None
-    with explainer.frozen_parameters():
+    with explainer.frozen_parameters(), lean_backward.for_batched_backward(
+        model, device, options["dtype"], keep=tuple(layer_request.modules) if layer_request else ()
+    ):
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 
@@ -198,7 +200,11 @@ def _check_arguments(explainer, prompt, max_new_tokens, generated_text, method, 
     method_registry.check_method_kwargs(spec, kwargs)
     check_target_fn(target)
     _check_aggregate(aggregate)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     model_io.check_texts(prompt, name="prompt")
+    if generated_text is not None and not isinstance(generated_text, str):
+        raise TypeError(f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}")
     if max_new_tokens is not None and (
         isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
     ):
@@ -239,8 +245,6 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def forced_ids(tokenizer, prompt_ids: list[int], generated_text: str, max_new_tokens: int | None) -> list[int]:
     """Ids of the full forced text, checked to start with the prompt's ids and add at least one."""
-    if not isinstance(generated_text, str):
-        raise TypeError(f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}")
     ids = encode(tokenizer, generated_text)
     n = len(prompt_ids)
     if ids[:n] != prompt_ids:

@@ -1,0 +1,92 @@
+"""The batched-backward patches compute the same function and first derivatives as the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers.activations as hf_activations
+from torch import nn
+
+from saliency_fast.hf import lean_backward
+from tiny_models import tiny_bert, tiny_gpt2
+
+ACTIVATIONS = [
+    nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Mish(),
+    hf_activations.NewGELUActivation(), hf_activations.GELUActivation(), hf_activations.FastGELUActivation(),
+    hf_activations.QuickGELUActivation(), hf_activations.MishActivation(),
+]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: type(a).__name__ + getattr(a, "approximate", ""))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saved_derivative_equals_autograd(act, dtype):
+    x = (torch.randn(3, 5, 7, dtype=dtype) * 3).requires_grad_(True)
+    seeds = torch.randn(4, *x.shape, dtype=dtype)
+    expected_y = act(x)
+    (expected,) = torch.autograd.grad(expected_y, x, seeds, is_grads_batched=True)
+    y = lean_backward.SavedDerivative.apply(x, act)
+    (got,) = torch.autograd.grad(y, x, seeds, is_grads_batched=True)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(y, expected_y, rtol=tol, atol=tol)
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+def test_double_backward_differentiates_the_activation_itself():
+    """The saved derivative is a constant: second derivatives must not go through it."""
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    act = hf_activations.NewGELUActivation()
+    expected = torch.autograd.functional.hessian(lambda v: (act(v) * v).sum(), x)
+    (grad,) = torch.autograd.grad((lean_backward.SavedDerivative.apply(x, act) * x).sum(), x, create_graph=True)
+    got = torch.stack([torch.autograd.grad(grad[i], x, retain_graph=True)[0] for i in range(6)])
+    torch.testing.assert_close(got, expected)
+
+
+def _batched_input_grads(model, embeds, outputs_fn):
+    embeds = embeds.detach().requires_grad_(True)
+    out = outputs_fn(model, embeds)  # [n_outputs]
+    seeds = torch.eye(out.numel()).view(out.numel(), *out.shape)
+    (grads,) = torch.autograd.grad(out, embeds, seeds, is_grads_batched=True)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_patched_models_give_the_same_outputs_and_gradients(name):
+    if name == "gpt2":
+        model, _ = tiny_gpt2()
+        embeds = torch.randn(1, 9, 32)
+
+        def outputs(m, e):
+            return m(inputs_embeds=e).logits[0, :, 3]
+    else:
+        model = tiny_bert("classification")
+        embeds = torch.randn(1, 9, model.config.hidden_size)
+
+        def outputs(m, e):
+            return m(inputs_embeds=e).logits[0]
+    acts_before = [m for m in model.modules() if isinstance(m, lean_backward._ELEMENTWISE)]
+    expected = _batched_input_grads(model, embeds, outputs)
+    with lean_backward.for_batched_backward(model, torch.device("cpu"), None):
+        patched = [m for m in model.modules() if isinstance(m, lean_backward._SavedDerivativeActivation)]
+        assert len(patched) == len(acts_before) > 0
+        got = _batched_input_grads(model, embeds, outputs)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-6)
+    assert [m for m in model.modules() if isinstance(m, lean_backward._ELEMENTWISE)] == acts_before
+
+
+def test_modules_come_back_on_error_and_kept_ones_are_not_swapped():
+    model, _ = tiny_gpt2()
+    first, second = model.transformer.h[0].mlp.act, model.transformer.h[1].mlp.act
+    with pytest.raises(KeyError), lean_backward.saved_derivative_activations(model, keep=(first,)) as n_swapped:
+        assert n_swapped == 1 and model.transformer.h[0].mlp.act is first
+        assert isinstance(model.transformer.h[1].mlp.act, lean_backward._SavedDerivativeActivation)
+        raise KeyError("boom")
+    assert model.transformer.h[0].mlp.act is first and model.transformer.h[1].mlp.act is second
+
+
+def test_forward_only_calls_skip_the_derivative():
+    wrapped = lean_backward._SavedDerivativeActivation(hf_activations.NewGELUActivation())
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.no_grad():
+        assert wrapped(x).grad_fn is None
+    assert type(wrapped(x).grad_fn).__name__ == "SavedDerivativeBackward"
