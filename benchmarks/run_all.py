@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py            # the full runs (tens of minutes on a laptop CPU)
     python benchmarks/run_all.py --quick    # every script's --quick mode (a few minutes on 2 cores)
+    python benchmarks/run_all.py --only bench_dig.py --update   # rerun one, keep the others' rows
 
 Each ``benchmarks/bench_*.py`` runs in its own process (as it would alone, so one benchmark's
 threads, caches or memory never touch another's) with ``--json PATH``; it writes
@@ -78,6 +79,17 @@ def run_one(script: str, extra: list[str], timeout_s: float) -> tuple[list[dict]
     return [{**{c: r.get(c) for c in COLUMNS}, "script": script} for r in rows], None, seconds
 
 
+def _kept(previous: dict, rerun: list[str], quick: bool) -> tuple[list[dict], dict, dict]:
+    """Rows, skip reasons and times of the scripts not in ``rerun`` from an earlier results file."""
+    if previous.get("quick") != quick:
+        sys.exit(f"--update: the existing results are from a {'quick' if previous.get('quick') else 'full'} run; "
+                 "rerun everything or match its mode")
+    keep = lambda script: script in BENCHMARKS and script not in rerun  # noqa: E731
+    return ([r for r in previous["rows"] if keep(r["script"])],
+            {s: why for s, why in previous.get("skipped", {}).items() if keep(s)},
+            {s: sec for s, sec in previous.get("script_seconds", {}).items() if keep(s)})
+
+
 def _cell(value, kind: str) -> str:
     if value is None:
         return "n/a"
@@ -115,18 +127,23 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated script names (default: all)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per script")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results.json")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of the scripts not run from the existing --out file (same mode only)")
     args = parser.parse_args()
     scripts = list(BENCHMARKS) if args.only is None else args.only.split(",")
     unknown = [s for s in scripts if s not in BENCHMARKS]
     if unknown:
         parser.error(f"--only: unknown scripts {unknown}; known: {list(BENCHMARKS)}")
     rows, skipped, seconds = [], {}, {}
+    if args.update and args.out.exists():
+        rows, skipped, seconds = _kept(json.loads(args.out.read_text()), scripts, args.quick)
     for script in scripts:
         print(f"running {script} ...", file=sys.stderr, flush=True)
         found, why, seconds[script] = run_one(script, BENCHMARKS[script] if args.quick else [], args.timeout)
         rows += found
         if why:
             skipped[script] = why
+    rows.sort(key=lambda r: list(BENCHMARKS).index(r["script"]))  # table order, also after --update
     about = machine()
     print(f"Machine: {about['processor']}, {about['cpu_threads']} torch threads, GPU {about['gpu'] or 'none'}, "
           f"torch {about['torch']}, {about['platform']}; mode: {'quick' if args.quick else 'full'}\n")
