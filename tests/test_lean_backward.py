@@ -65,7 +65,7 @@ def test_patched_models_give_the_same_outputs_and_gradients(name):
             return m(inputs_embeds=e).logits[0]
     acts_before = [m for m in model.modules() if isinstance(m, lean_backward._ELEMENTWISE)]
     expected = _batched_input_grads(model, embeds, outputs)
-    with lean_backward.for_batched_backward(model, torch.device("cpu"), None):
+    with lean_backward.for_batched_backward(model, torch.device("cpu"), None, embeds.shape[1]):
         patched = [m for m in model.modules() if isinstance(m, lean_backward._SavedDerivativeActivation)]
         assert len(patched) == len(acts_before) > 0
         got = _batched_input_grads(model, embeds, outputs)
@@ -90,3 +90,14 @@ def test_forward_only_calls_skip_the_derivative():
     with torch.no_grad():
         assert wrapped(x).grad_fn is None
     assert type(wrapped(x).grad_fn).__name__ == "SavedDerivativeBackward"
+
+
+@pytest.mark.parametrize(("dtype", "length", "math_only"), [
+    (torch.bfloat16, 31, True), (torch.float16, 1024, True), (torch.bfloat16, 1025, False), (None, 31, False),
+])
+def test_math_attention_only_for_short_half_precision_runs(dtype, length, math_only):
+    model, _ = tiny_gpt2()
+    with lean_backward.for_batched_backward(model, torch.device("cpu"), dtype, length):
+        assert torch.backends.cuda.flash_sdp_enabled() is not math_only
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()

@@ -134,7 +134,7 @@ def attribute_generation(
     metadata_extra = {"n_steps": None, "completeness_error": None}
     layer_scores = None
     with explainer.frozen_parameters(), lean_backward.for_batched_backward(
-        model, device, options["dtype"], keep=tuple(layer_request.modules) if layer_request else ()
+        model, device, options["dtype"], cp.prefix_length, keep=tuple(layer_request.modules) if layer_request else ()
     ):
         if layer_request is not None:
             from saliency_fast.hf import causal_layers

@@ -23,6 +23,8 @@ import transformers.activations as hf_activations
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+MATH_ATTENTION_MAX_LENGTH = 1024
+
 # Elementwise activations whose backward is more than one pass (several ops, or a transcendental).
 # ReLU-like ones are left alone: their backward is already one masked copy.
 _ELEMENTWISE = tuple(
@@ -92,11 +94,14 @@ def saved_derivative_activations(model: nn.Module, keep: tuple[nn.Module, ...] =
 
 
 @contextlib.contextmanager
-def for_batched_backward(model: nn.Module, device: torch.device, dtype: torch.dtype | None,
+def for_batched_backward(model: nn.Module, device: torch.device, dtype: torch.dtype | None, length: int,
                          keep: tuple[nn.Module, ...] = ()):
-    """Everything above for a model about to serve many backward passes per forward."""
+    """Everything above for a model about to serve many backward passes per forward over sequences of
+    up to ``length`` tokens. The math attention keeps ``L x L`` probabilities per head and layer for
+    the backward, so it is only chosen up to :data:`MATH_ATTENTION_MAX_LENGTH` tokens."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(saved_derivative_activations(model, keep))
-        if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        half = dtype in (torch.bfloat16, torch.float16)
+        if device.type == "cpu" and half and length <= MATH_ATTENTION_MAX_LENGTH:
             stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         yield
