@@ -7,7 +7,7 @@ import torch
 import transformers.activations as hf_activations
 from torch import nn
 
-from saliency_fast.hf import lean_backward
+from saliency_fast.methods import _common, lean_backward
 from tiny_models import tiny_bert, tiny_gpt2
 
 ACTIVATIONS = [
@@ -65,7 +65,7 @@ def test_patched_models_give_the_same_outputs_and_gradients(name):
             return m(inputs_embeds=e).logits[0]
     acts_before = [m for m in model.modules() if isinstance(m, lean_backward._ELEMENTWISE)]
     expected = _batched_input_grads(model, embeds, outputs)
-    with lean_backward.for_batched_backward(model, torch.device("cpu"), None, embeds.shape[1]):
+    with _common.gradient_mode(model):
         patched = [m for m in model.modules() if isinstance(m, lean_backward._SavedDerivativeActivation)]
         assert len(patched) == len(acts_before) > 0
         got = _batched_input_grads(model, embeds, outputs)
@@ -92,12 +92,22 @@ def test_forward_only_calls_skip_the_derivative():
     assert type(wrapped(x).grad_fn).__name__ == "SavedDerivativeBackward"
 
 
-@pytest.mark.parametrize(("dtype", "length", "math_only"), [
-    (torch.bfloat16, 31, True), (torch.float16, 1024, True), (torch.bfloat16, 1025, False), (None, 31, False),
+@pytest.mark.parametrize(("dtype", "rows", "length", "math_only"), [
+    (torch.bfloat16, 16, 31, True), (torch.float16, 1, 1024, True), (torch.bfloat16, 2, 1024, False),
+    (None, 16, 31, False),
 ])
-def test_math_attention_only_for_short_half_precision_runs(dtype, length, math_only):
-    model, _ = tiny_gpt2()
-    with lean_backward.for_batched_backward(model, torch.device("cpu"), dtype, length):
+def test_math_attention_only_for_short_half_precision_runs(dtype, rows, length, math_only):
+    with lean_backward.attention_kernel(dtype, torch.device("cpu"), rows, length):
         assert torch.backends.cuda.flash_sdp_enabled() is not math_only
         assert torch.backends.cuda.math_sdp_enabled()
     assert torch.backends.cuda.flash_sdp_enabled()
+
+
+def test_gradient_mode_swaps_activations_and_freezes_parameters():
+    model, _ = tiny_gpt2()
+    keep = model.transformer.h[0].mlp.act
+    with _common.gradient_mode(model.forward, keep=(keep,)):
+        assert not any(p.requires_grad for p in model.parameters())
+        assert model.transformer.h[0].mlp.act is keep
+        assert isinstance(model.transformer.h[1].mlp.act, lean_backward._SavedDerivativeActivation)
+    assert all(p.requires_grad for p in model.parameters()) and type(model.transformer.h[1].mlp.act) is type(keep)

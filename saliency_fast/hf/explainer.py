@@ -28,6 +28,7 @@ from saliency_fast.hf import batching, method_registry, model_io, tasks
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.default_model import POOLING_CHOICES, sentence_pooling
 from saliency_fast.hf.targets import class_labels
+from saliency_fast.methods import _common
 
 AGGREGATE_CHOICES = ("none", "sum", "l2", "abs_sum", "dot")
 ATTENTION_LAYERS = ("last", "mean")
@@ -277,17 +278,10 @@ class Explainer:
             "model": self.model_name,
         }
 
-    @contextlib.contextmanager
-    def frozen_parameters(self):
-        """Autograd reaches the inputs only: no weight gradients are computed or kept."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p in params:
-                p.requires_grad_(True)
+    def gradient_mode(self, keep: tuple[nn.Module, ...] = ()):
+        """Frozen parameters (autograd reaches the inputs only) and activations with saved derivatives
+        (except the modules in ``keep``): see :func:`saliency_fast.methods._common.gradient_mode`."""
+        return _common.gradient_mode(self.model, keep)
 
     def predict(self, task: tasks.Task, units: list[tasks.Unit]) -> list[torch.Tensor]:
         """The task's outputs for every unit, without gradients (length-bucketed batches)."""
@@ -349,7 +343,7 @@ class Explainer:
         buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
         show = len(buckets) > 1 if progress is None else bool(progress)
         forward = functools.partial(_score_forward, task, kind)
-        with self.frozen_parameters():
+        with self.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()):
             for bucket in tqdm(buckets, desc=f"{spec.name}", unit="batch", disable=not show):
                 batch_rows = [rows[r] for r in bucket]
                 batch = self._pad([units[r.unit] for r in batch_rows])

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, lean_backward, method_registry, model_io, words
+from saliency_fast.hf import causal_pass, method_registry, model_io, words
 from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
 from saliency_fast.hf.targets import check_target_fn
+from saliency_fast.methods import lean_backward
 from saliency_fast.methods._common import check_autocast_dtype
 
 ENGINE_KWARGS = frozenset({"dtype", "lm_head", "max_batch_tokens", "target_batch_size", "progress"})
@@ -133,9 +134,9 @@ def attribute_generation(
     board = causal_pass.ScoreBoard(n_targets, embeds, None if spec.per_token else aggregate, _aggregate)
     metadata_extra = {"n_steps": None, "completeness_error": None}
     layer_scores = None
-    with explainer.frozen_parameters(), lean_backward.for_batched_backward(
-        model, device, options["dtype"], cp.prefix_length, keep=tuple(layer_request.modules) if layer_request else ()
-    ):
+    rows_bound = max(1, options["max_batch_tokens"] // cp.prefix_length)  # points x targets in a backward
+    with explainer.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()), \
+            lean_backward.attention_kernel(options["dtype"], device, rows_bound, cp.prefix_length):
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 

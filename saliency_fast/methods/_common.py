@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from saliency_fast.methods import lean_backward
+
 Tensors = tuple[torch.Tensor, ...]
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -287,22 +289,10 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# On CPU the flash-attention kernel's backward in bf16/fp16 is several times slower than PyTorch's
-# math attention, whose batched matmuls run on the bf16 units (two BERT-base layers, 40 x 64
-# tokens, one thread: 0.9 s vs 0.55 s per forward + backward, fp32 1.7 s). Math attention holds
-# rows x heads x L x L scores, so it is chosen only while rows x L x L stays below this bound.
-MATH_ATTENTION_MAX_SCORES = 2**20
-
-
-def attention_kernel(dtype: torch.dtype | None, points: Tensors):
-    """The scaled-dot-product-attention kernel choice for a gradient pass over ``points`` (rows x
-    length x ...): math attention for short sequences in autocast on CPU, else PyTorch's default."""
-    x = points[0]
-    if dtype is None or x.device.type != "cpu" or x.dim() < 3 or x.shape[0] * x.shape[1] ** 2 > MATH_ATTENTION_MAX_SCORES:
+def _attention_kernel(dtype: torch.dtype | None, x: torch.Tensor):
+    if x.dim() < 3:  # not a batch of sequences
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
+    return lean_backward.attention_kernel(dtype, x.device, x.shape[0], x.shape[1])
 
 
 def _module_of(forward_func) -> torch.nn.Module | None:
@@ -330,6 +320,18 @@ def frozen_parameters(forward_func):
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def gradient_mode(forward_func, keep: tuple[torch.nn.Module, ...] = ()):
+    """:func:`frozen_parameters`, and the elementwise activations of ``forward_func``'s module with
+    saved derivatives (:mod:`saliency_fast.methods.lean_backward`; ``keep``: modules left as they
+    are, e.g. hooked layers) for the duration."""
+    module = _module_of(forward_func)
+    with frozen_parameters(forward_func), (
+        contextlib.nullcontext() if module is None else lean_backward.saved_derivative_activations(module, keep)
+    ):
+        yield
+
+
 def input_gradients(
     forward_func, points: Tensors, target: Target, args: tuple | None, dtype: torch.dtype | None = None
 ) -> Tensors:
@@ -337,12 +339,12 @@ def input_gradients(
 
     Only ``points`` require grad: with frozen parameters autograd does no weight work, and the graph
     is freed when this returns. ``dtype`` autocasts the forward (the gradients come back in the
-    points' dtype) and on CPU may pick math attention (see :func:`attention_kernel`).
+    points' dtype) and on CPU may pick math attention (see :func:`lean_backward.attention_kernel`).
     """
     rows = points[0].shape[0]
     with torch.enable_grad():
         leaves = tuple(p.detach().requires_grad_(True) for p in points)
-        with autocast(dtype, leaves[0].device), attention_kernel(dtype, leaves):
+        with autocast(dtype, leaves[0].device), _attention_kernel(dtype, leaves[0]):
             output = run_forward(forward_func, leaves, args)
         selected = scalar_per_row(target.select(output, rows), rows)
         grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True, materialize_grads=True)

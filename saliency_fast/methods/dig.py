@@ -143,7 +143,7 @@ def dig_attribute_embeddings(
         strategy=strategy, factor=factor, constant=_special_mask(input_ids, special_token_ids),
         show_progress=show_progress,
     )
-    with _common.frozen_parameters(forward_on_embeds):
+    with _common.gradient_mode(forward_on_embeds):
         attributions = _path_sum(forward_on_embeds, paths, target, args, internal_batch_size, dtype, show_progress)
         delta = None
         if return_convergence_delta:

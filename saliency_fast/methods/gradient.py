@@ -73,7 +73,7 @@ class Saliency(GradientAttribution):
         if not isinstance(abs, bool):
             raise TypeError(f"abs must be a bool, got {type(abs).__name__}")
         inputs, is_tuple, target, args = self._prepare(inputs, target, additional_forward_args)
-        with _common.frozen_parameters(self.forward_func):
+        with _common.gradient_mode(self.forward_func):
             grads = self.gradients(inputs, target, args)
         return _common.format_output(is_tuple, tuple(g.abs() if abs else g for g in grads))
 
@@ -90,6 +90,6 @@ class InputXGradient(GradientAttribution):
     def attribute(self, inputs, target=None, additional_forward_args=None):
         """``inputs * gradient``, shaped like ``inputs`` (a tensor or a tuple)."""
         inputs, is_tuple, target, args = self._prepare(inputs, target, additional_forward_args)
-        with _common.frozen_parameters(self.forward_func):
+        with _common.gradient_mode(self.forward_func):
             grads = self.gradients(inputs, target, args)
         return _common.format_output(is_tuple, tuple(x * g for x, g in zip(inputs, grads)))

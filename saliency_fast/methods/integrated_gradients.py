@@ -313,7 +313,7 @@ class IntegratedGradients(GradientAttribution):
             alphas, weights = quadrature.nodes_and_weights(method, n_steps)
         n_examples = inputs[0].shape[0]
         gradient_fn = gradient_function(self.forward_func, target, args, self.dtype)
-        with _common.frozen_parameters(self.forward_func), tqdm(
+        with _common.gradient_mode(self.forward_func), tqdm(
             total=None if auto else n_steps * n_examples, disable=not show_progress, unit="row",
             desc="integrated gradients",
         ) as progress:

@@ -263,7 +263,7 @@ class _LayerMethod(GradientAttribution):
     def _layer_gradients(self, inputs, target, additional_forward_args, attribute_to_layer_input):
         inputs, _, target, args = self._prepare(inputs, target, additional_forward_args)
         layers = self.layer_set(attribute_to_layer_input)
-        with _common.frozen_parameters(self.forward_func):
+        with _common.gradient_mode(self.forward_func, keep=tuple(self.modules)):
             grads, acts = layers.gradients(self.forward_func, inputs, target, args, self.dtype)
         for label, values in zip(layers.labels, grads):
             for grad in values:
@@ -422,7 +422,7 @@ class LayerIntegratedGradients(_LayerMethod):
                           stacklevel=2)
         n_examples = inputs[0].shape[0]
         forward = self.forward_func
-        with _common.frozen_parameters(forward), tqdm(
+        with _common.gradient_mode(forward, keep=tuple(self.modules)), tqdm(
             total=None if auto else n_steps * n_examples, disable=not show_progress, unit="row",
             desc="layer integrated gradients",
         ) as progress:

@@ -82,7 +82,7 @@ class SequentialIntegratedGradients(GradientAttribution):
         chunk_steps = max(1, min(n_steps, budget // group))
         token_attr = torch.zeros((n_paths, x.shape[2]), dtype=reference.opmath_dtype(x.dtype), device=x.device)
         forward = _TokenForward(self.forward_func)
-        with _common.frozen_parameters(self.forward_func), tqdm(
+        with _common.gradient_mode(self.forward_func), tqdm(
             total=n_paths * n_steps, disable=not show_progress, unit="row", desc="sequential integrated gradients",
         ) as progress:
             for start in range(0, n_paths, group):
