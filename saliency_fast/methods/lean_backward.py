@@ -21,58 +21,83 @@ from __future__ import annotations
 
 import contextlib
 
+import dataclasses
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 import transformers.activations as hf_activations
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# Elementwise activations whose backward is more than one pass (several ops, or a transcendental).
-# ReLU-like ones are left alone: their backward is already one masked copy.
-_ELEMENTWISE = tuple(
-    cls
-    for cls in (
-        nn.GELU, nn.SiLU, nn.Mish,
-        *(getattr(hf_activations, name, None) for name in (
-            "GELUActivation", "NewGELUActivation", "FastGELUActivation", "GELUTanh", "AccurateGELUActivation",
-            "QuickGELUActivation", "ClippedGELUActivation", "SiLUActivation", "MishActivation", "LaplaceActivation",
-            "SqrtSoftplusActivation",
-        )),
-    )
-    if cls is not None
-)
+@dataclasses.dataclass(frozen=True)
+class _Fused:
+    """One elementwise activation as two single-pass native ops: its value and its derivative."""
+
+    value: Callable[[torch.Tensor], torch.Tensor]
+    derivative: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _ones(x: torch.Tensor) -> torch.Tensor:
+    return x.new_ones(()).expand_as(x)  # a broadcast 1, never materialised
+
+
+def _gelu(approximate: str) -> _Fused:
+    return _Fused(lambda x: F.gelu(x, approximate=approximate),
+                  lambda x: torch.ops.aten.gelu_backward(_ones(x), x, approximate=approximate))
+
+
+_SILU = _Fused(F.silu, lambda x: torch.ops.aten.silu_backward(_ones(x), x))
+_MISH = _Fused(F.mish, lambda x: torch.ops.aten.mish_backward(_ones(x), x))
+# activation classes -> their fused pair (the same function: transformers' tanh-GELUs are the
+# tanh approximation written out in Python, eight ops forward and more backward)
+_FUSED_BY_CLASS = {
+    **{getattr(hf_activations, name): _gelu("tanh")
+       for name in ("NewGELUActivation", "FastGELUActivation", "GELUTanh") if hasattr(hf_activations, name)},
+    hf_activations.GELUActivation: _gelu("none"),
+    hf_activations.SiLUActivation: _SILU, nn.SiLU: _SILU,
+    hf_activations.MishActivation: _MISH, nn.Mish: _MISH,
+}
+
+
+def _fused(module: nn.Module) -> _Fused | None:
+    if type(module) is nn.GELU:
+        return _gelu(module.approximate)
+    return _FUSED_BY_CLASS.get(type(module))
 
 
 class SavedDerivative(torch.autograd.Function):
-    """``y = f(x)`` for an elementwise ``f``, with ``f'(x)`` computed in the forward: the backward
-    is ``grad * f'(x)``, one multiply however many times it runs. With ``create_graph`` (double
-    backward) it differentiates ``f`` itself instead, so higher derivatives stay exact."""
+    """``y = f(x)`` for an elementwise ``f``, with ``f'(x)`` computed in the forward (one native
+    pass): the backward is ``grad * f'(x)``, one multiply however many times it runs. With
+    ``create_graph`` (double backward) it differentiates the module itself, so higher derivatives
+    stay exact."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fn: nn.Module) -> torch.Tensor:
-        y, derivative = torch.func.jvp(fn, (x,), (torch.ones_like(x),))
-        ctx.fn = fn
-        ctx.save_for_backward(x, derivative)
-        return y
+    def forward(ctx, x: torch.Tensor, module: nn.Module, fused: _Fused) -> torch.Tensor:
+        ctx.module = module
+        ctx.save_for_backward(x, fused.derivative(x))
+        return fused.value(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, derivative = ctx.saved_tensors
         if not torch.is_grad_enabled():
-            return grad * derivative, None
-        (grad_x,) = torch.autograd.grad(ctx.fn(x), x, grad, create_graph=True)  # recomputed on x's graph
-        return grad_x, None
+            return grad * derivative, None, None
+        (grad_x,) = torch.autograd.grad(ctx.module(x), x, grad, create_graph=True)  # recomputed on x's graph
+        return grad_x, None, None
 
 
 class _SavedDerivativeActivation(nn.Module):
     """Wraps an activation module; forward-only calls go straight to it."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, fused: _Fused):
         super().__init__()
         self.inner = inner
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            return SavedDerivative.apply(x, self.inner)
+            return SavedDerivative.apply(x, self.inner, self.fused)
         return self.inner(x)
 
 
@@ -84,8 +109,9 @@ def saved_derivative_activations(model: nn.Module, keep: tuple[nn.Module, ...] =
     swapped = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) in _ELEMENTWISE and not any(child is k for k in keep):
-                setattr(parent, name, _SavedDerivativeActivation(child))
+            fused = _fused(child)
+            if fused is not None and not any(child is k for k in keep):
+                setattr(parent, name, _SavedDerivativeActivation(child, fused))
                 swapped.append((parent, name, child))
     try:
         yield len(swapped)
