@@ -272,6 +272,34 @@ def scalar_per_row(selected: torch.Tensor, rows: int) -> torch.Tensor:
     return selected.reshape(rows)
 
 
+class AttributionMethod:
+    """Base of the method classes: captum's constructor.
+
+    Args:
+        forward_func: callable taking the inputs (then the additional forward args) and returning a
+            tensor whose dim 0 is the batch (examples).
+        dtype: None (default) runs the forward at the inputs' precision. ``torch.bfloat16`` /
+            ``torch.float16`` runs it under ``torch.autocast`` (gradients, differences and their
+            accumulation stay in the inputs' dtype, float32 for float32 inputs). Faster where the
+            hardware has bf16 matrix units (on CPU, short sequences also get PyTorch's math
+            attention, whose bf16 backward beats the flash kernel's); see each method's docstring
+            for its measured accuracy.
+    """
+
+    def __init__(self, forward_func, *, dtype: torch.dtype | None = None) -> None:
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        self.forward_func = forward_func
+        self.dtype = check_autocast_dtype(dtype)
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+
 # ------------------------------------------------------------------------------------------------
 # Model execution: frozen parameters, autocast, gradients
 

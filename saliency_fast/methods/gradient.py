@@ -2,7 +2,7 @@
 
 Both have captum's constructor and ``attribute`` arguments. The base class
 :class:`GradientAttribution` holds what every gradient method shares: the forward function, the
-optional autocast ``dtype``, frozen parameters during attribution, and checked gradients.
+optional autocast ``dtype``, the gradient mode during attribution, and checked gradients.
 """
 
 from __future__ import annotations
@@ -12,35 +12,12 @@ import torch
 from saliency_fast.methods import _common
 
 
-class GradientAttribution:
-    """Base of the gradient methods.
-
-    Args:
-        forward_func: callable taking the inputs (then the additional forward args) and returning a
-            tensor whose dim 0 is the batch (examples). When it is an ``nn.Module``, a bound method
-            of one or a ``functools.partial`` of either, the module's parameters are frozen
-            (``requires_grad=False``) during attribution and restored after: autograd then does no
-            work for weights. Results do not change.
-        dtype: None (default) runs the forward at the inputs' precision. ``torch.bfloat16`` /
-            ``torch.float16`` runs it under ``torch.autocast`` (the gradients and their
-            accumulation stay in the inputs' dtype, float32 for float32 inputs). Faster where the
-            hardware has bf16 matrix units (on CPU, short sequences also get PyTorch's math
-            attention, whose bf16 backward beats the flash kernel's); see each method's docstring
-            for its measured accuracy.
-    """
-
-    def __init__(self, forward_func, *, dtype: torch.dtype | None = None) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
-        self.forward_func = forward_func
-        self.dtype = _common.check_autocast_dtype(dtype)
-
-    def has_convergence_delta(self) -> bool:
-        return False
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
+class GradientAttribution(_common.AttributionMethod):
+    """Base of the gradient methods: :class:`~saliency_fast.methods._common.AttributionMethod`
+    (the forward function and the optional autocast ``dtype``) with checked input gradients.
+    During attribution the forward function's module (when it has one) runs in
+    :func:`~saliency_fast.methods._common.gradient_mode`: parameters frozen, so autograd does no
+    work for weights, and activations with saved derivatives. Results do not change."""
 
     def gradients(self, inputs: _common.Tensors, target: _common.Target, args: tuple | None) -> _common.Tensors:
         """Checked gradients of the targeted output w.r.t. ``inputs`` (parameters already frozen by the

@@ -23,7 +23,7 @@ from saliency_fast.methods import _common
 MaskBuilder = Callable[[int, int], tuple["torch.Tensor | None", ...]]
 
 
-class FeatureAblation:
+class FeatureAblation(_common.AttributionMethod):
     """Feature ablation: each feature (a group of elements sharing an id in ``feature_mask``;
     default: every element on its own) is set to the baseline in turn, and all its elements get
     ``F(x) - F(x ablated)``. A feature id may span several input tensors (ablated together).
@@ -33,19 +33,6 @@ class FeatureAblation:
     """
 
     _weighted = False
-
-    def __init__(self, forward_func, *, dtype: torch.dtype | None = None) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
-        self.forward_func = forward_func
-        self.dtype = _common.check_autocast_dtype(dtype)
-
-    def has_convergence_delta(self) -> bool:
-        return False
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
 
     def attribute(
         self,
