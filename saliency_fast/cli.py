@@ -6,6 +6,7 @@ Bad arguments and failures print one line to stderr and exit with status 2 (no t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -100,16 +101,31 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def one_line_errors(command: str, interrupted: str = ""):
+    """Decorator of a sub-command's handler: an expected error (bad input, a missing file, a model
+    that fails) becomes one line on stderr and exit status 2, Ctrl-C status 130; never a traceback."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except KeyboardInterrupt:
+                print(f"saliency-fast {command}: interrupted{interrupted}", file=sys.stderr)
+                return 130
+            except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
+                print(f"saliency-fast {command}: error: {_one_line(exc)}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+@one_line_errors("explain")
 def _run_explain(args: argparse.Namespace) -> int:
-    try:
-        result = _explain(args)
-        paths = _write_outputs(result, pathlib.Path(args.out))
-    except KeyboardInterrupt:
-        print("saliency-fast explain: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
-        print(f"saliency-fast explain: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    result = _explain(args)
+    paths = _write_outputs(result, pathlib.Path(args.out))
     result.show()
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

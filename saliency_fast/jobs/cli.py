@@ -7,7 +7,7 @@ import json
 import sys
 
 # the same defaults and argument forms as `explain` (saliency_fast.cli imports this module lazily, in main())
-from saliency_fast.cli import DEFAULT_LABELS, _class_target, _labels, _one_line, _positive_int
+from saliency_fast.cli import DEFAULT_LABELS, _class_target, _labels, _positive_int, one_line_errors
 from saliency_fast.jobs.config import ENGINE_CHOICES, JobConfig
 
 # config field -> (flag, help); every default is JobConfig's own
@@ -54,15 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors("batch", interrupted="; rerun the same command to resume")
 def run(args: argparse.Namespace) -> int:
-    try:
-        summary = _run(args)
-    except KeyboardInterrupt:
-        print("saliency-fast batch: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
-        print(f"saliency-fast batch: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    summary = _run(args)
     print(
         f"{summary.done}/{summary.shards} shards done ({summary.resumed} from an earlier run), {summary.rows} rows, "
         f"{summary.row_errors} with an error, in {summary.seconds:.1f}s -> {summary.output}"
