@@ -431,3 +431,12 @@ def test_bad_input_is_a_clear_error(explainer, kwargs, error, match):
     args = {"prompt": PROMPT, "generated_text": FULL, "progress": False, **kwargs}
     with pytest.raises(error, match=match):
         generation.attribute_generation(explainer, **args)
+
+
+def test_default_rows_fill_the_budget_in_even_batches():
+    from types import SimpleNamespace
+
+    cp = SimpleNamespace(max_batch_tokens=8192, target_batch_size=16, prefix_length=95)  # budget: 5 points
+    assert generation._default_rows(cp, 16) == 4  # 4 x 4, not 5 + 5 + 5 + 1
+    assert generation._default_rows(cp, 3) == 3 and generation._default_rows(cp, 10) == 5
+    assert generation._default_rows(SimpleNamespace(max_batch_tokens=10, target_batch_size=16, prefix_length=95), 16) == 1

@@ -378,8 +378,10 @@ def _engine_options(engine: dict) -> dict:
 
 
 def _default_rows(cp, n_points: int) -> int:
-    """Points per forward: as many as fill the token budget with a full chunk of targets."""
-    return max(1, min(n_points, cp.max_batch_tokens // (cp.target_batch_size * cp.prefix_length)))
+    """Points per forward: as many as fill the token budget with a full chunk of targets, spread
+    evenly over the batches (16 points at most 5 a batch: 4 x 4, not 5 + 5 + 5 + 1)."""
+    most = max(1, min(n_points, cp.max_batch_tokens // (cp.target_batch_size * cp.prefix_length)))
+    return -(-n_points // -(-n_points // most))
 
 
 def _positive_int(value, name: str) -> int:
