@@ -11,7 +11,8 @@ path points, so ours runs with ``convention="inseq"`` and the paths are identica
 
 Rows:
 
-- first call: everything from nothing, neighbour search included. inseq builds its
+- first call: everything from nothing, neighbour search included (ours in float32, then again
+  with ``dtype=torch.bfloat16``, whose max difference from inseq's float32 result is printed). inseq builds its
   scikit-learn graph over the whole vocabulary (its pickle cache turned off) and attributes one
   sentence per call (with several per call it mixes examples up, see saliency_fast.methods.dig);
   ours attributes the 4 sentences in one call, searching neighbours on demand. Outputs compared.
@@ -125,10 +126,11 @@ def inseq_first_call(forward, embedding, ids, base, targets, args):
     return peer, torch.cat(rows).detach(), graph_s
 
 
-def ours_first_call(forward, embedding, ids, targets, args, pad_id):
+def ours_first_call(forward, embedding, ids, targets, args, pad_id, dtype=None):
     knn.clear_cache()
     dig = DiscretizedIntegratedGradients(forward, embedding, strategy=args.strategy, n_neighbors=args.neighbors,
-                                         n_steps=args.steps, baseline_token_id=pad_id, convention="inseq")
+                                         n_steps=args.steps, baseline_token_id=pad_id, convention="inseq",
+                                         dtype=dtype)
     return dig.attribute(ids, target=targets)
 
 
@@ -229,12 +231,16 @@ def main() -> None:
 
     (peer, theirs, graph_s), peer_s = timed(lambda: inseq_first_call(forward, embedding, ids, base, targets, args))
     ours, ours_s = timed(lambda: ours_first_call(forward, embedding, ids, targets, args, pad_id))
+    ours_bf16, ours_bf16_s = timed(lambda: ours_first_call(forward, embedding, ids, targets, args, pad_id,
+                                                           torch.bfloat16))
     index = knn.neighbor_index(embedding.detach(), args.neighbors)
     visited = index._known.nonzero().squeeze(1)
     paths, rows = path_rows(peer, embedding, ids, base, args, index)
     floor_s = gradient_floor(forward, paths, targets)
     rows = [("DIG first call (search + paths + gradients)", "inseq 0.7.1", peer_s, ours_s,
-             max_rel_diff(ours, theirs))] + rows + search_rows(embedding.detach(), visited, args, graph_s)
+             max_rel_diff(ours, theirs)),
+            ("DIG first call, ours with dtype=bfloat16 (autocast)", "inseq 0.7.1 (float32)", peer_s, ours_bf16_s,
+             max_rel_diff(ours_bf16, theirs))] + rows + search_rows(embedding.detach(), visited, args, graph_s)
 
     print(f"{'workload':58} {'peer':50} {'peer s':>8} {'ours s':>8} {'ratio':>8} {'max diff':>9}")
     for workload, peer_name, p, o, diff in rows:

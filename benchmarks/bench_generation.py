@@ -45,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from benchmarks._timing import median_time  # noqa: E402
+from saliency_fast.hf.causal_pass import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
 CASES = {"16+16": (16, 16), "32+64": (32, 64)}
 
@@ -227,7 +228,7 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=0, help="attribute only the last K steps (0: all)")
     parser.add_argument("--width-steps", type=int, default=8,
                         help="then the last K steps at GPT-2-small width, 12 layers (0: skip)")
-    parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()

@@ -304,7 +304,9 @@ def test_chunked_equals_unchunked(explainer, method, kwargs):
     if method == "vargrad":
         small["nt_samples_batch_size"] = 2
     chunked = run(explainer, method, aggregate="none", max_batch_tokens=1, target_batch_size=1, **small)
-    assert_rows_close(chunked.scores, whole.scores, rtol=1e-5)
+    # the chunk sizes also pick the attention kernel (math for small batches, flash for large): only
+    # rounding differs, but VarGrad's E[g^2] - E[g]^2 at stdev 0.05 cancels about two digits of it
+    assert_rows_close(chunked.scores, whole.scores, rtol=1e-4 if method == "vargrad" else 1e-5)
 
 
 def test_plan_chunks_truncates_each_chunk_to_its_prefix():

@@ -233,7 +233,11 @@ def test_generation_layer_equals_captum_on_each_prefix(method):
         else:
             theirs = captum.attr.LayerGradientXActivation(
                 forward, block, multiply_by_inputs=method == "input_x_gradient").attribute(prefix)
-        assert relative_difference(result.scores[row, :position], theirs.detach()[0].sum(-1)) <= TOL
+        # a sum over the hidden dim can cancel to rounding noise (the gradient into a LayerNorm
+        # sums to ~0): its error is measured against the sum of magnitudes
+        values = theirs.detach()[0]
+        error = (result.scores[row, :position] - values.sum(-1)).abs().max()
+        assert error <= TOL * values.abs().sum(-1).max()
         assert torch.isnan(result.scores[row, position:]).all()
     if method == "integrated_gradients":
         assert max(result.metadata["completeness_error"]) <= 1e-4

@@ -136,7 +136,7 @@ def attribute_generation(
     layer_scores = None
     rows_bound = max(1, options["max_batch_tokens"] // cp.prefix_length)  # points x targets in a backward
     with explainer.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()), \
-            lean_backward.attention_kernel(options["dtype"], device, rows_bound, cp.prefix_length):
+            lean_backward.attention_kernel(options["dtype"], device, rows_bound, cp.prefix_length, batched=True):
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 
@@ -366,7 +366,8 @@ def _aggregate(attributions: torch.Tensor, how: str, inputs: torch.Tensor) -> to
 
 
 def _engine_options(engine: dict) -> dict:
-    options = {"dtype": None, "lm_head": "auto", "max_batch_tokens": 8192, "target_batch_size": 16, "progress": None}
+    options = {"dtype": None, "lm_head": "auto", "max_batch_tokens": causal_pass.DEFAULT_MAX_BATCH_TOKENS,
+               "target_batch_size": 16, "progress": None}
     options.update(engine)
     options["dtype"] = check_autocast_dtype(options["dtype"])
     if options["lm_head"] not in HEAD_CHOICES:

@@ -9,9 +9,10 @@ IG and DIG. Two costs dominate on CPU, and both are fixed here without changing 
   :class:`SavedDerivative` computes it once in the forward (forward-mode AD, one extra pass) and the
   backward is a single multiply. GPT-2-small generation IG, 16 targets x 16 points x 31 tokens:
   about 5 s of a 15.7 s call went to under 1 s; DIG on a 12-layer GPT-2 of width 384: 1.3 s of 4.7 s.
-- attention in bf16/fp16 on CPU: the flash-attention backward is several times slower than the
+- attention on CPU: in bf16/fp16 the flash-attention backward is several times slower than the
   math attention, whose batched matmuls run on the bf16 units (two BERT-base layers, 40 x 64
-  tokens, one thread: 0.9 s vs 0.55 s per forward + backward; generation IG above: 7.4 s vs 4.3 s).
+  tokens, one thread: 0.9 s vs 0.55 s per forward + backward; generation IG above: 7.4 s vs
+  4.3 s); and a backward batched over targets replays the flash backward target by target.
 
 The patched model computes the same function and the same derivatives (to rounding), higher ones
 included.
@@ -124,10 +125,13 @@ def saved_derivative_activations(model: nn.Module, keep: tuple[nn.Module, ...] =
 MATH_ATTENTION_MAX_SCORES = 2**20
 
 
-def attention_kernel(dtype: torch.dtype | None, device: torch.device, rows: int, length: int):
+def attention_kernel(dtype: torch.dtype | None, device: torch.device, rows: int, length: int,
+                     batched: bool = False):
     """The scaled-dot-product-attention kernel for gradient passes over ``rows`` sequences of
-    ``length`` tokens: math attention for short sequences in bf16/fp16 autocast on CPU, else
-    PyTorch's default."""
-    if dtype is None or device.type != "cpu" or rows * length**2 > MATH_ATTENTION_MAX_SCORES:
+    ``length`` tokens, on CPU: the math attention for short sequences in bf16/fp16 autocast, and
+    at any precision when the backward is ``batched`` over targets (``is_grads_batched``: vmap has
+    no batching rule for the flash backward and replays it target by target, then stacks);
+    else PyTorch's default."""
+    if device.type != "cpu" or (dtype is None and not batched) or rows * length**2 > MATH_ATTENTION_MAX_SCORES:
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.MATH])
