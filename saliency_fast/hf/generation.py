@@ -89,7 +89,7 @@ def attribute_generation(
         per generated token, NaN and mask False at and after each row's target position.
     """
     engine = {k: kwargs.pop(k) for k in ENGINE_KWARGS & kwargs.keys()}
-    spec = _check_arguments(explainer, prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs)
+    spec = _check_arguments(prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs)
     layer_request = LayerRequest.pop(explainer.model, spec, kwargs, aggregate)  # layer=, layers=, layer_path=
     explainer._check_baseline(baseline)
     if spec.family == "attention":
@@ -193,7 +193,7 @@ def attribute_generation(
     )
 
 
-def _check_arguments(explainer, prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs):
+def _check_arguments(prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs):
     """The method's spec, after every check that needs no tokenizing (bad input fails fast)."""
     spec = method_registry.resolve_method(method)
     if spec.name not in _SUPPORTED:
