@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers.activations as hf_activations
+import torch.nn.functional as F
 from torch import nn
 
 from saliency_fast.methods import _common, lean_backward
@@ -102,15 +103,81 @@ def test_forward_only_calls_skip_the_derivative():
     assert type(wrapped(x).grad_fn).__name__ == "SavedDerivativeBackward"
 
 
-@pytest.mark.parametrize(("dtype", "rows", "length", "math_only"), [
-    (torch.bfloat16, 16, 31, True), (torch.float16, 1, 1024, True), (torch.bfloat16, 2, 1024, False),
-    (None, 16, 31, False),
+def _qkv(dtype, n_queries=7, n_keys=7, heads=3, dim=8):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, heads, n_queries, dim), (2, heads, n_keys, dim), (2, heads, n_keys, dim)]
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_(True) for s in shapes]
+
+
+def _masks(n_queries, n_keys):
+    keys = torch.ones(2, 1, 1, n_keys, dtype=torch.bool)
+    keys[0, ..., -2:] = False  # padding in the first sequence
+    per_query = torch.rand(2, 1, n_queries, n_keys, generator=torch.Generator().manual_seed(1)) > 0.4
+    per_query[..., 0] = True  # every query keeps a key
+    additive = torch.randn(2, 3, n_queries, n_keys, dtype=torch.float64)
+    return {"none": {}, "key padding": {"attn_mask": keys}, "per query": {"attn_mask": per_query},
+            "additive": {"attn_mask": additive}, "causal": {"is_causal": True},
+            "causal, more keys": {"is_causal": True, "n_keys": n_keys + 3}, "scale": {"scale": 0.3}}
+
+
+@pytest.mark.parametrize("case", list(_masks(7, 7)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eager_attention_equals_sdpa(case, dtype):
+    """Value and batched gradients equal PyTorch's SDPA for every mask form it takes."""
+    kwargs = dict(_masks(7, 7)[case])
+    q, k, v = _qkv(dtype, n_keys=kwargs.pop("n_keys", 7))
+    if "attn_mask" in kwargs and kwargs["attn_mask"].is_floating_point():
+        kwargs["attn_mask"] = kwargs["attn_mask"].to(dtype)
+    expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    got = lean_backward.eager_attention(q, k, v, **kwargs)
+    seeds = torch.randn(5, *expected.shape, dtype=dtype)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), seeds, is_grads_batched=True),
+                    torch.autograd.grad(expected, (q, k, v), seeds, is_grads_batched=True)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_eager_attention_under_autocast_runs_at_the_autocast_precision():
+    q, k, v = _qkv(torch.float32)
+    mask = _masks(7, 7)["key padding"]["attn_mask"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        got = lean_backward.eager_attention(q, k, v, attn_mask=mask)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    (grad,) = torch.autograd.grad(got.float().sum(), q)
+    assert grad.dtype == torch.float32 and grad.isfinite().all()
+
+
+@pytest.mark.parametrize("kwargs", [{"dropout_p": 0.1}, {"enable_gqa": True}, {"fully_masked": True}],
+                         ids=["dropout", "gqa", "fully masked row"])
+def test_eager_attention_declines_what_it_would_compute_differently(kwargs):
+    """Dropout, grouped-query heads and a query with no key left go to SDPA (which gives zeros for
+    that query where a plain softmax gives NaN), also through the routing mode."""
+    q, k, v = _qkv(torch.float32)
+    if kwargs.pop("fully_masked", False):
+        mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+        mask[1, 0, 3] = False
+        kwargs = {"attn_mask": mask}
+    assert lean_backward.eager_attention(q, k, v, **kwargs) is None
+    if "attn_mask" in kwargs:
+        with lean_backward.attention_kernel(torch.bfloat16, torch.device("cpu"), 2, 7):
+            out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, **kwargs))
+        assert out.isfinite().all()
+
+
+@pytest.mark.parametrize(("dtype", "rows", "length", "batched", "eager"), [
+    (torch.bfloat16, 16, 31, False, True), (torch.float16, 1, 1024, False, True),
+    (torch.bfloat16, 2, 1024, False, False), (None, 16, 31, False, False), (None, 16, 31, True, True),
 ])
-def test_math_attention_only_for_short_half_precision_runs(dtype, rows, length, math_only):
-    with lean_backward.attention_kernel(dtype, torch.device("cpu"), rows, length):
-        assert torch.backends.cuda.flash_sdp_enabled() is not math_only
-        assert torch.backends.cuda.math_sdp_enabled()
-    assert torch.backends.cuda.flash_sdp_enabled()
+def test_eager_attention_only_for_short_half_precision_or_batched_runs(dtype, rows, length, batched, eager):
+    q, k, v = _qkv(torch.float32)
+    with lean_backward.attention_kernel(dtype, torch.device("cpu"), rows, length, batched=batched):
+        name = type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__
+    assert ("ScaledDotProduct" not in name) is eager, name
+    assert "ScaledDotProduct" in type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__
 
 
 def test_gradient_mode_swaps_activations_and_freezes_parameters():

@@ -12,6 +12,7 @@ from torch import nn
 
 import saliency_fast
 from saliency_fast.methods import integrated_gradients as ig_module
+from saliency_fast.methods import lean_backward
 from saliency_fast.methods import quadrature
 from tests.test_methods_models import BertLogits, TokenMLP, relative_difference
 
@@ -252,12 +253,12 @@ def test_bfloat16_mode_is_close_to_float32():
     assert relative_difference(half, full) <= 0.05
 
 
-def test_bfloat16_mode_uses_math_attention_on_cpu_for_short_sequences_only():
+def test_bfloat16_mode_uses_eager_attention_on_cpu_for_short_sequences_only():
     seen = []
     model = BertLogits()
 
     def forward(embeds):
-        seen.append(torch.backends.cuda.flash_sdp_enabled())
+        seen.append(isinstance(torch.overrides._get_current_function_mode(), lean_backward._EagerAttention))
         return model(embeds) if embeds.shape[1] <= 128 else embeds.sum((1, 2)).unsqueeze(1)
 
     x = model.embed(n=2, length=8)
@@ -265,5 +266,5 @@ def test_bfloat16_mode_uses_math_attention_on_cpu_for_short_sequences_only():
     saliency_fast.Saliency(forward, dtype=torch.bfloat16).attribute(x, target=0)
     long = torch.randn(1, 1100, x.shape[-1]) * 0.05  # rows * L * L above the bound
     saliency_fast.Saliency(forward, dtype=torch.bfloat16).attribute(long, target=0)
-    assert seen == [True, False, True]
-    assert torch.backends.cuda.flash_sdp_enabled()
+    assert seen == [False, True, False]
+    assert torch.overrides._get_current_function_mode() is None

@@ -367,7 +367,7 @@ def input_gradients(
 
     Only ``points`` require grad: with frozen parameters autograd does no weight work, and the graph
     is freed when this returns. ``dtype`` autocasts the forward (the gradients come back in the
-    points' dtype) and on CPU may pick math attention (see :func:`lean_backward.attention_kernel`).
+    points' dtype), attention included (see :func:`lean_backward.attention_kernel`).
     """
     rows = points[0].shape[0]
     with torch.enable_grad():
