@@ -20,18 +20,22 @@ ACTIVATIONS = [
 
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: type(a).__name__ + getattr(a, "approximate", ""))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_saved_derivative_equals_autograd(act, dtype):
-    """The fused value and derivative equal the module and autograd through it (batched seeds, as
-    generation runs them), to each dtype's rounding."""
+def test_fused_activation_equals_autograd(act, dtype):
+    """The fused value and backward equal the module and autograd through it, for one seed and for
+    batched seeds (one derivative times every target's gradient, as generation runs them), to each
+    dtype's rounding."""
     x = (torch.randn(3, 5, 7, dtype=dtype) * 3).requires_grad_(True)
     seeds = torch.randn(4, *x.shape, dtype=dtype)
     expected_y = act(x)
-    (expected,) = torch.autograd.grad(expected_y, x, seeds, is_grads_batched=True)
-    y = lean_backward.SavedDerivative.apply(x, act, lean_backward._fused(act))
-    (got,) = torch.autograd.grad(y, x, seeds, is_grads_batched=True)
+    (expected,) = torch.autograd.grad(expected_y, x, seeds, is_grads_batched=True, retain_graph=True)
+    (expected_one,) = torch.autograd.grad(expected_y, x, seeds[0])
+    y = lean_backward.FusedActivation.apply(x, act, lean_backward._fused(act))
+    (got,) = torch.autograd.grad(y, x, seeds, is_grads_batched=True, retain_graph=True)
+    (got_one,) = torch.autograd.grad(y, x, seeds[0])
     tol = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]  # FastGELU: sqrt(2/pi) to 10 digits
     torch.testing.assert_close(y, expected_y, rtol=tol, atol=tol)
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_one, expected_one, rtol=tol, atol=tol)
 
 
 def test_only_activations_with_a_fused_pair_are_swapped():
@@ -41,11 +45,11 @@ def test_only_activations_with_a_fused_pair_are_swapped():
 
 
 def test_double_backward_differentiates_the_activation_itself():
-    """The saved derivative is a constant: second derivatives must not go through it."""
+    """Second derivatives differentiate the activation, not a saved first derivative."""
     x = torch.randn(6, dtype=torch.float64, requires_grad=True)
     act = hf_activations.NewGELUActivation()
     expected = torch.autograd.functional.hessian(lambda v: (act(v) * v).sum(), x)
-    y = lean_backward.SavedDerivative.apply(x, act, lean_backward._fused(act)) * x
+    y = lean_backward.FusedActivation.apply(x, act, lean_backward._fused(act)) * x
     (grad,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     got = torch.stack([torch.autograd.grad(grad[i], x, retain_graph=True)[0] for i in range(6)])
     torch.testing.assert_close(got, expected)
@@ -76,7 +80,7 @@ def test_patched_models_give_the_same_outputs_and_gradients(name):
     acts_before = [m for m in model.modules() if lean_backward._fused(m) is not None]
     expected = _batched_input_grads(model, embeds, outputs)
     with _common.gradient_mode(model):
-        patched = [m for m in model.modules() if isinstance(m, lean_backward._SavedDerivativeActivation)]
+        patched = [m for m in model.modules() if isinstance(m, lean_backward._FusedActivationModule)]
         assert len(patched) == len(acts_before) > 0
         got = _batched_input_grads(model, embeds, outputs)
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
@@ -87,20 +91,20 @@ def test_patched_models_give_the_same_outputs_and_gradients(name):
 def test_modules_come_back_on_error_and_kept_ones_are_not_swapped():
     model, _ = tiny_gpt2()
     first, second = model.transformer.h[0].mlp.act, model.transformer.h[1].mlp.act
-    with pytest.raises(KeyError), lean_backward.saved_derivative_activations(model, keep=(first,)) as n_swapped:
+    with pytest.raises(KeyError), lean_backward.fused_activations(model, keep=(first,)) as n_swapped:
         assert n_swapped == 1 and model.transformer.h[0].mlp.act is first
-        assert isinstance(model.transformer.h[1].mlp.act, lean_backward._SavedDerivativeActivation)
+        assert isinstance(model.transformer.h[1].mlp.act, lean_backward._FusedActivationModule)
         raise KeyError("boom")
     assert model.transformer.h[0].mlp.act is first and model.transformer.h[1].mlp.act is second
 
 
 def test_forward_only_calls_skip_the_derivative():
     act = hf_activations.NewGELUActivation()
-    wrapped = lean_backward._SavedDerivativeActivation(act, lean_backward._fused(act))
+    wrapped = lean_backward._FusedActivationModule(act, lean_backward._fused(act))
     x = torch.randn(4, 8, requires_grad=True)
     with torch.no_grad():
         assert wrapped(x).grad_fn is None
-    assert type(wrapped(x).grad_fn).__name__ == "SavedDerivativeBackward"
+    assert type(wrapped(x).grad_fn).__name__ == "FusedActivationBackward"
 
 
 def _qkv(dtype, n_queries=7, n_keys=7, heads=3, dim=8):
@@ -186,5 +190,5 @@ def test_gradient_mode_swaps_activations_and_freezes_parameters():
     with _common.gradient_mode(model.forward, keep=(keep,)):
         assert not any(p.requires_grad for p in model.parameters())
         assert model.transformer.h[0].mlp.act is keep
-        assert isinstance(model.transformer.h[1].mlp.act, lean_backward._SavedDerivativeActivation)
+        assert isinstance(model.transformer.h[1].mlp.act, lean_backward._FusedActivationModule)
     assert all(p.requires_grad for p in model.parameters()) and type(model.transformer.h[1].mlp.act) is type(keep)

@@ -279,8 +279,8 @@ class Explainer:
         }
 
     def gradient_mode(self, keep: tuple[nn.Module, ...] = ()):
-        """Frozen parameters (autograd reaches the inputs only) and activations with saved derivatives
-        (except the modules in ``keep``): see :func:`saliency_fast.methods._common.gradient_mode`."""
+        """Frozen parameters (autograd reaches the inputs only) and fused activations (except the
+        modules in ``keep``): see :func:`saliency_fast.methods._common.gradient_mode`."""
         return _common.gradient_mode(self.model, keep)
 
     def predict(self, task: tasks.Task, units: list[tasks.Unit]) -> list[torch.Tensor]:

@@ -350,12 +350,12 @@ def frozen_parameters(forward_func):
 
 @contextlib.contextmanager
 def gradient_mode(forward_func, keep: tuple[torch.nn.Module, ...] = ()):
-    """:func:`frozen_parameters`, and the elementwise activations of ``forward_func``'s module with
-    saved derivatives (:mod:`saliency_fast.methods.lean_backward`; ``keep``: modules left as they
-    are, e.g. hooked layers) for the duration."""
+    """:func:`frozen_parameters`, and the elementwise activations of ``forward_func``'s module as
+    fused ops (:mod:`saliency_fast.methods.lean_backward`; ``keep``: modules left as they are, e.g.
+    hooked layers) for the duration."""
     module = _module_of(forward_func)
     with frozen_parameters(forward_func), (
-        contextlib.nullcontext() if module is None else lean_backward.saved_derivative_activations(module, keep)
+        contextlib.nullcontext() if module is None else lean_backward.fused_activations(module, keep)
     ):
         yield
 

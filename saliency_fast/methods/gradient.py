@@ -17,7 +17,7 @@ class GradientAttribution(_common.AttributionMethod):
     (the forward function and the optional autocast ``dtype``) with checked input gradients.
     During attribution the forward function's module (when it has one) runs in
     :func:`~saliency_fast.methods._common.gradient_mode`: parameters frozen, so autograd does no
-    work for weights, and activations with saved derivatives. Results do not change."""
+    work for weights, and activations as fused ops. Results do not change."""
 
     def gradients(self, inputs: _common.Tensors, target: _common.Target, args: tuple | None) -> _common.Tensors:
         """Checked gradients of the targeted output w.r.t. ``inputs`` (parameters already frozen by the
