@@ -38,6 +38,29 @@ def test_fused_activation_equals_autograd(act, dtype):
     torch.testing.assert_close(got_one, expected_one, rtol=tol, atol=tol)
 
 
+def test_a_target_batched_backward_is_seen_as_batched():
+    """The batched branch (one derivative, a multiply per target) must be taken under both vmaps:
+    a missed batch still gives right values, through a per-target loop of the fused backward."""
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(lean_backward._is_batched(grad))
+            return grad * 2
+
+    x = torch.randn(3, 4, requires_grad=True)
+    y = Probe.apply(x)
+    torch.autograd.grad(y, x, torch.randn(5, 3, 4), is_grads_batched=True, retain_graph=True)
+    torch.func.vmap(lambda seed: torch.autograd.grad(y, x, seed, retain_graph=True)[0])(torch.randn(5, 3, 4))
+    torch.autograd.grad(y, x, torch.randn(3, 4))
+    assert seen == [True, True, False]
+
+
 def test_only_activations_with_a_fused_pair_are_swapped():
     assert all(lean_backward._fused(a) is not None for a in ACTIVATIONS)
     for other in (nn.ReLU(), nn.Tanh(), hf_activations.QuickGELUActivation(), nn.Linear(2, 2)):

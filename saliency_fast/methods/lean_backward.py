@@ -73,8 +73,9 @@ def _fused(module: nn.Module) -> _Fused | None:
 
 
 def _is_batched(grad: torch.Tensor) -> bool:
-    """Whether ``grad`` is one of a vmap's batch (``is_grads_batched``: one gradient per target)."""
-    return torch._C._functorch.is_batchedtensor(grad)
+    """Whether ``grad`` stands for a batch of gradients, one per target: ``is_grads_batched`` runs
+    the backward under the legacy vmap, ``torch.func`` under functorch's."""
+    return torch._C._functorch.is_legacy_batchedtensor(grad) or torch._C._functorch.is_batchedtensor(grad)
 
 
 class FusedActivation(torch.autograd.Function):
