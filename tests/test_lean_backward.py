@@ -189,7 +189,7 @@ def test_eager_attention_declines_what_it_would_compute_differently(kwargs):
         kwargs = {"attn_mask": mask}
     assert lean_backward.eager_attention(q, k, v, **kwargs) is None
     if "attn_mask" in kwargs:
-        with lean_backward.attention_kernel(torch.bfloat16, torch.device("cpu"), 2, 7):
+        with lean_backward.gradient_pass_mode(torch.bfloat16, torch.device("cpu"), 2, 7):
             out = F.scaled_dot_product_attention(q, k, v, **kwargs)
         torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, **kwargs))
         assert out.isfinite().all()
@@ -201,10 +201,40 @@ def test_eager_attention_declines_what_it_would_compute_differently(kwargs):
 ])
 def test_eager_attention_only_for_short_half_precision_or_batched_runs(dtype, rows, length, batched, eager):
     q, k, v = _qkv(torch.float32)
-    with lean_backward.attention_kernel(dtype, torch.device("cpu"), rows, length, batched=batched):
+    with lean_backward.gradient_pass_mode(dtype, torch.device("cpu"), rows, length, batched=batched):
         name = type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__
     assert ("ScaledDotProduct" not in name) is eager, name
     assert "ScaledDotProduct" in type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__
+
+
+def test_frozen_weights_are_cast_once_per_mode_and_exactly_as_autocast_casts_them():
+    linear = nn.Linear(8, 6)
+    x = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = linear(x)  # autocast's own casts (weights still trainable)
+    linear.requires_grad_(False)
+    mode = lean_backward.gradient_pass_mode(torch.bfloat16, torch.device("cpu"), 5, 8)
+    with mode, torch.autocast("cpu", dtype=torch.bfloat16):
+        first, second = linear(x), torch.addmm(linear.bias, x, linear.weight.t())
+        copies = {id(c) for _, _, c in mode._casts.values()}
+        assert len(mode._casts) == 2  # weight and bias, each cast once for both calls
+        with torch.no_grad():
+            linear.weight.mul_(2)  # changed in place: cast again
+        doubled = linear(x)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert {id(c) for _, _, c in mode._casts.values()} != copies
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(doubled, linear(x), rtol=0, atol=0)
+    with mode:  # no autocast: nothing to cast
+        assert linear(x).dtype == torch.float32
+
+
+def test_trainable_weights_are_left_to_autocast():
+    linear = nn.Linear(8, 6)
+    mode = lean_backward.gradient_pass_mode(torch.bfloat16, torch.device("cpu"), 5, 8)
+    with mode, torch.autocast("cpu", dtype=torch.bfloat16):
+        linear(torch.randn(5, 8)).float().sum().backward()
+    assert not mode._casts and linear.weight.grad is not None
 
 
 def test_gradient_mode_swaps_activations_and_freezes_parameters():

@@ -136,7 +136,7 @@ def attribute_generation(
     layer_scores = None
     rows_bound = max(1, options["max_batch_tokens"] // cp.prefix_length)  # points x targets in a backward
     with explainer.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()), \
-            lean_backward.attention_kernel(options["dtype"], device, rows_bound, cp.prefix_length, batched=True):
+            lean_backward.gradient_pass_mode(options["dtype"], device, rows_bound, cp.prefix_length, batched=True):
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 

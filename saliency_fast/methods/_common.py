@@ -317,10 +317,10 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _attention_kernel(dtype: torch.dtype | None, x: torch.Tensor):
+def _gradient_pass_mode(dtype: torch.dtype | None, x: torch.Tensor):
     if x.dim() < 3:  # not a batch of sequences
         return contextlib.nullcontext()
-    return lean_backward.attention_kernel(dtype, x.device, x.shape[0], x.shape[1])
+    return lean_backward.gradient_pass_mode(dtype, x.device, x.shape[0], x.shape[1])
 
 
 def _module_of(forward_func) -> torch.nn.Module | None:
@@ -367,12 +367,12 @@ def input_gradients(
 
     Only ``points`` require grad: with frozen parameters autograd does no weight work, and the graph
     is freed when this returns. ``dtype`` autocasts the forward (the gradients come back in the
-    points' dtype), attention included (see :func:`lean_backward.attention_kernel`).
+    points' dtype), attention included (see :func:`lean_backward.gradient_pass_mode`).
     """
     rows = points[0].shape[0]
     with torch.enable_grad():
         leaves = tuple(p.detach().requires_grad_(True) for p in points)
-        with autocast(dtype, leaves[0].device), _attention_kernel(dtype, leaves[0]):
+        with autocast(dtype, leaves[0].device), _gradient_pass_mode(dtype, leaves[0]):
             output = run_forward(forward_func, leaves, args)
         selected = scalar_per_row(target.select(output, rows), rows)
         grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True, materialize_grads=True)
