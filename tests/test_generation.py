@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import generation
+from saliency_fast.hf import causal_pass, generation
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -433,6 +433,16 @@ def test_bad_input_is_a_clear_error(explainer, kwargs, error, match):
     args = {"prompt": PROMPT, "generated_text": FULL, "progress": False, **kwargs}
     with pytest.raises(error, match=match):
         generation.attribute_generation(explainer, **args)
+
+
+def test_default_token_budget_keeps_the_bytes_of_float32():
+    """bf16/fp16 intermediates take half the bytes, so the default budget doubles; a given one is kept."""
+    assert causal_pass.default_max_batch_tokens(None) == causal_pass.DEFAULT_MAX_BATCH_TOKENS
+    for dtype in (torch.bfloat16, torch.float16):
+        assert causal_pass.default_max_batch_tokens(dtype) == 2 * causal_pass.DEFAULT_MAX_BATCH_TOKENS
+        assert generation._engine_options({"dtype": dtype})["max_batch_tokens"] == 2 * causal_pass.DEFAULT_MAX_BATCH_TOKENS
+    assert generation._engine_options({})["max_batch_tokens"] == causal_pass.DEFAULT_MAX_BATCH_TOKENS
+    assert generation._engine_options({"dtype": torch.bfloat16, "max_batch_tokens": 96})["max_batch_tokens"] == 96
 
 
 def test_default_rows_fill_the_budget_in_even_batches():

@@ -17,8 +17,8 @@ ones, which keep their embedding when ``exclude_special_tokens``).
 Engine options (keyword arguments besides the method's own, see :data:`ENGINE_KWARGS`):
 ``dtype`` (``torch.bfloat16``: autocast, float32 accumulation), ``lm_head`` (``auto``: only the
 target rows of the head for ``logit``; ``full``: the model's own head), ``max_batch_tokens``
-(targets x points x prefix tokens per backward: the memory bound), ``target_batch_size`` (most
-targets per backward), ``progress``.
+(targets x points x prefix tokens per backward: the memory bound; default 2048 in float32, 4096
+in bf16/fp16), ``target_batch_size`` (most targets per backward), ``progress``.
 """
 
 from __future__ import annotations
@@ -366,10 +366,11 @@ def _aggregate(attributions: torch.Tensor, how: str, inputs: torch.Tensor) -> to
 
 
 def _engine_options(engine: dict) -> dict:
-    options = {"dtype": None, "lm_head": "auto", "max_batch_tokens": causal_pass.DEFAULT_MAX_BATCH_TOKENS,
-               "target_batch_size": 16, "progress": None}
+    options = {"dtype": None, "lm_head": "auto", "max_batch_tokens": None, "target_batch_size": 16, "progress": None}
     options.update(engine)
     options["dtype"] = check_autocast_dtype(options["dtype"])
+    if options["max_batch_tokens"] is None:
+        options["max_batch_tokens"] = causal_pass.default_max_batch_tokens(options["dtype"])
     if options["lm_head"] not in HEAD_CHOICES:
         raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {options['lm_head']!r}")
     options["max_batch_tokens"] = _positive_int(options["max_batch_tokens"], "max_batch_tokens")
