@@ -93,8 +93,11 @@ MonotonizeArgs prepare_monotonize(const at::Tensor& anchor, const at::Tensor& cu
   return args;
 }
 
-CandidateArgs prepare_scores(const at::Tensor& candidates, const at::Tensor& current, const at::Tensor& baseline,
-                             int64_t steps) {
+namespace {
+
+// The checks and inputs both candidate ops share (no outputs).
+CandidateArgs prepare_candidates(const at::Tensor& candidates, const at::Tensor& current, const at::Tensor& baseline,
+                                 int64_t steps) {
   check_floating("candidates", candidates);
   TORCH_CHECK_VALUE(candidates.dim() == 3, "candidates must have shape (N, K, D), got ", candidates.sizes());
   check_like("current", current, "candidates", candidates);
@@ -117,10 +120,20 @@ CandidateArgs prepare_scores(const at::Tensor& candidates, const at::Tensor& cur
   return args;
 }
 
+}  // namespace
+
+CandidateArgs prepare_scores(const at::Tensor& candidates, const at::Tensor& current, const at::Tensor& baseline,
+                             int64_t steps) {
+  CandidateArgs args = prepare_candidates(candidates, current, baseline, steps);
+  args.counts = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kLong));
+  args.norms = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kDouble));
+  return args;
+}
+
 CandidateArgs prepare_select(const at::Tensor& candidates, const at::Tensor& valid, const at::Tensor& current,
                              const at::Tensor& baseline, int64_t steps, std::string_view strategy,
                              const std::optional<at::Tensor>& anchor_word) {
-  CandidateArgs args = prepare_scores(candidates, current, baseline, steps);
+  CandidateArgs args = prepare_candidates(candidates, current, baseline, steps);
   check_defined("valid", valid);
   TORCH_CHECK_TYPE(valid.scalar_type() == at::kBool, "valid must be a bool tensor, got ", valid.scalar_type());
   TORCH_CHECK_VALUE(valid.device() == candidates.device(), "valid is on ", valid.device(), " but candidates is on ",
@@ -135,6 +148,8 @@ CandidateArgs prepare_select(const at::Tensor& candidates, const at::Tensor& val
     args.scored_against = anchor_word->contiguous();
   }
   args.valid = valid.contiguous();
+  args.choice = at::empty({args.n}, args.candidates.options().dtype(at::kLong));
+  args.out = at::empty({args.n, args.d}, args.candidates.options());
   return args;
 }
 

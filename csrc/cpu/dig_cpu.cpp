@@ -142,16 +142,14 @@ at::Tensor dig_monotonize_cpu(const at::Tensor& anchor, const at::Tensor& curren
 std::tuple<at::Tensor, at::Tensor> dig_monotonic_scores_cpu(const at::Tensor& candidates, const at::Tensor& current,
                                                             const at::Tensor& baseline, int64_t steps) {
   CandidateArgs args = prepare_scores(candidates, current, baseline, steps);
-  at::Tensor counts = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kLong));
-  at::Tensor norms = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.candidates.scalar_type(), "dig_scores_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const opmath_t inv = inverse_steps<opmath_t>(args.steps);
     const scalar_t* cand = args.candidates.const_data_ptr<scalar_t>();
     const scalar_t* against = args.scored_against.const_data_ptr<scalar_t>();
     const scalar_t* base = args.baseline.const_data_ptr<scalar_t>();
-    int64_t* count_out = counts.mutable_data_ptr<int64_t>();
-    double* norm_out = norms.mutable_data_ptr<double>();
+    int64_t* count_out = args.counts.mutable_data_ptr<int64_t>();
+    double* norm_out = args.norms.mutable_data_ptr<double>();
     const int64_t k = args.k, d = args.d;
     at::parallel_for(0, args.n, row_grain(k * d), [&](int64_t begin, int64_t end) {
       RowRules<opmath_t> rules;
@@ -165,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor> dig_monotonic_scores_cpu(const at::Tensor& ca
       }
     });
   });
-  return {counts, norms};
+  return {args.counts, args.norms};
 }
 
 std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candidates, const at::Tensor& valid,
@@ -174,8 +172,6 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candi
                                                          const std::optional<at::Tensor>& anchor_word) {
   CandidateArgs args = prepare_select(candidates, valid, current, baseline, steps,
                                       std::string_view(strategy.data(), strategy.size()), anchor_word);
-  at::Tensor choice = at::empty({args.n}, args.candidates.options().dtype(at::kLong));
-  at::Tensor out = at::empty({args.n, args.d}, args.candidates.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.candidates.scalar_type(), "dig_select_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const opmath_t inv = inverse_steps<opmath_t>(args.steps);
@@ -184,8 +180,8 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candi
     const scalar_t* cur = args.current.const_data_ptr<scalar_t>();
     const scalar_t* against = args.scored_against.const_data_ptr<scalar_t>();
     const scalar_t* base = args.baseline.const_data_ptr<scalar_t>();
-    int64_t* choice_out = choice.mutable_data_ptr<int64_t>();
-    scalar_t* mono_out = out.mutable_data_ptr<scalar_t>();
+    int64_t* choice_out = args.choice.mutable_data_ptr<int64_t>();
+    scalar_t* mono_out = args.out.mutable_data_ptr<scalar_t>();
     const int64_t k = args.k, d = args.d;
     at::parallel_for(0, args.n, row_grain(k * d), [&](int64_t begin, int64_t end) {
       RowRules<opmath_t> rules;
@@ -212,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cpu(const at::Tensor& candi
       }
     });
   });
-  return {choice, out};
+  return {args.choice, args.out};
 }
 
 }  // namespace

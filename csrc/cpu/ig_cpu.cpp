@@ -239,27 +239,11 @@ void dispatch_accumulate(const AccumulateArgs& args) {
   });
 }
 
-at::Tensor ig_accumulate_cpu(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
-                             const at::Tensor& baseline, c10::string_view reduce,
-                             const std::optional<at::Tensor>& partial) {
-  AccumulateArgs args =
-      prepare_accumulate(grads, weights, x, baseline, std::string_view(reduce.data(), reduce.size()), partial);
-  dispatch_accumulate(args);
-  return args.out;
-}
-
-void ig_accumulate_inplace_cpu(const at::Tensor& acc, const at::Tensor& grads, const at::Tensor& weights,
-                               const at::Tensor& x, const at::Tensor& baseline) {
-  AccumulateArgs args = prepare_accumulate_inplace(acc, grads, weights, x, baseline);
-  dispatch_accumulate(args);
-  finish_accumulate_inplace(acc, args);
-}
-
 }  // namespace
 }  // namespace saliency_fast::ig
 
 TORCH_LIBRARY_IMPL(saliency_fast, CPU, m) {
   m.impl("ig_interpolate", &saliency_fast::ig::ig_interpolate_cpu);
-  m.impl("ig_accumulate", &saliency_fast::ig::ig_accumulate_cpu);
-  m.impl("ig_accumulate_", &saliency_fast::ig::ig_accumulate_inplace_cpu);
+  m.impl("ig_accumulate", &saliency_fast::ig::accumulate_op<saliency_fast::ig::dispatch_accumulate>);
+  m.impl("ig_accumulate_", &saliency_fast::ig::accumulate_inplace_op<saliency_fast::ig::dispatch_accumulate>);
 }

@@ -201,10 +201,8 @@ at::Tensor dig_monotonize_cuda(const at::Tensor& anchor, const at::Tensor& curre
 std::tuple<at::Tensor, at::Tensor> dig_monotonic_scores_cuda(const at::Tensor& candidates, const at::Tensor& current,
                                                              const at::Tensor& baseline, int64_t steps) {
   CandidateArgs args = prepare_scores(candidates, current, baseline, steps);
-  at::Tensor counts = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kLong));
-  at::Tensor norms = at::empty({args.n, args.k}, args.candidates.options().dtype(at::kDouble));
   const int64_t pairs = args.n * args.k;
-  if (pairs == 0) return {counts, norms};
+  if (pairs == 0) return {args.counts, args.norms};
   const c10::cuda::CUDAGuard guard(candidates.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t blocks = (pairs + kWarps - 1) / kWarps;
@@ -214,10 +212,10 @@ std::tuple<at::Tensor, at::Tensor> dig_monotonic_scores_cuda(const at::Tensor& c
     scores_kernel<scalar_t, opmath_t><<<blocks, kThreads, 0, stream>>>(
         args.candidates.const_data_ptr<scalar_t>(), args.scored_against.const_data_ptr<scalar_t>(),
         args.baseline.const_data_ptr<scalar_t>(), args.n, args.k, args.d, inverse_steps<opmath_t>(args.steps),
-        counts.mutable_data_ptr<int64_t>(), norms.mutable_data_ptr<double>());
+        args.counts.mutable_data_ptr<int64_t>(), args.norms.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {counts, norms};
+  return {args.counts, args.norms};
 }
 
 std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cuda(const at::Tensor& candidates, const at::Tensor& valid,
@@ -226,9 +224,7 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cuda(const at::Tensor& cand
                                                           const std::optional<at::Tensor>& anchor_word) {
   CandidateArgs args = prepare_select(candidates, valid, current, baseline, steps,
                                       std::string_view(strategy.data(), strategy.size()), anchor_word);
-  at::Tensor choice = at::empty({args.n}, args.candidates.options().dtype(at::kLong));
-  at::Tensor out = at::empty({args.n, args.d}, args.candidates.options());
-  if (args.n == 0) return {choice, out};
+  if (args.n == 0) return {args.choice, args.out};
   TORCH_CHECK_VALUE(args.n <= std::numeric_limits<int32_t>::max(), "too many rows for one call: ", args.n);
   const c10::cuda::CUDAGuard guard(candidates.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -238,10 +234,10 @@ std::tuple<at::Tensor, at::Tensor> dig_select_anchor_cuda(const at::Tensor& cand
         args.candidates.const_data_ptr<scalar_t>(), args.valid.const_data_ptr<bool>(),
         args.current.const_data_ptr<scalar_t>(), args.scored_against.const_data_ptr<scalar_t>(),
         args.baseline.const_data_ptr<scalar_t>(), args.k, args.d, inverse_steps<opmath_t>(args.steps),
-        args.strategy, choice.mutable_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>());
+        args.strategy, args.choice.mutable_data_ptr<int64_t>(), args.out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {choice, out};
+  return {args.choice, args.out};
 }
 
 }  // namespace

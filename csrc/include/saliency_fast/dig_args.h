@@ -22,9 +22,12 @@ struct MonotonizeArgs {
 };
 
 // dig_monotonic_scores and dig_select_anchor: candidates [n, k, d]; current, baseline and
-// scored_against [n, d] (scored_against is anchor_word, or current when absent); valid [n, k].
+// scored_against [n, d] (scored_against is anchor_word, or current when absent); valid [n, k];
+// the allocated outputs: counts int64 and norms float64 [n, k] (scores), choice int64 [n] and
+// out [n, d] (select).
 struct CandidateArgs {
   at::Tensor candidates, valid, current, baseline, scored_against;
+  at::Tensor counts, norms, choice, out;
   int64_t n = 0, k = 0, d = 0;
   int64_t steps = 0;
   Strategy strategy = Strategy::Greedy;

@@ -44,4 +44,24 @@ AccumulateArgs prepare_accumulate_inplace(const at::Tensor& acc, const at::Tenso
                                           const at::Tensor& x, const at::Tensor& baseline);
 void finish_accumulate_inplace(const at::Tensor& acc, const AccumulateArgs& args);
 
+// A backend's ig_accumulate and ig_accumulate_ ops: the shared preparation around its kernel
+// dispatch (`Dispatch` fills args.out), so only the dispatch differs between CPU and CUDA.
+template <void (*Dispatch)(const AccumulateArgs&)>
+at::Tensor accumulate_op(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
+                         const at::Tensor& baseline, c10::string_view reduce,
+                         const std::optional<at::Tensor>& partial) {
+  AccumulateArgs args =
+      prepare_accumulate(grads, weights, x, baseline, std::string_view(reduce.data(), reduce.size()), partial);
+  Dispatch(args);
+  return args.out;
+}
+
+template <void (*Dispatch)(const AccumulateArgs&)>
+void accumulate_inplace_op(const at::Tensor& acc, const at::Tensor& grads, const at::Tensor& weights,
+                           const at::Tensor& x, const at::Tensor& baseline) {
+  AccumulateArgs args = prepare_accumulate_inplace(acc, grads, weights, x, baseline);
+  Dispatch(args);
+  finish_accumulate_inplace(acc, args);
+}
+
 }  // namespace saliency_fast::ig
