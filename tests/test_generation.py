@@ -293,6 +293,56 @@ def test_the_split_probe_catches_a_final_soft_cap_on_small_logits():
     assert not CausalLMScorer(model).splits
 
 
+def test_saliency_reads_the_head_once_for_all_chunks(explainer):
+    """Chunks run longest first and that forward gives every target's head gradients: the head's
+    weights (the vocabulary projection) are read once, not once per chunk, with the same result."""
+    run(explainer, "saliency", target="prob")  # the once-per-model probes call the head too
+    head = explainer.model.get_output_embeddings()
+    calls = []
+    handle = head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    try:
+        ours = run(explainer, "saliency", target="prob", aggregate="none", target_batch_size=1)
+    finally:
+        handle.remove()
+    assert calls == [N_TOKENS - N_PROMPT]  # one call, every target's position; 6 chunks ran
+    assert_rows_close(ours.scores, naive(explainer, "saliency", "prob"))
+
+
+def test_the_last_mlp_runs_at_the_target_rows_only(explainer):
+    """The last block's MLP is row-wise and only row-wise ops follow it: in the gradient passes it
+    runs at the chunk's target positions only, and the hidden states there stay exact."""
+    from saliency_fast.hf import lm_head
+
+    model = explainer.model
+    mlp = model.transformer.h[-1].mlp
+    assert lm_head._last_mlp(model) is mlp
+    rows_seen = []
+    handle = mlp.c_fc.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[-2]))
+    try:
+        ours = run(explainer, "saliency", target="logprob", aggregate="none", target_batch_size=2)
+    finally:
+        handle.remove()
+    # 6 targets in chunks of 2, longest first: that forward also reads every target's hidden state
+    # for the shared head gradients; never the prefix's length (9 tokens)
+    assert rows_seen == [6, 2, 2]
+    assert_rows_close(ours.scores, naive(explainer, "saliency", "logprob"))
+    x = explainer.embedding(full_ids(explainer)).detach().unsqueeze(0)
+    scorer = lm_head.CausalLMScorer(model)
+    rows = torch.tensor([2, 5])
+    with torch.no_grad():
+        full, cut = scorer.hidden(x), scorer.hidden(x, rows=rows)
+    torch.testing.assert_close(cut[:, rows], full[:, rows], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(cut[:, 3], full[:, 3])  # elsewhere the MLP really was skipped
+
+
+def test_a_last_mlp_shared_with_another_block_is_never_cut():
+    from saliency_fast.hf import lm_head
+
+    model, _ = tiny_gpt2()
+    model.transformer.h[0].mlp = model.transformer.h[-1].mlp  # tied blocks (ALBERT-style sharing)
+    assert lm_head._last_mlp(model) is None
+
+
 @pytest.mark.parametrize("method,kwargs", [
     ("saliency", {}),
     ("integrated_gradients", {"n_steps": 5, "baseline": "unk"}),

@@ -37,6 +37,11 @@ from saliency_fast.hf.lm_head import CausalLMScorer
 DEFAULT_MAX_BATCH_TOKENS = 2048
 
 
+# Targets whose full-vocabulary logits the head computes at once (GPT-2-small: 64 x 50,257 floats,
+# 13 MB), so the head's memory stays bounded however many targets share its gradients.
+HEAD_BLOCK_TARGETS = 64
+
+
 def default_max_batch_tokens(dtype: torch.dtype | None) -> int:
     """The token budget for autocast ``dtype`` (None: float32): the float32 budget's bytes, so
     bf16/fp16 get twice the rows. GPT-2-small generation IG in bf16, 32 + 64 tokens: 2 points per
@@ -139,31 +144,46 @@ class CausalPass:
             out = self.scorer.scores(points, *self._targets(chunk, subset), self.target)
         return out.float()
 
-    def gradients(self, points: torch.Tensor, chunk: Chunk, subset: torch.Tensor | None = None) -> torch.Tensor:
+    def gradients(self, points: torch.Tensor, chunk: Chunk, subset: torch.Tensor | None = None,
+                  shared_heads: SharedHeadGradients | None = None) -> torch.Tensor:
         """``d score_i / d points`` for every target ``i`` of ``chunk`` (or of its ``subset``):
         ``[T_chunk, B, L, D]``.
 
         One forward for the batch of points, then the backward of all targets at once. When the
-        scorer splits body and head, the head's gradients come first, from one plain backward
-        (score ``i`` reads only the hidden state at its own position, so the gradient of their sum
-        holds every target's), and the batched backward starts at the hidden states, seeded with
-        target ``i``'s head gradient at its position: the head is never back-propagated once per
-        target (for ``prob`` targets that would be ``T x T x V x D`` work per chunk).
+        scorer splits body and head, the head's gradients come first (:meth:`head_gradients`, or
+        from ``shared_heads`` when every chunk runs on the same points), and the batched backward
+        starts at the hidden states, seeded with target ``i``'s head gradient at its position: the
+        head is never back-propagated once per target (for ``prob`` targets that would be
+        ``T x T x V x D`` work per chunk).
         """
         points = points.detach().requires_grad_(True)
         if not self.scorer.splits:
             (grads,) = self.target_gradients(self.scores(points, chunk, subset), (points,))
             return grads
         positions, token_ids = self._targets(chunk, subset)
+        sharing = shared_heads is not None and subset is None
+        # the rows whose hidden states are read: the whole set's when the shared head gradients come next
+        rows = self.positions if sharing and shared_heads.pending(self, points) else positions
         with self.autocast():
-            hidden = self.scorer.hidden(points)
-        at_targets = hidden[:, positions].detach().requires_grad_(True)
-        with self.autocast():
-            scores = self.scorer.head_scores(at_targets, token_ids, self.target)
-        (head_grads,) = torch.autograd.grad(scores.sum(), at_targets)  # [B, T, D]
+            hidden = self.scorer.hidden(points, rows=rows)
+        head_grads = shared_heads.take(self, hidden, chunk) if sharing else None
+        if head_grads is None:
+            head_grads = self.head_gradients(hidden[:, positions], token_ids)
         seeds = hidden.new_zeros((positions.shape[0], *hidden.shape))
         seeds[torch.arange(positions.shape[0], device=seeds.device), :, positions] = head_grads.transpose(0, 1)
         return self._batched_backward(hidden, (points,), seeds)[0]
+
+    def head_gradients(self, at_targets: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """``d score_i / d hidden_i`` ``[B, T, D]`` from the hidden states at the targets' positions
+        (``[B, T, D]``), by one plain backward: score ``i`` reads only ``hidden_i``, so the gradient
+        of the scores' sum holds every target's."""
+        blocks = []
+        for start in range(0, at_targets.shape[1], HEAD_BLOCK_TARGETS):  # [B, block, V] logits at a time
+            block = at_targets[:, start : start + HEAD_BLOCK_TARGETS].detach().requires_grad_(True)
+            with torch.enable_grad(), self.autocast():
+                scores = self.scorer.head_scores(block, token_ids[start : start + HEAD_BLOCK_TARGETS], self.target)
+            blocks.append(torch.autograd.grad(scores.sum(), block)[0])
+        return torch.cat(blocks, dim=1)
 
     def total_change(self, baseline: torch.Tensor) -> torch.Tensor:
         """``F(x) - F(baseline)`` of every target ``[T]`` (float32, CPU), at full precision as the
@@ -202,6 +222,28 @@ class CausalPass:
         return grads
 
 
+class SharedHeadGradients:
+    """The head gradients of every target, from the first forward that reaches the last target,
+    for chunks that all run on the same points (saliency's input): by causality each target's
+    hidden state there is the one of its own prefix, so the head's weights (``prob`` on GPT-2-small:
+    154 MB, streamed forward and backward) are read once instead of once per chunk."""
+
+    def __init__(self):
+        self._grads: torch.Tensor | None = None
+
+    def pending(self, cp: CausalPass, points: torch.Tensor) -> bool:
+        """Whether the forward on ``points`` (``[B, L, D]``) is the one that gives them."""
+        return self._grads is None and points.shape[1] >= cp.prefix_length
+
+    def take(self, cp: CausalPass, hidden: torch.Tensor, chunk: Chunk) -> torch.Tensor | None:
+        """``[B, T_chunk, D]`` for ``chunk``; None until a forward over the whole prefix was seen."""
+        if self._grads is None:
+            if hidden.shape[1] < cp.prefix_length:
+                return None
+            self._grads = cp.head_gradients(hidden[:, cp.positions], cp.token_ids)
+        return self._grads[:, chunk.start : chunk.end]
+
+
 class ScoreBoard:
     """Collects per-chunk attributions into ``[T, N]`` (``[T, N, D]`` for ``aggregate="none"``),
     reducing the embedding dim chunk by chunk so only one chunk is ever held unreduced.
@@ -226,12 +268,15 @@ class ScoreBoard:
 
 
 def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> None:
-    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix."""
-    chunks = cp.chunks(rows=1)
+    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix. Chunks run
+    longest first, so the first forward gives every target's head gradients
+    (:class:`SharedHeadGradients`)."""
+    chunks = cp.chunks(rows=1)[::-1]
+    heads = SharedHeadGradients()
     with cp.progress_bar(len(chunks), "input_x_gradient" if times_input else "saliency"):
         for chunk in chunks:
             x = cp.embeds[: chunk.length]
-            grads = cp.gradients(x.unsqueeze(0), chunk)[:, 0].float()
+            grads = cp.gradients(x.unsqueeze(0), chunk, shared_heads=heads)[:, 0].float()
             board.put(chunk, grads * x.float() if times_input else grads)
 
 
