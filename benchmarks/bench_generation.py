@@ -1,7 +1,7 @@
 """Attribution of causal-LM generation: saliency_fast's single causal pass vs inseq's step loop.
 
-Same process, same model object, same forced continuation, same target function and baseline;
-the outputs are compared (max |ours - inseq| / max |inseq| over the [generated, tokens] matrix
+Same process, same model object, same forced continuation, same target function and baseline,
+inseq and our runs taking turns (so a VM's drift in speed hits both); the outputs are compared (max |ours - inseq| / max |inseq| over the [generated, tokens] matrix
 after the L2 norm over the embedding dim, inseq's default aggregation) and the time ratio printed.
 
 Model: the GPT-2-small architecture (``GPT2Config()`` defaults: 12 layers, 768 dims, 50,257 tokens),
@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from benchmarks._timing import median_time  # noqa: E402
 from saliency_fast.hf.causal_pass import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
 CASES = {"16+16": (16, 16), "32+64": (32, 64)}
@@ -82,18 +81,24 @@ def inseq_l2(inseq_model, prompt, full, target, **kwargs) -> torch.Tensor:
     return out.sequence_attributions[0].target_attributions.float().norm(dim=-1).T  # [T, N]
 
 
-def wall_and_cpu(fn, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median wall seconds and median CPU seconds of this process (all its threads) per call: on a
-    shared machine the CPU time says how much work a call did even when the wall clock waited."""
-    cpu = []
-
-    def timed():
-        start = time.process_time()
-        fn()
-        cpu.append(time.process_time() - start)
-
-    wall = median_time(timed, repeats=repeats, warmup=warmup)
-    return wall, statistics.median(cpu[warmup:])
+def interleaved_wall_and_cpu(fns: dict, repeats: dict, warmup: dict) -> dict:
+    """Per name, median wall seconds and median CPU seconds of this process per call of ``fns[name]``,
+    the contenders taking turns (round ``r`` calls each that still has repeats left): on a shared
+    VM whose speed drifts over minutes, a drift then hits peer and us alike instead of whichever
+    happened to run during it. CPU time says how much work a call did even when the wall clock waited."""
+    for name, fn in fns.items():
+        for _ in range(warmup[name]):
+            fn()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for round_ in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if round_ < repeats[name]:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -123,31 +128,32 @@ def compare(args) -> None:
         for method in args.methods:
             kwargs = {"n_steps": args.n_steps} if method == "integrated_gradients" else {}
             im = inseq.load_model(model, method, tokenizer=inseq_tok)
-            repeats = 1 if (method != "saliency" and case != "16+16") or args.quick else args.repeats
-            expected = None
+            inseq_repeats = 1 if (method != "saliency" and case != "16+16") or args.quick else args.repeats
+            outputs = {}
 
             def run_inseq():
-                nonlocal expected
-                expected = inseq_l2(im, prompt, full, args.target, **kwargs)
+                outputs["inseq"] = inseq_l2(im, prompt, full, args.target, **kwargs)
 
-            t_inseq, c_inseq = wall_and_cpu(run_inseq, repeats=repeats, warmup=0 if repeats == 1 else 1)
+            fns, repeats, warmup = {"inseq": run_inseq}, {"inseq": inseq_repeats}, {"inseq": int(inseq_repeats > 1)}
             dtypes = [None, torch.bfloat16] if method == "integrated_gradients" else [None]
             for dtype in dtypes:
-                extra = dict(kwargs, baseline="unk") if method == "integrated_gradients" else {}
-                got = None
-
-                def run_ours():
-                    nonlocal got
-                    got = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
-
-                t_ours, c_ours = wall_and_cpu(run_ours, repeats=args.repeats, warmup=1)
                 name = "float32" if dtype is None else "bfloat16"
+                extra = dict(kwargs, baseline="unk") if method == "integrated_gradients" else {}
+
+                def run_ours(name=name, dtype=dtype, extra=extra):
+                    outputs[name] = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
+
+                fns[name], repeats[name], warmup[name] = run_ours, args.repeats, 1
+            timings = interleaved_wall_and_cpu(fns, repeats, warmup)
+            t_inseq, c_inseq = timings["inseq"]
+            for name in [n for n in fns if n != "inseq"]:
+                t_ours, c_ours = timings[name]
+                error = rel_error(outputs[name], outputs["inseq"])
                 print(f"{case:>6} {method:>22} {name:>9} {t_inseq:9.2f} {t_ours:8.2f} {t_inseq / t_ours:6.1f}x "
-                      f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {rel_error(got, expected):12.2e}",
-                      flush=True)
+                      f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {error:12.2e}", flush=True)
                 rows.append({"workload": f"generation {case} tokens, {method} {name}", "peer": "inseq float32",
                              "peer_s": t_inseq, "ours_s": t_ours, "ratio": t_inseq / t_ours,
-                             "max_diff": rel_error(got, expected), "floor_s": None})
+                             "max_diff": error, "floor_s": None})
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
 
