@@ -163,7 +163,7 @@ class CausalPass:
         positions, token_ids = self._targets(chunk, subset)
         sharing = shared_heads is not None and subset is None
         # the rows whose hidden states are read: the whole set's when the shared head gradients come next
-        rows = self.positions if sharing and shared_heads.pending(self, points) else positions
+        rows = self.positions if sharing and shared_heads.pending(self, points.shape[1]) else positions
         with self.autocast():
             hidden = self.scorer.hidden(points, rows=rows)
         head_grads = shared_heads.take(self, hidden, chunk) if sharing else None
@@ -231,17 +231,15 @@ class SharedHeadGradients:
     def __init__(self):
         self._grads: torch.Tensor | None = None
 
-    def pending(self, cp: CausalPass, points: torch.Tensor) -> bool:
-        """Whether the forward on ``points`` (``[B, L, D]``) is the one that gives them."""
-        return self._grads is None and points.shape[1] >= cp.prefix_length
+    def pending(self, cp: CausalPass, length: int) -> bool:
+        """Whether a forward over ``length`` tokens is the one that gives them."""
+        return self._grads is None and length >= cp.prefix_length
 
     def take(self, cp: CausalPass, hidden: torch.Tensor, chunk: Chunk) -> torch.Tensor | None:
         """``[B, T_chunk, D]`` for ``chunk``; None until a forward over the whole prefix was seen."""
-        if self._grads is None:
-            if hidden.shape[1] < cp.prefix_length:
-                return None
+        if self.pending(cp, hidden.shape[1]):
             self._grads = cp.head_gradients(hidden[:, cp.positions], cp.token_ids)
-        return self._grads[:, chunk.start : chunk.end]
+        return None if self._grads is None else self._grads[:, chunk.start : chunk.end]
 
 
 class ScoreBoard:

@@ -151,6 +151,7 @@ _last_mlp_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def mlp_at_rows(mlp: nn.Module, rows: torch.Tensor):
     """Within the block, ``mlp`` (row-wise: each token's output depends on that token only) runs at
     ``rows`` of its ``[B, L, D]`` input only; its output is zero elsewhere."""
+    original = mlp.forward
 
     def forward(x, *args, **kwargs):
         if args or kwargs or not isinstance(x, torch.Tensor) or x.dim() != 3:
@@ -160,7 +161,6 @@ def mlp_at_rows(mlp: nn.Module, rows: torch.Tensor):
         full[:, rows] = out
         return full
 
-    original = mlp.forward
     mlp.forward = forward
     try:
         yield
