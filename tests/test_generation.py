@@ -315,7 +315,7 @@ def test_the_last_mlp_runs_at_the_target_rows_only(explainer):
 
     model = explainer.model
     mlp = model.transformer.h[-1].mlp
-    assert lm_head._last_mlp(model) is mlp
+    assert lm_head._probed(model, lm_head._probe_last_mlp) is mlp
     rows_seen = []
     handle = mlp.c_fc.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[-2]))
     try:
@@ -340,7 +340,7 @@ def test_a_last_mlp_shared_with_another_block_is_never_cut():
 
     model, _ = tiny_gpt2()
     model.transformer.h[0].mlp = model.transformer.h[-1].mlp  # tied blocks (ALBERT-style sharing)
-    assert lm_head._last_mlp(model) is None
+    assert lm_head._probed(model, lm_head._probe_last_mlp) is None
 
 
 @pytest.mark.parametrize("method,kwargs", [

@@ -38,7 +38,7 @@ HEAD_CHOICES = ("auto", "full")
 # on the small logits of a randomly initialised model
 _PROBE_RTOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
 _PROBE_RTOL_DEFAULT = 1e-5
-_probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_probe_results: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class CausalLMScorer:
@@ -54,7 +54,7 @@ class CausalLMScorer:
             raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {head!r}")
         self.model = model
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._splits = head == "auto" and _split_ok(model)
+        self._splits = head == "auto" and _probed(model, _probe_split)
 
     @property
     def splits(self) -> bool:
@@ -74,7 +74,7 @@ class CausalLMScorer:
         """The body's final hidden states ``[B, L, D]`` (only when :attr:`splits`); with ``rows``
         (positions ``[T]``) they are exact at those rows only: the rest of the last block's MLP is
         skipped when the model allows it (see :func:`mlp_at_rows`)."""
-        mlp = _last_mlp(self.model) if rows is not None else None
+        mlp = _probed(self.model, _probe_last_mlp) if rows is not None else None
         with contextlib.nullcontext() if mlp is None else mlp_at_rows(mlp, rows):
             return body_hidden(self.model, embeds)
 
@@ -110,41 +110,46 @@ def _row_logits(head: nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) 
     return out
 
 
-def _split_ok(model: nn.Module) -> bool:
-    """Whether ``body(x) @ W.T + b`` reproduces ``model(x).logits`` (checked once per model)."""
-    cached = _probe_cache.get(model)
-    if cached is not None:
-        return cached
-    ok = _probe_split(model)
-    _probe_cache[model] = ok
-    return ok
+def _probed(model: nn.Module, probe):
+    """``probe(model)``: whether (or how) a shortcut reproduces the model, checked once per model."""
+    found = _probe_results.setdefault(model, {})
+    if probe not in found:
+        found[probe] = probe(model)
+    return found[probe]
+
+
+def _probe_embeds(model: nn.Module, n_tokens: int) -> torch.Tensor:
+    """Word embeddings ``[1, n]`` of the first ``n_tokens`` ids: the probes' tiny input."""
+    embedding = model.get_input_embeddings()
+    ids = torch.arange(min(n_tokens, embedding.num_embeddings), device=embedding.weight.device)
+    return embedding(ids.unsqueeze(0))
+
+
+def _agrees(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Max |got - expected| within the probe tolerance of ``dtype``, relative to max |expected|."""
+    scale = expected.abs().max().clamp_min(1e-6)
+    return bool(((got - expected).abs().max() / scale) <= _PROBE_RTOL.get(dtype, _PROBE_RTOL_DEFAULT))
 
 
 def _probe_split(model: nn.Module) -> bool:
+    """Whether ``body(x) @ W.T + b`` reproduces ``model(x).logits``."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     base = getattr(model, "base_model", None)
     if not isinstance(head, nn.Linear) or base is None or base is model:
         return False
-    embedding = model.get_input_embeddings()
-    ids = torch.arange(min(4, embedding.num_embeddings), device=embedding.weight.device).unsqueeze(0)
     with torch.no_grad():
-        embeds = embedding(ids)
+        embeds = _probe_embeds(model, 4)
         try:
             expected = model(inputs_embeds=embeds, use_cache=False).logits.float()
             hidden = body_hidden(model, embeds)
         except (TypeError, ValueError, AttributeError):
             return False
         got = head(hidden).float()
-    if got.shape != expected.shape:
-        return False
-    scale = expected.abs().max().clamp_min(1e-6)
-    rtol = _PROBE_RTOL.get(head.weight.dtype, _PROBE_RTOL_DEFAULT)
-    return bool(((got - expected).abs().max() / scale) <= rtol)
+    return got.shape == expected.shape and _agrees(got, expected, head.weight.dtype)
 
 
 # names of a block's feed-forward module across Hugging Face decoders
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
-_last_mlp_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -168,15 +173,8 @@ def mlp_at_rows(mlp: nn.Module, rows: torch.Tensor):
         del mlp.forward
 
 
-def _last_mlp(model: nn.Module) -> nn.Module | None:
-    """The last block's MLP when running it at chosen rows keeps the hidden states there (checked
-    once per model, on a tiny forward); else None."""
-    if model not in _last_mlp_cache:
-        _last_mlp_cache[model] = _probe_last_mlp(model)
-    return _last_mlp_cache[model]
-
-
 def _probe_last_mlp(model: nn.Module) -> nn.Module | None:
+    """The last block's MLP when running it at chosen rows keeps the hidden states there; else None."""
     try:
         blocks = [block for _, block in transformer_blocks(model)]
     except ValueError:
@@ -185,16 +183,14 @@ def _probe_last_mlp(model: nn.Module) -> nn.Module | None:
     # a module shared with another block would be cut there too
     if mlp is None or any(m is mlp for block in blocks[:-1] for m in block.modules()):
         return None
-    embedding = model.get_input_embeddings()
-    ids = torch.arange(min(5, embedding.num_embeddings), device=embedding.weight.device).unsqueeze(0)
-    rows = torch.tensor([1, ids.shape[1] - 1], device=ids.device)
     with torch.no_grad():
-        embeds = embedding(ids)
+        embeds = _probe_embeds(model, 5)
+        rows = torch.tensor([1, embeds.shape[1] - 1], device=embeds.device)
         try:
             expected = body_hidden(model, embeds)[:, rows].float()
             with mlp_at_rows(mlp, rows):
                 got = body_hidden(model, embeds)[:, rows].float()
         except (TypeError, ValueError, AttributeError, IndexError, RuntimeError):
             return None
-    scale = expected.abs().max().clamp_min(1e-6)
-    return mlp if bool(((got - expected).abs().max() / scale) <= _PROBE_RTOL_DEFAULT) else None
+    dtype = next((p.dtype for p in mlp.parameters()), torch.float32)
+    return mlp if _agrees(got, expected, dtype) else None
