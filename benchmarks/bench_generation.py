@@ -1,8 +1,9 @@
 """Attribution of causal-LM generation: saliency_fast's single causal pass vs inseq's step loop.
 
 Same process, same model object, same forced continuation, same target function and baseline,
-inseq and our runs taking turns (so a VM's drift in speed hits both); the outputs are compared (max |ours - inseq| / max |inseq| over the [generated, tokens] matrix
-after the L2 norm over the embedding dim, inseq's default aggregation) and the time ratio printed.
+inseq and our runs taking turns (so a VM's drift in speed hits both); the outputs are compared
+(max |ours - inseq| / max |inseq| over the [generated, tokens] matrix after the L2 norm over the
+embedding dim, inseq's default aggregation) and the time ratio printed.
 
 Model: the GPT-2-small architecture (``GPT2Config()`` defaults: 12 layers, 768 dims, 50,257 tokens),
 random init, with a word-level tokenizer over its vocabulary (``tests/tiny_models.word_tokenizer``).
