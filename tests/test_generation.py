@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, generation
+from saliency_fast.hf import causal_pass, generation, gpt2_gradients
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -293,9 +293,13 @@ def test_the_split_probe_catches_a_final_soft_cap_on_small_logits():
     assert not CausalLMScorer(model).splits
 
 
-def test_saliency_reads_the_head_once_for_all_chunks(explainer):
-    """Chunks run longest first and that forward gives every target's head gradients: the head's
-    weights (the vocabulary projection) are read once, not once per chunk, with the same result."""
+@pytest.mark.parametrize("hand_written", [True, False])
+def test_saliency_reads_the_head_once_for_all_chunks(explainer, hand_written, monkeypatch):
+    """The head's weights (the vocabulary projection) are read once, not once per chunk, with the
+    same result: in the hand-written pass (its one forward gives every target's hidden state) and
+    in the generic one (chunks run longest first, and that forward gives them)."""
+    if not hand_written:
+        monkeypatch.setattr(gpt2_gradients, "MAX_STATE_BYTES", 0)
     run(explainer, "saliency", target="prob")  # the once-per-model probes call the head too
     head = explainer.model.get_output_embeddings()
     calls = []
@@ -308,14 +312,15 @@ def test_saliency_reads_the_head_once_for_all_chunks(explainer):
     assert_rows_close(ours.scores, naive(explainer, "saliency", "prob"))
 
 
-def test_the_last_mlp_runs_at_the_target_rows_only(explainer):
-    """The last block's MLP is row-wise and only row-wise ops follow it: in the gradient passes it
-    runs at the chunk's target positions only, and the hidden states there stay exact."""
+def test_the_last_mlp_runs_at_the_target_rows_only(explainer, monkeypatch):
+    """The last block's MLP is row-wise and only row-wise ops follow it: in the generic gradient
+    passes it runs at the chunk's target positions only, and the hidden states there stay exact."""
     from saliency_fast.hf import lm_head
 
+    monkeypatch.setattr(gpt2_gradients, "MAX_STATE_BYTES", 0)
     model = explainer.model
     mlp = model.transformer.h[-1].mlp
-    assert lm_head._probed(model, lm_head._probe_last_mlp) is mlp
+    assert lm_head.probed(model, lm_head._probe_last_mlp) is mlp
     rows_seen = []
     handle = mlp.c_fc.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[-2]))
     try:
@@ -340,7 +345,7 @@ def test_a_last_mlp_shared_with_another_block_is_never_cut():
 
     model, _ = tiny_gpt2()
     model.transformer.h[0].mlp = model.transformer.h[-1].mlp  # tied blocks (ALBERT-style sharing)
-    assert lm_head._probed(model, lm_head._probe_last_mlp) is None
+    assert lm_head.probed(model, lm_head._probe_last_mlp) is None
 
 
 @pytest.mark.parametrize("method,kwargs", [

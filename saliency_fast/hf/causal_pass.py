@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from saliency_fast.methods import integrated_gradients as ig
 from saliency_fast.hf.explainer import NonFiniteAttributionError, _eager_attention
+from saliency_fast.hf import gpt2_gradients
 from saliency_fast.hf.lm_head import CausalLMScorer
 
 
@@ -212,6 +213,10 @@ class CausalPass:
             grads = tuple(g.unsqueeze(0) for g in torch.autograd.grad(outputs, wrt, seeds[0]))
         else:
             grads = torch.autograd.grad(outputs, wrt, seeds, is_grads_batched=True)
+        return self.checked(*grads)
+
+    def checked(self, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The gradients of one backward, when all are finite (the progress bar counts it)."""
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             raise NonFiniteAttributionError(
                 "gradients became NaN/inf (half-precision overflow or a NaN in the model); "
@@ -266,9 +271,13 @@ class ScoreBoard:
 
 
 def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> None:
-    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix. Chunks run
-    longest first, so the first forward gives every target's head gradients
+    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix: by the
+    hand-written pass where the model has one (:mod:`saliency_fast.hf.gpt2_gradients`), else by
+    chunks run longest first, so the first forward gives every target's head gradients
     (:class:`SharedHeadGradients`)."""
+    hand_written = gpt2_gradients.for_model(cp.scorer.model, 1, cp.prefix_length, cp.dtype) if cp.scorer.splits else None
+    if hand_written is not None:
+        return _hand_written_saliency(cp, board, hand_written, times_input)
     chunks = cp.chunks(rows=1)[::-1]
     heads = SharedHeadGradients()
     with cp.progress_bar(len(chunks), "input_x_gradient" if times_input else "saliency"):
@@ -276,6 +285,22 @@ def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> No
             x = cp.embeds[: chunk.length]
             grads = cp.gradients(x.unsqueeze(0), chunk, shared_heads=heads)[:, 0].float()
             board.put(chunk, grads * x.float() if times_input else grads)
+
+
+def _hand_written_saliency(cp: CausalPass, board: ScoreBoard, engine: gpt2_gradients.GPT2Gradients,
+                           times_input: bool) -> None:
+    """:func:`saliency` from one forward over the sequence and the hand-written backward, a few
+    neighbouring targets at a time."""
+    x = cp.embeds[: cp.prefix_length]
+    state = engine.forward(x.unsqueeze(0))
+    heads = cp.head_gradients(state.hidden[:, cp.positions], cp.token_ids)  # [1, T, D]
+    chunks = plan_chunks(cp.positions.tolist(), 1, cp.max_batch_tokens,
+                         min(cp.target_batch_size, gpt2_gradients.TARGETS_PER_CHUNK))
+    with cp.progress_bar(len(chunks), "input_x_gradient" if times_input else "saliency"):
+        for chunk in chunks:
+            grads = engine.backward(state, cp.positions[chunk.start : chunk.end], heads[:, chunk.start : chunk.end])
+            (grads,) = cp.checked(grads[:, 0].float())
+            board.put(chunk, grads * x[: chunk.length].float() if times_input else grads)
 
 
 @dataclasses.dataclass

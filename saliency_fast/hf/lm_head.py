@@ -54,7 +54,7 @@ class CausalLMScorer:
             raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {head!r}")
         self.model = model
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._splits = head == "auto" and _probed(model, _probe_split)
+        self._splits = head == "auto" and probed(model, _probe_split)
 
     @property
     def splits(self) -> bool:
@@ -74,7 +74,7 @@ class CausalLMScorer:
         """The body's final hidden states ``[B, L, D]`` (only when :attr:`splits`); with ``rows``
         (positions ``[T]``) they are exact at those rows only: the rest of the last block's MLP is
         skipped when the model allows it (see :func:`mlp_at_rows`)."""
-        mlp = _probed(self.model, _probe_last_mlp) if rows is not None else None
+        mlp = probed(self.model, _probe_last_mlp) if rows is not None else None
         with contextlib.nullcontext() if mlp is None else mlp_at_rows(mlp, rows):
             return body_hidden(self.model, embeds)
 
@@ -110,7 +110,7 @@ def _row_logits(head: nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) 
     return out
 
 
-def _probed(model: nn.Module, probe):
+def probed(model: nn.Module, probe):
     """``probe(model)``: whether (or how) a shortcut reproduces the model, checked once per model."""
     found = _probe_results.setdefault(model, {})
     if probe not in found:
@@ -118,14 +118,14 @@ def _probed(model: nn.Module, probe):
     return found[probe]
 
 
-def _probe_embeds(model: nn.Module, n_tokens: int) -> torch.Tensor:
+def probe_embeds(model: nn.Module, n_tokens: int) -> torch.Tensor:
     """Word embeddings ``[1, n]`` of the first ``n_tokens`` ids: the probes' tiny input."""
     embedding = model.get_input_embeddings()
     ids = torch.arange(min(n_tokens, embedding.num_embeddings), device=embedding.weight.device)
     return embedding(ids.unsqueeze(0))
 
 
-def _agrees(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
+def agrees(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
     """Max |got - expected| within the probe tolerance of ``dtype``, relative to max |expected|."""
     scale = expected.abs().max().clamp_min(1e-6)
     return bool(((got - expected).abs().max() / scale) <= _PROBE_RTOL.get(dtype, _PROBE_RTOL_DEFAULT))
@@ -138,14 +138,14 @@ def _probe_split(model: nn.Module) -> bool:
     if not isinstance(head, nn.Linear) or base is None or base is model:
         return False
     with torch.no_grad():
-        embeds = _probe_embeds(model, 4)
+        embeds = probe_embeds(model, 4)
         try:
             expected = model(inputs_embeds=embeds, use_cache=False).logits.float()
             hidden = body_hidden(model, embeds)
         except (TypeError, ValueError, AttributeError):
             return False
         got = head(hidden).float()
-    return got.shape == expected.shape and _agrees(got, expected, head.weight.dtype)
+    return got.shape == expected.shape and agrees(got, expected, head.weight.dtype)
 
 
 # names of a block's feed-forward module across Hugging Face decoders
@@ -184,7 +184,7 @@ def _probe_last_mlp(model: nn.Module) -> nn.Module | None:
     if mlp is None or any(m is mlp for block in blocks[:-1] for m in block.modules()):
         return None
     with torch.no_grad():
-        embeds = _probe_embeds(model, 5)
+        embeds = probe_embeds(model, 5)
         rows = torch.tensor([1, embeds.shape[1] - 1], device=embeds.device)
         try:
             expected = body_hidden(model, embeds)[:, rows].float()
@@ -193,4 +193,4 @@ def _probe_last_mlp(model: nn.Module) -> nn.Module | None:
         except (TypeError, ValueError, AttributeError, IndexError, RuntimeError):
             return None
     dtype = next((p.dtype for p in mlp.parameters()), torch.float32)
-    return mlp if _agrees(got, expected, dtype) else None
+    return mlp if agrees(got, expected, dtype) else None

@@ -73,6 +73,14 @@ def _fused(module: nn.Module) -> _Fused | None:
     return _FUSED_BY_CLASS.get(type(module))
 
 
+def activation_pair(module: nn.Module) -> _Fused | None:
+    """The fused value/backward pair of an activation module, also when :func:`fused_activations`
+    has wrapped it; None for activations without one."""
+    if isinstance(module, _FusedActivationModule):
+        return module.fused
+    return _fused(module)
+
+
 def _is_batched(grad: torch.Tensor) -> bool:
     """Whether ``grad`` stands for a batch of gradients, one per target: ``is_grads_batched`` runs
     the backward under the legacy vmap, ``torch.func`` under functorch's."""
