@@ -7,6 +7,7 @@ must refuse every model the written-out forward does not reproduce.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -79,8 +80,8 @@ def saliency(explainer, hand_written: bool, monkeypatch, **kwargs):
     return result, calls
 
 
-@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
 @pytest.mark.parametrize("target", ["logit", "prob", "logprob", "loss"])
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
 def test_generation_saliency_equals_the_generic_pass(method, target, monkeypatch):
     explainer = _explainer(*tiny_gpt2(n_layer=3))
     ours, calls = saliency(explainer, True, monkeypatch, method=method, target=target, aggregate="none")
@@ -88,6 +89,28 @@ def test_generation_saliency_equals_the_generic_pass(method, target, monkeypatch
     assert sum(calls) == ours.scores.shape[0]  # every target exactly once, in chunks
     assert max(calls) <= gpt2_gradients.TARGETS_PER_CHUNK
     torch.testing.assert_close(ours.scores, generic.scores, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("method,kwargs,n_batches", [
+    ("integrated_gradients", {"n_steps": 7, "internal_batch_size": 3}, 3),
+    ("smoothgrad", {"nt_samples": 5, "nt_samples_batch_size": 2, "seed": 1, "stdevs": 0.1}, 3),
+    ("vargrad", {"nt_samples": 4, "nt_samples_batch_size": 4, "seed": 2, "stdevs": 0.1}, 1),
+    ("discretized_integrated_gradients", {"n_steps": 6, "internal_batch_size": 4}, None),
+])
+def test_path_and_noise_methods_equal_the_generic_pass(method, kwargs, n_batches, monkeypatch):
+    """Every batch of points runs one forward, kept for every chunk of targets; each chunk's backward
+    runs once per batch."""
+    explainer = _explainer(*tiny_gpt2(n_layer=3))
+    args = dict(method=method, target="prob", aggregate="none", baseline="unk", **kwargs)
+    ours, calls = saliency(explainer, True, monkeypatch, **args)
+    generic, _ = saliency(explainer, False, monkeypatch, **args)
+    n_targets = ours.scores.shape[0]
+    if n_batches is not None:
+        assert sum(calls) == n_targets * n_batches
+    torch.testing.assert_close(ours.scores, generic.scores, rtol=1e-5, atol=1e-6, equal_nan=True)
+    if "completeness_error" in ours.metadata and ours.metadata["completeness_error"] is not None:
+        np.testing.assert_allclose(ours.metadata["completeness_error"], generic.metadata["completeness_error"],
+                                   rtol=1e-3, atol=1e-6)
 
 
 def test_target_batch_size_caps_the_chunks(monkeypatch):

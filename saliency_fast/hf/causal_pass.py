@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from saliency_fast import ops
 from saliency_fast.methods import integrated_gradients as ig
 from saliency_fast.hf.explainer import NonFiniteAttributionError, _eager_attention
 from saliency_fast.hf import gpt2_gradients
@@ -270,36 +272,55 @@ class ScoreBoard:
         self.values[chunk.start : chunk.end, : values.shape[1]] = values.detach().float().cpu()
 
 
+class PointGradients:
+    """``d score_i / d points`` of every target ``i`` over fixed batches of points, chunk of targets
+    by chunk: batch ``k`` is ``points(k)`` (``[sizes[k], N, D]``: the input, path points, noisy
+    copies), made when needed; each chunk reads its first ``chunk.length`` tokens.
+
+    The hand-written pass (:mod:`saliency_fast.hf.gpt2_gradients`) where the model has one: one
+    forward per batch over the whole sequence, kept, then a backward per chunk of a few targets. Else
+    autograd (:meth:`CausalPass.gradients`): a forward per chunk and batch on the chunk's prefix;
+    with a single batch (saliency) chunks run longest first, and that forward gives every target's
+    head gradients (:class:`SharedHeadGradients`).
+    """
+
+    def __init__(self, cp: CausalPass, sizes: list[int], points: Callable[[int], torch.Tensor]):
+        self.cp, self.sizes, self.points = cp, sizes, points
+        model = cp.scorer.model
+        self.engine = gpt2_gradients.for_model(model, sum(sizes), cp.prefix_length, cp.dtype) if cp.scorer.splits else None
+        self._shared_heads = SharedHeadGradients() if len(sizes) == 1 and self.engine is None else None
+        self._states, self._heads = [], []
+
+    def chunks(self) -> list[Chunk]:
+        rows = max(self.sizes)
+        if self.engine is None:
+            chunks = self.cp.chunks(rows)
+            return chunks[::-1] if self._shared_heads is not None else chunks
+        most = min(self.cp.target_batch_size, gpt2_gradients.TARGETS_PER_CHUNK)
+        return plan_chunks(self.cp.positions.tolist(), rows, self.cp.max_batch_tokens, most)
+
+    def __call__(self, chunk: Chunk, k: int) -> torch.Tensor:
+        """``[T_chunk, S_k, chunk.length, D]`` for batch ``k``."""
+        if self.engine is None:
+            return self.cp.gradients(self.points(k)[:, : chunk.length], chunk, shared_heads=self._shared_heads)
+        if not self._states:  # every batch's forward and head gradients, once
+            for j in range(len(self.sizes)):
+                state = self.engine.forward(self.points(j)[:, : self.cp.prefix_length])
+                self._states.append(state)
+                self._heads.append(self.cp.head_gradients(state.hidden[:, self.cp.positions], self.cp.token_ids))
+        targets = slice(chunk.start, chunk.end)
+        grads = self.engine.backward(self._states[k], self.cp.positions[targets], self._heads[k][:, targets])
+        return self.cp.checked(grads)[0]
+
+
 def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> None:
-    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix: by the
-    hand-written pass where the model has one (:mod:`saliency_fast.hf.gpt2_gradients`), else by
-    chunks run longest first, so the first forward gives every target's head gradients
-    (:class:`SharedHeadGradients`)."""
-    hand_written = gpt2_gradients.for_model(cp.scorer.model, 1, cp.prefix_length, cp.dtype) if cp.scorer.splits else None
-    if hand_written is not None:
-        return _hand_written_saliency(cp, board, hand_written, times_input)
-    chunks = cp.chunks(rows=1)[::-1]
-    heads = SharedHeadGradients()
-    with cp.progress_bar(len(chunks), "input_x_gradient" if times_input else "saliency"):
-        for chunk in chunks:
-            x = cp.embeds[: chunk.length]
-            grads = cp.gradients(x.unsqueeze(0), chunk, shared_heads=heads)[:, 0].float()
-            board.put(chunk, grads * x.float() if times_input else grads)
-
-
-def _hand_written_saliency(cp: CausalPass, board: ScoreBoard, engine: gpt2_gradients.GPT2Gradients,
-                           times_input: bool) -> None:
-    """:func:`saliency` from one forward over the sequence and the hand-written backward, a few
-    neighbouring targets at a time."""
+    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix."""
     x = cp.embeds[: cp.prefix_length]
-    state = engine.forward(x.unsqueeze(0))
-    heads = cp.head_gradients(state.hidden[:, cp.positions], cp.token_ids)  # [1, T, D]
-    chunks = plan_chunks(cp.positions.tolist(), 1, cp.max_batch_tokens,
-                         min(cp.target_batch_size, gpt2_gradients.TARGETS_PER_CHUNK))
+    gradients = PointGradients(cp, [1], lambda k: x.unsqueeze(0))
+    chunks = gradients.chunks()
     with cp.progress_bar(len(chunks), "input_x_gradient" if times_input else "saliency"):
         for chunk in chunks:
-            grads = engine.backward(state, cp.positions[chunk.start : chunk.end], heads[:, chunk.start : chunk.end])
-            (grads,) = cp.checked(grads[:, 0].float())
+            grads = gradients(chunk, 0)[:, 0].float()
             board.put(chunk, grads * x[: chunk.length].float() if times_input else grads)
 
 
@@ -320,40 +341,58 @@ def integrated_gradients(
 ) -> ig.AdaptiveResult:
     """IG of every target over its prefix, path ``baseline + alpha (x - baseline)``.
 
-    The chunked loops of :mod:`saliency_fast.methods.integrated_gradients` run per target chunk with
-    the chunk's targets as their examples: every target of a chunk shares each path point, so one
-    forward per batch of points serves them all (:func:`_shared_point_gradients`). Returns per
-    target the path points used, the signed completeness error and whether it converged
-    (``attributions`` left empty: they went to ``board``).
+    A fixed rule: every target of a chunk shares each path point, so the path's batches of points
+    serve every chunk (:class:`PointGradients`). ``n_steps="auto"``: the adaptive loop of
+    :mod:`saliency_fast.methods.integrated_gradients` per target chunk, with the chunk's targets as
+    its examples (:func:`_shared_point_gradients`). Returns per target the path points used, the
+    signed completeness error and whether it converged (``attributions`` left empty: they went to
+    ``board``).
     """
     change = cp.total_change(baseline)
+    if rule.levels is None:
+        n = len(rule.alphas)
+        delta = _fixed_rule_integrated_gradients(cp, board, baseline, rule, max(1, min(steps_per_batch, n))) - change
+        return ig.AdaptiveResult((), torch.full((cp.n_targets,), n), delta, torch.ones(cp.n_targets, dtype=torch.bool))
     delta = torch.zeros(cp.n_targets, dtype=torch.float32)
     n_steps = torch.zeros(cp.n_targets, dtype=torch.long)
     converged = torch.ones(cp.n_targets, dtype=torch.bool)
-    fixed = rule.levels is None
-    steps_per_batch = max(1, min(steps_per_batch, len(rule.alphas))) if fixed else steps_per_batch
-    chunks = cp.chunks(rows=steps_per_batch)
-    total = len(chunks) * -(-len(rule.alphas) // steps_per_batch) if fixed else None
-    with cp.progress_bar(total, "integrated_gradients"):
-        for chunk in chunks:
+    with cp.progress_bar(None, "integrated_gradients"):
+        for chunk in cp.chunks(rows=steps_per_batch):
             rows = slice(chunk.start, chunk.end)
             # the chunk's targets are the examples: the same prefix and baseline for each
             x = cp.embeds[: chunk.length].expand(chunk.size, -1, -1).contiguous()
             b = baseline[: chunk.length].expand(chunk.size, -1, -1).contiguous()
-            gradient_fn = _shared_point_gradients(cp, chunk)
-            if fixed:
-                (attributions,) = ig.integrate_path(gradient_fn, (x,), (b,), rule.alphas, rule.weights, steps_per_batch)
-                delta[rows] = attributions.sum((1, 2)).cpu() - change[rows]
-                n_steps[rows] = len(rule.alphas)
-            else:
-                found = ig.integrate_path_adaptive(
-                    gradient_fn, (x,), (b,), change[rows].to(x.device), rule.levels, rtol=rule.rtol, atol=rule.atol,
-                    internal_batch_size=steps_per_batch * chunk.size,
-                )
-                (attributions,) = found.attributions
-                delta[rows], n_steps[rows], converged[rows] = found.delta.cpu(), found.n_steps.cpu(), found.converged.cpu()
+            found = ig.integrate_path_adaptive(
+                _shared_point_gradients(cp, chunk), (x,), (b,), change[rows].to(x.device), rule.levels,
+                rtol=rule.rtol, atol=rule.atol, internal_batch_size=steps_per_batch * chunk.size,
+            )
+            (attributions,) = found.attributions
+            delta[rows], n_steps[rows], converged[rows] = found.delta.cpu(), found.n_steps.cpu(), found.converged.cpu()
             board.put(chunk, attributions)
     return ig.AdaptiveResult((), n_steps, delta, converged)
+
+
+def _fixed_rule_integrated_gradients(cp: CausalPass, board: ScoreBoard, baseline: torch.Tensor, rule: PathRule,
+                                     steps_per_batch: int) -> torch.Tensor:
+    """IG of a fixed rule, ``steps_per_batch`` path points at a time; returns every target's sum of
+    attributions ``[T]``."""
+    x, b = cp.embeds[: cp.prefix_length], baseline[: cp.prefix_length]
+    starts = range(0, len(rule.alphas), steps_per_batch)
+    alphas = [rule.alphas[i : i + steps_per_batch] for i in starts]
+    gradients = PointGradients(cp, [len(a) for a in alphas], lambda j: ops.ig_interpolate(x, b, alphas[j]))
+    sums = torch.zeros(cp.n_targets, dtype=torch.float32)
+    chunks = gradients.chunks()
+    with cp.progress_bar(len(chunks) * len(starts), "integrated_gradients"):
+        for chunk in chunks:
+            shape = (chunk.size, chunk.length, x.shape[-1])
+            xs, bs = x[: chunk.length].expand(shape), b[: chunk.length].expand(shape)
+            acc = torch.zeros(shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device)
+            for k, i in enumerate(starts):
+                grads = gradients(chunk, k).to(x.dtype).transpose(0, 1)  # [S_k, T_chunk, L, D]
+                ops.ig_accumulate_(acc, grads, rule.weights[i : i + steps_per_batch].to(x.dtype), xs, bs)
+            sums[chunk.start : chunk.end] = acc.sum((1, 2)).cpu()
+            board.put(chunk, acc)
+    return sums
 
 
 def _shared_point_gradients(cp: CausalPass, chunk: Chunk) -> ig.GradientFn:
@@ -376,23 +415,25 @@ def discretized_integrated_gradients(cp: CausalPass, board: ScoreBoard, paths: t
     (``[P, N, D]``, ``p_0`` the baseline, ``p_{P-1}`` the input; see :mod:`saliency_fast.methods.dig`).
 
     Every token walks its own path, independent of the others, so a target's prefix path is the
-    prefix of the sequence's: one forward per batch of path points serves a whole chunk of targets.
+    prefix of the sequence's: each batch of path points serves every chunk of targets.
     Returns the signed completeness error of every target ``[T]``.
     """
     change = cp.total_change(paths[0])
     delta = torch.zeros(cp.n_targets, dtype=torch.float32)
     n_steps = paths.shape[0] - 1  # no gradient at the input: its step is zero
     steps_per_batch = max(1, min(steps_per_batch, n_steps))
-    chunks = cp.chunks(rows=steps_per_batch)
-    with cp.progress_bar(len(chunks) * -(-n_steps // steps_per_batch), "discretized_integrated_gradients"):
+    starts = range(0, n_steps, steps_per_batch)
+    sizes = [min(steps_per_batch, n_steps - k) for k in starts]
+    gradients = PointGradients(cp, sizes, lambda j: paths[starts[j] : starts[j] + sizes[j]])
+    chunks = gradients.chunks()
+    with cp.progress_bar(len(chunks) * len(starts), "discretized_integrated_gradients"):
         for chunk in chunks:
             acc = torch.zeros((chunk.size, chunk.length, paths.shape[-1]), dtype=torch.float32, device=paths.device)
-            for k in range(0, n_steps, steps_per_batch):
-                points = paths[k : k + steps_per_batch, : chunk.length]
-                grads = cp.gradients(points, chunk).float()
+            for j, (k, size) in enumerate(zip(starts, sizes)):
+                grads = gradients(chunk, j).float()
                 with torch.no_grad():
-                    step = paths[k + 1 : k + 1 + points.shape[0], : chunk.length].float() - points.float()
-                    acc += (grads * step).sum(1)
+                    segment = paths[k : k + size + 1, : chunk.length].float()
+                    acc += (grads * (segment[1:] - segment[:-1])).sum(1)
             delta[chunk.start : chunk.end] = acc.sum((1, 2)).cpu() - change[chunk.start : chunk.end]
             board.put(chunk, acc)
     return delta
@@ -405,14 +446,17 @@ def noise_tunnel(
     target; ``noise`` is ``[n_samples, N, D]``, sample ``k`` of a target's prefix is ``noise[k, :L]``."""
     n_samples = noise.shape[0]
     samples_per_batch = max(1, min(samples_per_batch, n_samples))
-    chunks = cp.chunks(rows=samples_per_batch)
-    with cp.progress_bar(len(chunks) * -(-n_samples // samples_per_batch), kind):
+    x = cp.embeds[: cp.prefix_length]
+    starts = range(0, n_samples, samples_per_batch)
+    sizes = [min(samples_per_batch, n_samples - k) for k in starts]
+    gradients = PointGradients(cp, sizes, lambda j: x + noise[starts[j] : starts[j] + sizes[j], : cp.prefix_length])
+    chunks = gradients.chunks()
+    with cp.progress_bar(len(chunks) * len(starts), kind):
         for chunk in chunks:
-            x = cp.embeds[: chunk.length]
-            total = torch.zeros((chunk.size, *x.shape), dtype=torch.float32, device=x.device)
+            total = torch.zeros((chunk.size, chunk.length, x.shape[-1]), dtype=torch.float32, device=x.device)
             squares = torch.zeros_like(total) if kind == "vargrad" else None
-            for k in range(0, n_samples, samples_per_batch):
-                grads = cp.gradients(x + noise[k : k + samples_per_batch, : chunk.length], chunk).float()
+            for k in range(len(starts)):
+                grads = gradients(chunk, k).float()
                 total += grads.sum(1)
                 if squares is not None:
                     squares += grads.square().sum(1)
