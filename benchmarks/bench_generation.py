@@ -18,7 +18,9 @@ at GPT-2-small width that is hours on a small CPU, so the every-step run uses a 
 (``--long-layers/--long-embd/--long-heads``, default 1 layer of 128 dims), then the last
 ``--width-steps`` steps (8) run on the full GPT-2-small architecture (12 layers of 768): memory is
 set by the longest chunk (the last one), so the peak of the last steps is the peak of a whole run
-at that width.
+at that width. The narrow model's kept activations fit the hand-written GPT-2 pass
+(``saliency_fast/hf/gpt2_gradients.py``; its one block is the last, run at each target's row);
+GPT-2-small's at 4,096 tokens do not (11 GB), so the width run takes the generic autograd pass.
 
     python benchmarks/bench_generation.py                 # both cases, saliency + IG
     python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed repeat

@@ -1,26 +1,30 @@
-"""Every generation target's gradient on GPT-2 models, from one forward and a hand-written backward.
+"""Every generation target's gradient on GPT-2 models, from kept forwards and a hand-written backward.
 
 The generic single pass (:mod:`saliency_fast.hf.causal_pass`) runs one forward per chunk of targets
-and batches the chunk's backward through autograd under vmap. On GPT-2 that leaves work no score
-needs: every target of a chunk runs over the chunk's longest prefix, the forward is recomputed per
-chunk, and vmap glues the shared forward to the batched gradients with copies (attention operands
-expanded per target, LayerNorm and softmax backward run target by target, then stacked). Here:
+(and batch of points) and batches the chunk's backward through autograd under vmap. On GPT-2 that
+leaves work no score needs: every target of a chunk runs over the chunk's longest prefix, the
+forward is recomputed per chunk, and vmap glues the shared forward to the batched gradients with
+copies (attention operands expanded per target, LayerNorm and softmax backward run target by
+target, then stacked). Here:
 
-- one forward over the whole sequence keeps what the backward reads (normalised LayerNorm inputs,
-  attention probabilities, queries, keys and values, the activation's derivative). By causality,
-  every prefix's activations are the first rows of the sequence's, so it serves every target;
-- the backward is written out for a batch of targets over those shared activations: each
-  weight's input gradient is one matmul over every target's rows, elementwise factors broadcast;
+- one forward per batch of points (the input, path points, noisy copies) over the whole sequence
+  keeps what the backward reads (LayerNorm inputs and statistics, attention probabilities, queries,
+  keys and values, the activation's derivative). By causality every prefix's activations are the
+  first rows of the sequence's, so it serves every target;
+- the backward is written out for a batch of targets over those shared activations: each weight's
+  input gradient is one matmul over every target's rows, the activation's derivative a broadcast
+  multiply, the LayerNorm and softmax backward the native kernels, called once per target;
 - targets go in small chunks of neighbouring positions, each on its own prefix, so padding to the
-  chunk's longest prefix costs a few rows, not a chunk's spread;
+  chunk's longest prefix costs a few rows, not a large chunk's spread;
 - the last block runs at each target's own row only (its query, attention output, MLP and the
   final norm are read there and nowhere else); its keys and values reach every earlier row.
 
-It computes what autograd computes on the model (tested against the generic pass and a per-prefix
-loop); a probe on a tiny input checks, once per model, that the hand-written forward gives the
-model's hidden states. Only float32-or-wider models without autocast, and sequences whose saved
-activations fit :data:`MAX_STATE_BYTES` (attention probabilities grow with the square of the
-length; longer sequences take the generic pass, whose memory stays bounded).
+It computes what autograd computes on the model (tested against autograd on each prefix in float64,
+and against the generic pass); a probe on a tiny input checks, once per model, that the written-out
+forward gives the model's hidden states and its backward autograd's gradients. Taken only without
+autocast, in eval mode, and where the kept activations fit :data:`MAX_STATE_BYTES` (attention
+probabilities grow with the square of the length; longer sequences take the generic pass, whose
+memory stays bounded).
 """
 
 from __future__ import annotations
