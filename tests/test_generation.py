@@ -305,6 +305,7 @@ def test_saliency_reads_the_head_once_for_all_chunks(explainer, hand_written, mo
     calls = []
     handle = head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
     try:
+        assert (gpt2_gradients.for_model(explainer.model, 1, N_TOKENS, None) is not None) == hand_written
         ours = run(explainer, "saliency", target="prob", aggregate="none", target_batch_size=1)
     finally:
         handle.remove()
@@ -317,10 +318,10 @@ def test_the_last_mlp_runs_at_the_target_rows_only(explainer, monkeypatch):
     passes it runs at the chunk's target positions only, and the hidden states there stay exact."""
     from saliency_fast.hf import lm_head
 
-    monkeypatch.setattr(gpt2_gradients, "MAX_STATE_BYTES", 0)
+    monkeypatch.setattr(gpt2_gradients, "for_model", lambda *args: None)
     model = explainer.model
     mlp = model.transformer.h[-1].mlp
-    assert lm_head.probed(model, lm_head._probe_last_mlp) is mlp
+    assert lm_head._probed(model, lm_head._probe_last_mlp) is mlp
     rows_seen = []
     handle = mlp.c_fc.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[-2]))
     try:
@@ -345,7 +346,7 @@ def test_a_last_mlp_shared_with_another_block_is_never_cut():
 
     model, _ = tiny_gpt2()
     model.transformer.h[0].mlp = model.transformer.h[-1].mlp  # tied blocks (ALBERT-style sharing)
-    assert lm_head.probed(model, lm_head._probe_last_mlp) is None
+    assert lm_head._probed(model, lm_head._probe_last_mlp) is None
 
 
 @pytest.mark.parametrize("method,kwargs", [

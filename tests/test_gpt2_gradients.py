@@ -119,7 +119,7 @@ def test_target_batch_size_caps_the_chunks(monkeypatch):
     assert calls == [3, 3, 2]
 
 
-@pytest.mark.parametrize("why", ["training", "bf16", "too long"])
+@pytest.mark.parametrize("why", ["training", "bf16", "too long", "hook"])
 def test_the_generic_pass_runs_where_the_hand_written_one_does_not_apply(why, monkeypatch):
     model, tok = tiny_gpt2()
     kwargs = {}
@@ -127,10 +127,28 @@ def test_the_generic_pass_runs_where_the_hand_written_one_does_not_apply(why, mo
         model.train()  # dropout is 0 in tiny_gpt2, so results still compare
     elif why == "bf16":
         kwargs["dtype"] = torch.bfloat16
+    elif why == "hook":  # the written-out forward would skip it
+        model.transformer.h[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
     else:
         monkeypatch.setattr(gpt2_gradients, "MAX_STATE_BYTES", gpt2_gradients.GPT2Gradients(model).state_bytes(1, 11) - 1)
     assert gpt2_gradients.for_model(model, 1, 11, kwargs.get("dtype")) is None
     saliency(_explainer(model, tok), False, monkeypatch, **kwargs)
+
+
+def test_a_hook_that_only_observes_keeps_the_hand_written_pass(monkeypatch):
+    """transformers installs output-capturing hooks on the blocks the first time attentions are
+    asked for: they change nothing, so the probe (rerun when the hooks change) passes."""
+    explainer = _explainer(*tiny_gpt2())
+    model = explainer.model
+    assert gpt2_gradients.for_model(model, 1, 11, None) is not None
+    model.transformer.h[1].attn.register_forward_hook(lambda module, args, out: None)
+    model(torch.tensor([[1, 2, 3]]), output_attentions=True)
+    assert gpt2_gradients.for_model(model, 1, 11, None) is not None
+    saliency(explainer, True, monkeypatch)
+    handle = model.transformer.h[1].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    assert gpt2_gradients.for_model(model, 1, 11, None) is None
+    handle.remove()
+    assert gpt2_gradients.for_model(model, 1, 11, None) is not None
 
 
 class _Shifted(nn.Module):

@@ -30,6 +30,7 @@ memory stays bounded).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import torch
 from torch import nn
@@ -176,13 +177,34 @@ class GPT2Gradients:
 def for_model(model: nn.Module, n_points: int, length: int, dtype: torch.dtype | None) -> GPT2Gradients | None:
     """The hand-written pass for ``n_points`` points of ``length`` tokens when it computes what the
     model computes: a GPT-2 body in eval mode (dropout off), no autocast ``dtype``, a float32 or
-    float64 model, and saved activations within :data:`MAX_STATE_BYTES`; else None."""
+    float64 model, and saved activations within :data:`MAX_STATE_BYTES`; else None. Checked by
+    :func:`_probe` once per model and set of forward hooks: a hook that changes an output turns the
+    pass off (transformers' own output-capturing hooks do not); hooks that only observe do not run
+    in it."""
     if dtype is not None or model.training:
         return None
-    engine = lm_head.probed(model, _probe)
+    key = _hooks_key(getattr(model, "transformer", model))
+    found = _probed.get(model)
+    if found is None or found[0] != key:
+        found = _probed[model] = (key, _probe(model))
+    engine = found[1]
     if engine is None or engine.state_bytes(n_points, length) > MAX_STATE_BYTES:
         return None
     return engine
+
+
+_probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _hooks_key(body: nn.Module) -> tuple:
+    """The forward (pre-)hooks that run in ``body``: global ones and each module's, by handle id."""
+    from torch.nn.modules import module as torch_module
+
+    return (
+        tuple(torch_module._global_forward_hooks), tuple(torch_module._global_forward_pre_hooks),
+        tuple((id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
+              for m in body.modules() if m._forward_hooks or m._forward_pre_hooks),
+    )
 
 
 def _is_gpt2_body(body: nn.Module | None) -> bool:

@@ -54,7 +54,7 @@ class CausalLMScorer:
             raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {head!r}")
         self.model = model
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._splits = head == "auto" and probed(model, _probe_split)
+        self._splits = head == "auto" and _probed(model, _probe_split)
 
     @property
     def splits(self) -> bool:
@@ -74,7 +74,7 @@ class CausalLMScorer:
         """The body's final hidden states ``[B, L, D]`` (only when :attr:`splits`); with ``rows``
         (positions ``[T]``) they are exact at those rows only: the rest of the last block's MLP is
         skipped when the model allows it (see :func:`mlp_at_rows`)."""
-        mlp = probed(self.model, _probe_last_mlp) if rows is not None else None
+        mlp = _probed(self.model, _probe_last_mlp) if rows is not None else None
         with contextlib.nullcontext() if mlp is None else mlp_at_rows(mlp, rows):
             return body_hidden(self.model, embeds)
 
@@ -110,7 +110,7 @@ def _row_logits(head: nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) 
     return out
 
 
-def probed(model: nn.Module, probe):
+def _probed(model: nn.Module, probe):
     """``probe(model)``: whether (or how) a shortcut reproduces the model, checked once per model."""
     found = _probe_results.setdefault(model, {})
     if probe not in found:
