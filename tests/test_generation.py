@@ -8,12 +8,14 @@ forwards, chunked or not, with the logit-only head or the full one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, generation, gpt2_gradients
+from saliency_fast.hf import causal_pass, generation, gpt2_gradients, lm_head
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -508,3 +510,14 @@ def test_default_rows_fill_the_budget_in_even_batches():
     assert generation._default_rows(cp, 16) == 4  # 4 x 4, not 5 + 5 + 5 + 1
     assert generation._default_rows(cp, 3) == 3 and generation._default_rows(cp, 10) == 5
     assert generation._default_rows(SimpleNamespace(max_batch_tokens=10, target_batch_size=16, prefix_length=95), 16) == 1
+    assert generation._default_rows(cp, 16, targets=8) == 8  # the hand-written pass's chunks: 10 points fit, 8 + 8
+
+
+def test_the_hand_written_pass_takes_fewer_targets_per_backward(explainer):
+    cp = causal_pass.CausalPass(
+        scorer=lm_head.CausalLMScorer(explainer.model), embeds=torch.randn(9, 32), positions=torch.arange(2, 8),
+        token_ids=torch.arange(6), target="prob",
+    )
+    assert cp.hand_written(4) is not None
+    assert cp.targets_per_backward(4) == gpt2_gradients.TARGETS_PER_CHUNK < cp.target_batch_size
+    assert dataclasses.replace(cp, dtype=torch.bfloat16).targets_per_backward(4) == cp.target_batch_size  # autograd

@@ -116,6 +116,19 @@ class CausalPass:
         """Target chunks for ``rows`` points per forward."""
         return plan_chunks(self.positions.tolist(), rows, self.max_batch_tokens, self.target_batch_size)
 
+    def hand_written(self, n_points: int) -> gpt2_gradients.GPT2Gradients | None:
+        """The hand-written pass (:mod:`saliency_fast.hf.gpt2_gradients`) for ``n_points`` points over
+        the sequence, where the model has one; None where autograd runs."""
+        if not self.scorer.splits:
+            return None
+        return gpt2_gradients.for_model(self.scorer.model, n_points, self.prefix_length, self.dtype)
+
+    def targets_per_backward(self, n_points: int) -> int:
+        """The most targets one backward takes when ``n_points`` points are attributed."""
+        if self.hand_written(n_points) is None:
+            return self.target_batch_size
+        return min(self.target_batch_size, gpt2_gradients.TARGETS_PER_CHUNK)
+
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -286,8 +299,7 @@ class PointGradients:
 
     def __init__(self, cp: CausalPass, sizes: list[int], points: Callable[[int], torch.Tensor]):
         self.cp, self.sizes, self.points = cp, sizes, points
-        model = cp.scorer.model
-        self.engine = gpt2_gradients.for_model(model, sum(sizes), cp.prefix_length, cp.dtype) if cp.scorer.splits else None
+        self.engine = cp.hand_written(sum(sizes))
         self._shared_heads = SharedHeadGradients() if len(sizes) == 1 and self.engine is None else None
         self._states, self._heads = [], []
 
@@ -296,7 +308,7 @@ class PointGradients:
         if self.engine is None:
             chunks = self.cp.chunks(rows)
             return chunks[::-1] if self._shared_heads is not None else chunks
-        most = min(self.cp.target_batch_size, gpt2_gradients.TARGETS_PER_CHUNK)
+        most = self.cp.targets_per_backward(sum(self.sizes))
         return plan_chunks(self.cp.positions.tolist(), rows, self.cp.max_batch_tokens, most)
 
     def __call__(self, chunk: Chunk, k: int) -> torch.Tensor:

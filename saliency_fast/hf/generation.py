@@ -296,7 +296,8 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
         alphas, weights = quadrature.nodes_and_weights(method, n_steps)
         rule = causal_pass.PathRule(alphas.to(cp.embeds.device), weights.to(cp.embeds.device))
         n_points = n_steps
-    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points)
+    targets = cp.target_batch_size if rule.levels is not None else cp.targets_per_backward(n_points)  # auto: autograd
+    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points, targets)
     found = causal_pass.integrated_gradients(cp, board, baselines, rule, _positive_int(per_batch, "internal_batch_size"))
     if rule.levels is not None:
         ig._warn_unconverged(found, rule.rtol, rule.atol, options["max_steps"])
@@ -327,7 +328,7 @@ def _discretized(cp, board, explainer, input_ids, keep, baseline, kwargs: dict) 
         constant=keep.unsqueeze(0), show_progress=cp.progress,
     )[:, 0]
     n_points = paths.shape[0] - 1
-    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points)
+    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points, cp.targets_per_backward(n_points))
     delta = causal_pass.discretized_integrated_gradients(
         cp, board, paths, _positive_int(per_batch, "internal_batch_size"))
     return {"n_steps": n_points, "completeness_error": delta.abs().tolist()}
@@ -342,7 +343,7 @@ def _noise_tunnel(cp, board, kind: str, kwargs: dict) -> None:
     if options["stdevs_relative"]:
         stdev = float(stdev) * float(cp.embeds.float().std())
     noise = sample_noise(n_samples, cp.embeds.shape, float(stdev), options["seed"])
-    per_batch = options.get("nt_samples_batch_size") or _default_rows(cp, n_samples)
+    per_batch = options.get("nt_samples_batch_size") or _default_rows(cp, n_samples, cp.targets_per_backward(n_samples))
     causal_pass.noise_tunnel(
         cp, board, noise.to(device=cp.embeds.device, dtype=cp.embeds.dtype),
         _positive_int(per_batch, "nt_samples_batch_size"), kind,
@@ -379,10 +380,12 @@ def _engine_options(engine: dict) -> dict:
     return options
 
 
-def _default_rows(cp, n_points: int) -> int:
-    """Points per forward: as many as fill the token budget with a full chunk of targets, spread
-    evenly over the batches (16 points at most 5 a batch: 4 x 4, not 5 + 5 + 5 + 1)."""
-    most = max(1, min(n_points, cp.max_batch_tokens // (cp.target_batch_size * cp.prefix_length)))
+def _default_rows(cp, n_points: int, targets: int | None = None) -> int:
+    """Points per forward: as many as fill the token budget with a full chunk of ``targets`` targets
+    (default ``cp.target_batch_size``), spread evenly over the batches (16 points at most 5 a batch:
+    4 x 4, not 5 + 5 + 5 + 1)."""
+    targets = cp.target_batch_size if targets is None else targets
+    most = max(1, min(n_points, cp.max_batch_tokens // (targets * cp.prefix_length)))
     return -(-n_points // -(-n_points // most))
 
 
