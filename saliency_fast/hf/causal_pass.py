@@ -325,6 +325,15 @@ class PointGradients:
         return self.cp.checked(grads)[0]
 
 
+def _batches(n: int, per_batch: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of consecutive batches of at most ``per_batch`` of ``n`` points."""
+    return [(start, min(per_batch, n - start)) for start in range(0, n, per_batch)]
+
+
+def _slice(batch: tuple[int, int]) -> slice:
+    return slice(batch[0], batch[0] + batch[1])
+
+
 def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> None:
     """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix."""
     x = cp.embeds[: cp.prefix_length]
@@ -389,19 +398,19 @@ def _fixed_rule_integrated_gradients(cp: CausalPass, board: ScoreBoard, baseline
     """IG of a fixed rule, ``steps_per_batch`` path points at a time; returns every target's sum of
     attributions ``[T]``."""
     x, b = cp.embeds[: cp.prefix_length], baseline[: cp.prefix_length]
-    starts = range(0, len(rule.alphas), steps_per_batch)
-    alphas = [rule.alphas[i : i + steps_per_batch] for i in starts]
-    gradients = PointGradients(cp, [len(a) for a in alphas], lambda j: ops.ig_interpolate(x, b, alphas[j]))
+    batches = _batches(len(rule.alphas), steps_per_batch)
+    gradients = PointGradients(cp, [size for _, size in batches],
+                               lambda j: ops.ig_interpolate(x, b, rule.alphas[_slice(batches[j])]))
     sums = torch.zeros(cp.n_targets, dtype=torch.float32)
     chunks = gradients.chunks()
-    with cp.progress_bar(len(chunks) * len(starts), "integrated_gradients"):
+    with cp.progress_bar(len(chunks) * len(batches), "integrated_gradients"):
         for chunk in chunks:
             shape = (chunk.size, chunk.length, x.shape[-1])
             xs, bs = x[: chunk.length].expand(shape), b[: chunk.length].expand(shape)
             acc = torch.zeros(shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device)
-            for k, i in enumerate(starts):
-                grads = gradients(chunk, k).to(x.dtype).transpose(0, 1)  # [S_k, T_chunk, L, D]
-                ops.ig_accumulate_(acc, grads, rule.weights[i : i + steps_per_batch].to(x.dtype), xs, bs)
+            for j, batch in enumerate(batches):
+                grads = gradients(chunk, j).to(x.dtype).transpose(0, 1)  # [S_j, T_chunk, L, D]
+                ops.ig_accumulate_(acc, grads, rule.weights[_slice(batch)].to(x.dtype), xs, bs)
             sums[chunk.start : chunk.end] = acc.sum((1, 2)).cpu()
             board.put(chunk, acc)
     return sums
@@ -434,14 +443,13 @@ def discretized_integrated_gradients(cp: CausalPass, board: ScoreBoard, paths: t
     delta = torch.zeros(cp.n_targets, dtype=torch.float32)
     n_steps = paths.shape[0] - 1  # no gradient at the input: its step is zero
     steps_per_batch = max(1, min(steps_per_batch, n_steps))
-    starts = range(0, n_steps, steps_per_batch)
-    sizes = [min(steps_per_batch, n_steps - k) for k in starts]
-    gradients = PointGradients(cp, sizes, lambda j: paths[starts[j] : starts[j] + sizes[j]])
+    batches = _batches(n_steps, steps_per_batch)
+    gradients = PointGradients(cp, [size for _, size in batches], lambda j: paths[_slice(batches[j])])
     chunks = gradients.chunks()
-    with cp.progress_bar(len(chunks) * len(starts), "discretized_integrated_gradients"):
+    with cp.progress_bar(len(chunks) * len(batches), "discretized_integrated_gradients"):
         for chunk in chunks:
             acc = torch.zeros((chunk.size, chunk.length, paths.shape[-1]), dtype=torch.float32, device=paths.device)
-            for j, (k, size) in enumerate(zip(starts, sizes)):
+            for j, (k, size) in enumerate(batches):
                 grads = gradients(chunk, j).float()
                 with torch.no_grad():
                     segment = paths[k : k + size + 1, : chunk.length].float()
@@ -459,16 +467,16 @@ def noise_tunnel(
     n_samples = noise.shape[0]
     samples_per_batch = max(1, min(samples_per_batch, n_samples))
     x = cp.embeds[: cp.prefix_length]
-    starts = range(0, n_samples, samples_per_batch)
-    sizes = [min(samples_per_batch, n_samples - k) for k in starts]
-    gradients = PointGradients(cp, sizes, lambda j: x + noise[starts[j] : starts[j] + sizes[j], : cp.prefix_length])
+    batches = _batches(n_samples, samples_per_batch)
+    gradients = PointGradients(cp, [size for _, size in batches],
+                               lambda j: x + noise[_slice(batches[j]), : cp.prefix_length])
     chunks = gradients.chunks()
-    with cp.progress_bar(len(chunks) * len(starts), kind):
+    with cp.progress_bar(len(chunks) * len(batches), kind):
         for chunk in chunks:
             total = torch.zeros((chunk.size, chunk.length, x.shape[-1]), dtype=torch.float32, device=x.device)
             squares = torch.zeros_like(total) if kind == "vargrad" else None
-            for k in range(len(starts)):
-                grads = gradients(chunk, k).float()
+            for j in range(len(batches)):
+                grads = gradients(chunk, j).float()
                 total += grads.sum(1)
                 if squares is not None:
                     squares += grads.square().sum(1)
