@@ -113,20 +113,41 @@ def test_path_and_noise_methods_equal_the_generic_pass(method, kwargs, n_batches
                                    rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("method,kwargs", [("saliency", {}), ("integrated_gradients", {"n_steps": 6, "baseline": "unk"})])
+def test_bfloat16_runs_the_matmuls_in_bf16_and_stays_close(method, kwargs, monkeypatch):
+    """With ``dtype=torch.bfloat16`` the projections and attention matmuls run in bf16 (norms,
+    softmax and the residual stream in float32, as under autocast): as close to float32 as the
+    generic autocast pass is."""
+    explainer = _explainer(*tiny_gpt2(n_layer=3))
+    args = dict(method=method, target="prob", aggregate="l2", **kwargs)
+    exact, _ = saliency(explainer, True, monkeypatch, **args)
+    ours, _ = saliency(explainer, True, monkeypatch, dtype=torch.bfloat16, **args)
+    generic, _ = saliency(explainer, False, monkeypatch, dtype=torch.bfloat16, **args)
+    mask = exact.mask
+
+    def error(result):
+        return float((result.scores[mask] - exact.scores[mask]).abs().max() / exact.scores[mask].abs().max())
+
+    assert 0 < error(ours) < 2e-2 and error(ours) < 3 * error(generic)
+    engine = gpt2_gradients.for_model(explainer.model, 1, 11, torch.bfloat16)
+    state = engine.forward(torch.randn(1, 11, 32), engine.weights(torch.bfloat16))
+    assert state.blocks[0].q.dtype == torch.bfloat16 and state.hidden.dtype == torch.float32
+
+
 def test_target_batch_size_caps_the_chunks(monkeypatch):
     explainer = _explainer(*tiny_gpt2())
     _, calls = saliency(explainer, True, monkeypatch, target_batch_size=3)
     assert calls == [3, 3, 2]
 
 
-@pytest.mark.parametrize("why", ["training", "bf16", "too long", "hook"])
+@pytest.mark.parametrize("why", ["training", "fp16", "too long", "hook"])
 def test_the_generic_pass_runs_where_the_hand_written_one_does_not_apply(why, monkeypatch):
     model, tok = tiny_gpt2()
     kwargs = {}
     if why == "training":
         model.train()  # dropout is 0 in tiny_gpt2, so results still compare
-    elif why == "bf16":
-        kwargs["dtype"] = torch.bfloat16
+    elif why == "fp16":  # bf16 runs here, fp16 (overflow-prone) under autocast only
+        kwargs["dtype"] = torch.float16
     elif why == "hook":  # the written-out forward would skip it
         model.transformer.h[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
     else:

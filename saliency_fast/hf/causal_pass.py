@@ -316,8 +316,9 @@ class PointGradients:
         if self.engine is None:
             return self.cp.gradients(self.points(k)[:, : chunk.length], chunk, shared_heads=self._shared_heads)
         if not self._states:  # every batch's forward and head gradients, once
+            weights = self.engine.weights(self.cp.dtype)
             for j in range(len(self.sizes)):
-                state = self.engine.forward(self.points(j)[:, : self.cp.prefix_length])
+                state = self.engine.forward(self.points(j)[:, : self.cp.prefix_length], weights)
                 self._states.append(state)
                 self._heads.append(self.cp.head_gradients(state.hidden[:, self.cp.positions], self.cp.token_ids))
         targets = slice(chunk.start, chunk.end)

@@ -21,8 +21,10 @@ target, then stacked). Here:
 
 It computes what autograd computes on the model (tested against autograd on each prefix in float64,
 and against the generic pass); a probe on a tiny input checks, once per model, that the written-out
-forward gives the model's hidden states and its backward autograd's gradients. Taken only without
-autocast, in eval mode, and where the kept activations fit :data:`MAX_STATE_BYTES` (attention
+forward gives the model's hidden states and its backward autograd's gradients. With
+``dtype=torch.bfloat16`` the matmuls run in bf16 and the norms, softmax and residual stream in
+float32, as under autocast. Taken only in eval mode, in float32 or bf16 (not fp16: its range needs
+autocast's care), and where the kept activations fit :data:`MAX_STATE_BYTES` (attention
 probabilities grow with the square of the length; longer sequences take the generic pass, whose
 memory stays bounded).
 """
@@ -58,7 +60,18 @@ class _Norm:
 
 
 @dataclasses.dataclass
+class _BlockWeights:
+    """A block's four projections ``(W [in, out], b)``, in the dtype its matmuls run in."""
+
+    attn: tuple[torch.Tensor, torch.Tensor]
+    attn_proj: tuple[torch.Tensor, torch.Tensor]
+    fc: tuple[torch.Tensor, torch.Tensor]
+    proj: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclasses.dataclass
 class _BlockState:
+    weights: _BlockWeights
     norm1: _Norm
     q: torch.Tensor  # [S, H, L, dh], times the attention's scaling (as are the keys)
     k: torch.Tensor
@@ -98,25 +111,39 @@ class GPT2Gradients:
 
     # ------------------------------------------------------------------------------- forward
 
+    def weights(self, dtype: torch.dtype | None = None) -> list[_BlockWeights]:
+        """Every block's projections for matmuls in ``dtype`` (None: the model's own weights, no
+        copy; ``torch.bfloat16``: one cast per call, as autocast's)."""
+
+        def cast(conv):
+            return tuple(t.detach() if dtype is None else t.detach().to(dtype) for t in (conv.weight, conv.bias))
+
+        return [_BlockWeights(cast(b.attn.c_attn), cast(b.attn.c_proj), cast(b.mlp.c_fc), cast(b.mlp.c_proj))
+                for b in self.blocks]
+
     @torch.no_grad()
-    def forward(self, embeds: torch.Tensor) -> ForwardState:
-        """The body's forward on word embeddings ``[S, L, D]``, keeping what :meth:`backward` reads."""
+    def forward(self, embeds: torch.Tensor, weights: list[_BlockWeights] | None = None) -> ForwardState:
+        """The body's forward on word embeddings ``[S, L, D]``, keeping what :meth:`backward` reads.
+        ``weights`` (see :meth:`weights`) set the matmuls' dtype; the residual stream, the norms and
+        the softmax stay in the embeddings' dtype, as under autocast."""
+        weights = self.weights() if weights is None else weights
         length = embeds.shape[1]
         h = embeds + self.wpe[:length]
         causal = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
         states = []
-        for block in self.blocks:
+        for block, w in zip(self.blocks, weights):
             attn, mlp = block.attn, block.mlp
             a, norm1 = _layer_norm(h, block.ln_1)
-            q, k, v = (_heads(t, self.n_heads) for t in _conv1d(a, attn.c_attn).chunk(3, dim=-1))
-            scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling
-            probs = torch.softmax(scores.masked_fill(~causal, torch.finfo(scores.dtype).min), dim=-1)
-            h = h + _conv1d(_merge_heads(torch.matmul(probs, v)), attn.c_proj)
+            q, k, v = (_heads(t, self.n_heads) for t in _conv1d(a, w.attn).chunk(3, dim=-1))
+            scores = torch.matmul(q, k.transpose(-1, -2)).to(h.dtype) * attn.scaling
+            probs = torch.softmax(scores.masked_fill(~causal, torch.finfo(scores.dtype).min), dim=-1).to(v.dtype)
+            h = h + _conv1d(_merge_heads(torch.matmul(probs, v)), w.attn_proj).to(h.dtype)
             m, norm2 = _layer_norm(h, block.ln_2)
-            pre = _conv1d(m, mlp.c_fc)
+            pre = _conv1d(m, w.fc)
             fused = lean_backward.activation_pair(mlp.act)
-            h = h + _conv1d(fused.value(pre), mlp.c_proj)
-            states.append(_BlockState(norm1, q * attn.scaling, k * attn.scaling, v, probs, norm2, fused.derivative(pre)))
+            h = h + _conv1d(fused.value(pre), w.proj).to(h.dtype)
+            states.append(_BlockState(w, norm1, q * attn.scaling, k * attn.scaling, v, probs, norm2,
+                                      fused.derivative(pre)))
         hidden, final = _layer_norm(h, self.ln_f)
         return ForwardState(hidden, states, final)
 
@@ -139,10 +166,10 @@ class GPT2Gradients:
                     length: int) -> torch.Tensor:
         """The last block's backward from its output gradient ``top`` at each target's row (``[T, S, D]``):
         MLP, attention output and query at that row only; keys and values at every row up to it."""
-        attn, mlp, at = block.attn, block.mlp, _rows(positions)
-        inner = _conv1d_grad(top, mlp.c_proj).mul_(at(saved.act_grad))
-        top = top + _layer_norm_backward(_conv1d_grad(inner, mlp.c_fc), at(saved.norm2), block.ln_2)
-        d_out = _heads(_conv1d_grad(top, attn.c_proj).unsqueeze(-2), self.n_heads).squeeze(-2)  # [T, S, H, dh]
+        w, at = saved.weights, _rows(positions)
+        inner = _conv1d_grad(top, w.proj).mul_(at(saved.act_grad))
+        top = top + _layer_norm_backward(_conv1d_grad(inner, w.fc), at(saved.norm2), block.ln_2)
+        d_out = _heads(_conv1d_grad(top, w.attn_proj).unsqueeze(-2), self.n_heads).squeeze(-2)  # [T, S, H, dh]
         probs = at(saved.probs, dim=2)[..., :length]  # [T, S, H, Lc]: each target's query row
         k, v = saved.k[:, :, :length], saved.v[:, :, :length]
         d_scores = _softmax_backward(torch.einsum("tshd,shld->tshl", d_out, v), probs)
@@ -150,19 +177,19 @@ class GPT2Gradients:
         d_k = d_scores.unsqueeze(-1) * at(saved.q, dim=2).unsqueeze(-2)  # [T, S, H, Lc, dh]
         d_v = probs.unsqueeze(-1) * d_out.unsqueeze(-2)
         d_kv = torch.cat([_merge_heads(d_k), _merge_heads(d_v)], dim=-1)  # [T, S, Lc, 2D]
-        d_a = torch.matmul(d_kv, attn.c_attn.weight[:, top.shape[-1]:].T)
+        d_a = torch.matmul(d_kv, w.attn[0][:, top.shape[-1]:].T)
         index = torch.arange(len(positions), device=top.device)
-        d_a[index, :, positions] += torch.matmul(d_q.flatten(-2), attn.c_attn.weight[:, : top.shape[-1]].T)
+        d_a[index, :, positions] += torch.matmul(d_q.flatten(-2), w.attn[0][:, : top.shape[-1]].T)
         grad = _layer_norm_backward(d_a, _crop(saved.norm1, length), block.ln_1)
         grad[index, :, positions] += top
         return grad
 
     def _block(self, saved: _BlockState, block: nn.Module, grad: torch.Tensor, length: int) -> torch.Tensor:
         """One block's backward for gradients ``[T, S, Lc, D]`` of its output."""
-        attn, mlp = block.attn, block.mlp
-        inner = _conv1d_grad(grad, mlp.c_proj).mul_(saved.act_grad[:, :length])
-        grad = grad + _layer_norm_backward(_conv1d_grad(inner, mlp.c_fc), _crop(saved.norm2, length), block.ln_2)
-        d_out = _heads(_conv1d_grad(grad, attn.c_proj), self.n_heads)  # [T, S, H, Lc, dh]
+        w = saved.weights
+        inner = _conv1d_grad(grad, w.proj).mul_(saved.act_grad[:, :length])
+        grad = grad + _layer_norm_backward(_conv1d_grad(inner, w.fc), _crop(saved.norm2, length), block.ln_2)
+        d_out = _heads(_conv1d_grad(grad, w.attn_proj), self.n_heads)  # [T, S, H, Lc, dh]
         probs = saved.probs[:, :, :length, :length]
         q, k, v = (t[:, :, :length] for t in (saved.q, saved.k, saved.v))
         d_scores = _softmax_backward(torch.matmul(d_out, v.transpose(-1, -2)), probs)
@@ -171,17 +198,18 @@ class GPT2Gradients:
             dim=-3,
         )  # [T, S, H, 3, Lc, dh] -> [T, S, Lc, 3 D] in c_attn's (q, k, v | head | dh) order
         d_qkv = d_qkv.permute(0, 1, 4, 3, 2, 5).flatten(-3)
-        return grad + _layer_norm_backward(_conv1d_grad(d_qkv, attn.c_attn), _crop(saved.norm1, length), block.ln_1)
+        return grad + _layer_norm_backward(_conv1d_grad(d_qkv, w.attn), _crop(saved.norm1, length), block.ln_1)
 
 
 def for_model(model: nn.Module, n_points: int, length: int, dtype: torch.dtype | None) -> GPT2Gradients | None:
     """The hand-written pass for ``n_points`` points of ``length`` tokens when it computes what the
-    model computes: a GPT-2 body in eval mode (dropout off), no autocast ``dtype``, a float32 or
-    float64 model, and saved activations within :data:`MAX_STATE_BYTES`; else None. Checked by
+    model computes: a GPT-2 body in eval mode (dropout off), a float32 or float64 model, ``dtype``
+    None or ``torch.bfloat16`` (its matmuls then run in bf16, the rest as under autocast), and saved
+    activations within :data:`MAX_STATE_BYTES`; else None. Checked by
     :func:`_probe` once per model and set of forward hooks: a hook that changes an output turns the
     pass off (transformers' own output-capturing hooks do not); hooks that only observe do not run
     in it."""
-    if dtype is not None or model.training:
+    if dtype not in (None, torch.bfloat16) or model.training:
         return None
     key = _hooks_key(getattr(model, "transformer", model))
     found = _probed.get(model)
@@ -255,14 +283,16 @@ def _probe(model: nn.Module) -> GPT2Gradients | None:
 # ----------------------------------------------------------------------------------- pieces
 
 
-def _conv1d(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    """transformers' ``Conv1D``: ``x @ W + b`` with ``W`` ``[in, out]``."""
-    return torch.addmm(conv.bias, x.flatten(0, -2), conv.weight).view(*x.shape[:-1], -1)
+def _conv1d(x: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """transformers' ``Conv1D``: ``x @ W + b`` with ``W`` ``[in, out]``, in ``W``'s dtype."""
+    weight, bias = projection
+    return torch.addmm(bias, x.flatten(0, -2).to(weight.dtype), weight).view(*x.shape[:-1], -1)
 
 
-def _conv1d_grad(grad: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+def _conv1d_grad(grad: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Input gradient of :func:`_conv1d`: ``grad @ W.T``, one matmul over every leading dim."""
-    return torch.matmul(grad, conv.weight.T)
+    weight = projection[0]
+    return torch.matmul(grad.to(weight.dtype), weight.T)
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -288,7 +318,7 @@ def _layer_norm_backward(grad: torch.Tensor, saved: _Norm, norm: nn.LayerNorm) -
 
     def one(g):
         return torch.ops.aten.native_layer_norm_backward(
-            g.contiguous(), x, norm.normalized_shape, mean, rstd, norm.weight, None, [True, False, False])[0]
+            g.to(x.dtype).contiguous(), x, norm.normalized_shape, mean, rstd, norm.weight, None, [True, False, False])[0]
 
     return one(grad) if grad.shape == x.shape else _per_target(one, grad)
 
@@ -307,8 +337,10 @@ def _per_target(backward, grad: torch.Tensor) -> torch.Tensor:
     """``backward(grad[t])`` for every target ``t``, stacked: the native backward kernels take one
     input shape, and one call per target beats the same arithmetic written as broadcast ops
     (LayerNorm, 8 x 96 x 768: 0.28 ms against 1.05 ms)."""
-    out = torch.empty_like(grad)
-    for t in range(grad.shape[0]):
+    first = backward(grad[0])
+    out = first.new_empty((grad.shape[0], *first.shape))  # the kernel's dtype (a LayerNorm's: float32)
+    out[0] = first
+    for t in range(1, grad.shape[0]):
         out[t] = backward(grad[t])
     return out
 
