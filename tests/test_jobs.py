@@ -232,14 +232,14 @@ def test_a_failed_shard_fails_the_command_and_is_retried_next_run(model_dir, tmp
     assert read_results(tmp_path / "out").column("id").to_pylist() == list(range(9))
 
 
-def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_path):
-    n, shard_size = 200, 20
-    texts = make_texts(n, seed=3)
-    texts[7], texts[150] = "", TOO_LONG
-    write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
+def kill_midway_then_resume(tmp_path, rows: list[dict], options: list[str], shard_size: int) -> pa.Table:
+    """Run ``batch`` on ``rows`` in a subprocess, SIGKILL it once a shard is complete, rerun the same
+    command, and return what the resumed job wrote."""
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    n = len(rows)
     argv = [sys.executable, "-m", "saliency_fast", "batch", "--input", str(tmp_path / "in.jsonl"),
-            "--output", str(tmp_path / "killed"), "--model", str(model_dir), "--shard-size", str(shard_size),
-            "--batch-size", "20", "--device", "cpu", "--no-progress"]
+            "--output", str(tmp_path / "killed"), "--shard-size", str(shard_size), "--device", "cpu", "--no-progress",
+            *options]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def complete_shards():
@@ -265,8 +265,16 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_pa
     assert rerun.returncode == 0, rerun.stderr
     assert f"{n // shard_size}/{n // shard_size} shards done" in rerun.stdout
     assert not list((tmp_path / "killed" / "shards").glob(".*"))  # no temporaries left behind
+    return read_results(tmp_path / "killed")
 
-    resumed = read_results(tmp_path / "killed")
+
+def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_path):
+    n, shard_size = 200, 20
+    texts = make_texts(n, seed=3)
+    texts[7], texts[150] = "", TOO_LONG
+    rows = [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)]
+    resumed = kill_midway_then_resume(tmp_path, rows, ["--model", str(model_dir), "--batch-size", "20"], shard_size)
+
     assert resumed.column("id").to_pylist() == [f"t{i}" for i in range(n)]
     errors = resumed.column("error").to_pylist()
     assert [i for i, e in enumerate(errors) if e is not None] == [7, 150]
@@ -300,8 +308,8 @@ def test_generation_job_attributes_each_prompt_continuation(tmp_path):
     model.save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
     prompts = ["the movie was", "", "i it and not very"]
-    config = JobConfig(model=str(tmp_path / "gpt2"), task="generate", target="logprob",
-                       method_kwargs={"max_new_tokens": 3}, device="cpu")
+    config = JobConfig(model=str(tmp_path / "gpt2"), task="generate", target="logprob", max_new_tokens=3,
+                       device="cpu")
     table = Attributor(config)({"id": [0, 1, 2], "text": prompts})
     assert table["error"] == [None, "text is empty", None]
 
@@ -326,3 +334,76 @@ def test_batch_without_a_model_is_the_default_zero_shot_sentiment_job(tmp_path, 
     table = read_results(tmp_path / "out")
     assert table.column("error").null_count == 2
     assert all(t in (["positive"], ["negative"]) for t in table.column("target").to_pylist())
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    model, tokenizer = tiny_gpt2()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_generation_job_forces_each_rows_response(gpt2_dir):
+    prompts = ["the movie was", "i it", "a film", "the plot"]
+    responses = [" very good", "", " not bad and", None]
+    config = JobConfig(model=str(gpt2_dir), task="generate", method="integrated_gradients",
+                       method_kwargs={"n_steps": 4}, generated_column="response", device="cpu")
+    table = Attributor(config)({"id": [0, 1, 2, 3], "text": prompts, "response": responses})
+    # a row whose response is empty or missing fails alone
+    assert table["error"] == [None, "response is empty", None, "response is missing (null)"]
+
+    explainer = Explainer.from_pretrained(gpt2_dir, task="generate", device="cpu")
+    for i in (0, 2):
+        result = explainer.attribute_generation(prompts[i], generated_text=prompts[i] + responses[i],
+                                                method="integrated_gradients", n_steps=4)
+        assert table["tokens"][i] == result.tokens and table["target"][i] == result.targets
+        assert table["target"][i] == responses[i].split()  # each token of the response, forced
+        np.testing.assert_allclose(np.array(table["scores"][i], float), result.scores.numpy(), rtol=1e-5, atol=1e-6)
+
+    # both: at most max_new_tokens tokens of each response
+    capped = Attributor(JobConfig(**{**config.to_dict(), "max_new_tokens": 2}))(
+        {"id": [0], "text": prompts[:1], "response": responses[:1]})
+    assert capped["target"][0] == ["very", "good"] and len(capped["scores"][0]) == 2
+
+
+def test_generation_job_arguments_are_checked_before_any_row_runs(gpt2_dir, model_dir, tmp_path, capsys):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "the movie", "answer": " was good"}])
+    argv = ["batch", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--model",
+            str(gpt2_dir), "--task", "generate", "--device", "cpu", "--no-progress"]
+    assert cli.main(argv) == 2  # neither flag: the message names both
+    err = capsys.readouterr().err
+    assert "--max-new-tokens" in err and "--generated-column" in err
+    assert cli.main([*argv, "--generated-column", "response"]) == 2
+    assert "no column 'response'" in capsys.readouterr().err
+    argv[argv.index("--output") + 1] = str(tmp_path / "forced")
+    assert cli.main([*argv, "--generated-column", "answer"]) == 0, capsys.readouterr().err
+    assert read_results(tmp_path / "forced")["target"].to_pylist() == [["was", "good"]]
+
+    with pytest.raises(JobConfigError, match="apply to generation models only"):
+        Attributor(JobConfig(model=str(model_dir), max_new_tokens=2, device="cpu"))({"id": [0], "text": ["a film"]})
+    with pytest.raises(ValueError, match="two columns"):
+        JobConfig(generated_column="text")
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+        JobConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="not in method_kwargs"):
+        JobConfig(method_kwargs={"max_new_tokens": 3})
+
+
+def test_generated_column_job_killed_midway_resumes_with_nothing_lost_or_doubled(gpt2_dir, tmp_path):
+    n, shard_size = 120, 15
+    prompts = make_texts(n, seed=5)
+    responses = [" " + " ".join(make_texts(1, seed=100 + i)[0].split()[:3]) for i in range(n)]
+    responses[9] = ""
+    rows = [{"id": f"p{i}", "text": p, "response": r} for i, (p, r) in enumerate(zip(prompts, responses))]
+    options = ["--model", str(gpt2_dir), "--task", "generate", "--generated-column", "response"]
+    resumed = kill_midway_then_resume(tmp_path, rows, options, shard_size)
+
+    assert resumed.column("id").to_pylist() == [f"p{i}" for i in range(n)]
+    errors = resumed.column("error").to_pylist()
+    assert [i for i, e in enumerate(errors) if e is not None] == [9]
+    config = JobConfig(model=str(gpt2_dir), task="generate", generated_column="response", shard_size=shard_size,
+                       device="cpu")
+    assert run_local(config, tmp_path / "in.jsonl", tmp_path / "whole", progress=False).ok
+    assert_rows_equal(resumed, read_results(tmp_path / "whole"), atol=1e-6)

@@ -20,6 +20,7 @@ from saliency_fast.jobs.config import DEFAULT_MODEL, JobConfig
 from saliency_fast.jobs.plan import id_name
 
 PROBE_TEXT = "hello world"
+PROBE_RESPONSE = " world"  # forced after PROBE_TEXT when the job reads responses from a column
 _EXPLAINERS: dict[str, object] = {}  # model key -> Explainer, one per process
 _PROBED: set[str] = set()  # configs (as JSON) that attributed the probe text in this process
 
@@ -72,9 +73,13 @@ class Attributor:
     def __call__(self, batch, on_rows: Callable[[int], None] | None = None):
         """``on_rows(n)`` is called as rows finish (for progress bars)."""
         table, give_back = _as_table(batch)
-        texts, ids, errors = self._columns(table)
+        texts, responses, ids, errors = self._columns(table)
         rows: list[dict | None] = [None] * len(texts)
-        pending = [i for i, text in enumerate(texts) if errors[i] is None and _check_text(text, errors, i)]
+        pending = [
+            i for i, text in enumerate(texts)
+            if errors[i] is None and _check_text("text", text, errors, i)
+            and (responses is None or _check_text("response", responses[i], errors, i))
+        ]
         if on_rows is not None and len(pending) < len(texts):
             on_rows(len(texts) - len(pending))
         if pending:
@@ -83,7 +88,8 @@ class Attributor:
             pending.sort(key=lambda i: len(texts[i]))
             for at in range(0, len(pending), self.config.batch_size):
                 chunk = pending[at : at + self.config.batch_size]
-                for i, row in zip(chunk, self._attribute_rows(explainer, [texts[i] for i in chunk])):
+                chunk_responses = None if responses is None else [responses[i] for i in chunk]
+                for i, row in zip(chunk, self._attribute_rows(explainer, [texts[i] for i in chunk], chunk_responses)):
                     if isinstance(row, Exception):
                         errors[i] = _message(row)
                     else:
@@ -103,7 +109,7 @@ class Attributor:
             _EXPLAINERS[key] = explainer
         if self.config.to_json() not in _PROBED:
             try:
-                self._attribute(explainer, [PROBE_TEXT])
+                self._attribute(explainer, [PROBE_TEXT], None if self.config.generated_column is None else [PROBE_RESPONSE])
             except Exception as exc:
                 raise JobConfigError(
                     f"this job's config cannot attribute even the text {PROBE_TEXT!r}: {_message(exc)}"
@@ -111,40 +117,61 @@ class Attributor:
             _PROBED.add(self.config.to_json())
         return explainer
 
-    def _columns(self, table: pa.Table) -> tuple[list, pa.ChunkedArray, list]:
+    def _columns(self, table: pa.Table) -> tuple[list, list | None, pa.ChunkedArray, list]:
+        """The texts, the responses (None unless the job forces them), the ids and the errors."""
+        c = self.config
         names = table.column_names
-        for option, name in (("text_column", self.config.text_column), ("id_column", id_name(self.config))):
+        wanted = [("text_column", c.text_column), ("id_column", id_name(c))]
+        if c.generated_column is not None:
+            wanted.append(("generated_column", c.generated_column))
+        for option, name in wanted:
             if name not in names:
                 raise ValueError(f"batch has no column {name!r} (columns: {names}); set {option} to one of them")
-        texts = table.column(self.config.text_column).to_pylist()
+        texts = table.column(c.text_column).to_pylist()
+        responses = None if c.generated_column is None else table.column(c.generated_column).to_pylist()
         errors = table.column(io.ERROR_COLUMN).to_pylist() if io.ERROR_COLUMN in names else [None] * len(texts)
-        return texts, table.column(id_name(self.config)), errors
+        return texts, responses, table.column(id_name(c)), errors
 
-    def _attribute_rows(self, explainer, texts: list[str]) -> list:
+    def _attribute_rows(self, explainer, texts: list[str], responses: list[str] | None) -> list:
         """One result row per text: a dict, or the exception that text raised. The texts go to the
         model together; if that fails, one at a time, so only the culprits fail."""
         if len(texts) > 1 and explainer.task != "generate":  # generation takes one prompt a call anyway
             try:
-                return [_row(r) for r in self._attribute(explainer, texts)]
+                return [_row(r) for r in self._attribute(explainer, texts, responses)]
             except Exception:
                 pass
         rows = []
-        for text in texts:
+        for k, text in enumerate(texts):
             try:
-                rows.append(_row(self._attribute(explainer, [text])[0]))
+                rows.append(_row(self._attribute(explainer, [text], None if responses is None else [responses[k]])[0]))
             except Exception as exc:
                 rows.append(exc)
         return rows
 
-    def _attribute(self, explainer, texts: list[str]) -> list:
+    def _attribute(self, explainer, texts: list[str], responses: list[str] | None) -> list:
         """The one model call: an ``AttributionResult`` per text."""
         c = self.config
         common = {"method": c.method, "aggregate": c.aggregate, "baseline": c.baseline, **c.method_kwargs}
         if explainer.task == "generate":  # as in Explainer.attribute_generation, target is the function
             if c.score is not None:
                 raise ValueError("score does not apply to generation; set target to logit, prob, logprob or loss")
+            if c.max_new_tokens is None and c.generated_column is None:
+                raise ValueError(
+                    "a generation job needs max_new_tokens (--max-new-tokens N: generate N tokens greedily) or "
+                    "generated_column (--generated-column COL: force the response held in that column)"
+                )
             target = {} if c.target is None else {"target": c.target}
-            return [explainer.attribute_generation(text, **target, **common) for text in texts]
+            forced = [None] * len(texts) if responses is None else [
+                _forced_text(explainer, text, response) for text, response in zip(texts, responses)
+            ]
+            return [
+                explainer.attribute_generation(text, max_new_tokens=c.max_new_tokens, generated_text=full, **target, **common)
+                for text, full in zip(texts, forced)
+            ]
+        if c.max_new_tokens is not None or c.generated_column is not None:
+            raise ValueError(
+                f"max_new_tokens and generated_column apply to generation models only; this model's task is {explainer.task!r}"
+            )
         return explainer.attribute(texts, target=c.target, score=c.score, progress=False, **common)
 
 
@@ -197,13 +224,21 @@ def _results_table(ids: pa.ChunkedArray, rows: list[dict | None], errors: list) 
     return pa.table(columns, schema=schema)
 
 
-def _check_text(text, errors: list, i: int) -> bool:
+def _forced_text(explainer, prompt: str, response: str) -> str:
+    """``generated_text`` as Explainer.attribute_generation takes it (inseq's convention): the
+    target text alone for an encoder-decoder model, prompt + response for a decoder-only one."""
+    if getattr(explainer.model.config, "is_encoder_decoder", False):
+        return response
+    return prompt + response
+
+
+def _check_text(what: str, text, errors: list, i: int) -> bool:
     if text is None:
-        errors[i] = "text is missing (null)"
+        errors[i] = f"{what} is missing (null)"
     elif not isinstance(text, str):
-        errors[i] = f"text must be a string, got {type(text).__name__}"
+        errors[i] = f"{what} must be a string, got {type(text).__name__}"
     elif not text.strip():
-        errors[i] = "text is empty"
+        errors[i] = f"{what} is empty"
     return errors[i] is None
 
 

@@ -21,6 +21,8 @@ _CONFIG_FLAGS = {
     "baseline": ("--baseline", "baseline of path methods: pad, mask, unk, zero"),
     "text_column": ("--text-column", "input column holding the texts"),
     "id_column": ("--id-column", "input column holding row ids (default: 'id' if present, else the row number)"),
+    "generated_column": ("--generated-column", "generation: input column holding each row's response to force "
+                         "(the continuation of a decoder-only prompt; the target text of an encoder-decoder model)"),
     "device": ("--device", "torch device (default: cuda when available)"),
 }
 
@@ -40,6 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"{','.join(DEFAULT_LABELS)})")
     parser.add_argument("--target", type=_class_target, help="class index or label name (default: the prediction); "
                         "for --task generate the function attributed: logit (default), prob, logprob, loss")
+    parser.add_argument("--max-new-tokens", type=_positive_int, help="generation: tokens to generate greedily per "
+                        "prompt (with --generated-column: attribute at most this many tokens of each response)")
     parser.add_argument("--n-steps", type=_positive_int, help="steps of path methods (integrated gradients, ...)")
     parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", type=_method_arg,
                         help="another method argument, VALUE parsed as JSON when it can be (e.g. "
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace):
-    given = {name: getattr(args, name) for name in [*_CONFIG_FLAGS, "labels", "target", "batch_size", "shard_size"]}
+    given = {name: getattr(args, name) for name in [*_CONFIG_FLAGS, "labels", "target", "max_new_tokens", "batch_size", "shard_size"]}
     config = {name: value for name, value in given.items() if value is not None}
     # as `explain`: the default model is a zero-shot sentiment classifier unless told otherwise
     if args.model is None and config.get("task", "auto") == "auto" and args.reference is None:

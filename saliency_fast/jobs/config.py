@@ -25,9 +25,12 @@ class JobConfig:
     ``model`` is a local Hugging Face directory (model + tokenizer, as ``save_pretrained`` writes
     it) or ``"default"`` for the embedded all-MiniLM-L6-v2. ``task``, ``labels`` and ``reference``
     go to the Explainer; ``method``, ``target``, ``score``, ``aggregate``, ``baseline`` and
-    ``method_kwargs`` to ``Explainer.attribute`` (for a causal LM, ``task="generate"``, each text
-    is a prompt for ``Explainer.attribute_generation``, ``target`` its target function and
-    ``method_kwargs`` hold ``max_new_tokens``). ``id_column=None`` takes the ``id`` column when
+    ``method_kwargs`` to ``Explainer.attribute``. For a generation model (``task="generate"``)
+    each text is a prompt for ``Explainer.attribute_generation`` and ``target`` its target function;
+    the job then needs ``max_new_tokens`` (tokens generated greedily) or ``generated_column`` (the
+    column holding each row's response to force: the continuation of a decoder-only model's prompt,
+    the target text of an encoder-decoder model), or both (the response cut to ``max_new_tokens``
+    tokens). ``id_column=None`` takes the ``id`` column when
     the input has one, else the row's position in the input. ``batch_size`` texts go to the model
     at once; ``shard_size`` rows make one output file (the unit of resume).
     """
@@ -44,6 +47,8 @@ class JobConfig:
     method_kwargs: dict = dataclasses.field(default_factory=dict)
     text_column: str = "text"
     id_column: str | None = None
+    max_new_tokens: int | None = None
+    generated_column: str | None = None
     batch_size: int = 16
     shard_size: int = 1000
     device: str | None = None
@@ -51,14 +56,19 @@ class JobConfig:
     def __post_init__(self):
         for name in ("model", "task", "method", "aggregate", "baseline", "text_column"):
             _check_str(name, getattr(self, name))
-        for name in ("reference", "score", "id_column", "device"):
+        for name in ("reference", "score", "id_column", "generated_column", "device"):
             value = getattr(self, name)
             if value is not None:
                 _check_str(name, value)
-        for name in ("batch_size", "shard_size"):
+        for name in ("batch_size", "shard_size", "max_new_tokens"):
             value = getattr(self, name)
+            if value is None and name == "max_new_tokens":
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.generated_column is not None and self.generated_column == self.text_column:
+            raise ValueError(f"generated_column and text_column are both {self.text_column!r}; the prompt and the "
+                             "response to explain must be two columns")
         if self.aggregate == "none":
             raise ValueError(
                 "aggregate='none' keeps one score per embedding dim, too large for a data-set job; "
@@ -72,6 +82,9 @@ class JobConfig:
             object.__setattr__(self, "labels", tuple(self.labels))
         if not isinstance(self.method_kwargs, dict) or not all(isinstance(k, str) for k in self.method_kwargs):
             raise TypeError(f"method_kwargs must be a dict with string keys, got {self.method_kwargs!r}")
+        if "max_new_tokens" in self.method_kwargs or "generated_text" in self.method_kwargs:
+            raise ValueError("set max_new_tokens / generated_column in the job config (--max-new-tokens, "
+                             "--generated-column), not in method_kwargs")
         try:
             json.dumps(self.method_kwargs, allow_nan=False)
         except (TypeError, ValueError) as exc:

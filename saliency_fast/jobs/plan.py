@@ -54,6 +54,7 @@ class Plan:
     text_column: str
     id_column: str | None  # None: ids are row numbers
     id_type: str  # a key of io.ID_TYPES
+    generated_column: str | None = None  # generation: each row's response to force
 
     @property
     def rows(self) -> int:
@@ -68,6 +69,7 @@ class Plan:
             inputs=tuple(InputFile(**f) for f in data["inputs"]),
             shards=tuple(Shard(**s) for s in data["shards"]),
             **{k: data[k] for k in ("text_column", "id_column", "id_type")},
+            generated_column=data.get("generated_column"),
         )
 
     def fingerprint(self, config: JobConfig) -> str:
@@ -83,7 +85,7 @@ def id_name(config: JobConfig) -> str:
 def make_plan(path: str | os.PathLike, config: JobConfig) -> Plan:
     """Scan the input files (Parquet footers; JSON Lines line by line) and cut them into shards of
     ``config.shard_size`` rows. Column names and types are checked here, before any model runs."""
-    for name in (config.text_column, config.id_column):
+    for name in (config.text_column, config.id_column, config.generated_column):
         if name == io.ERROR_COLUMN:
             raise ValueError(f"the input column {name!r} collides with the output's error column; rename it")
     inputs, shards = [], []
@@ -93,12 +95,14 @@ def make_plan(path: str | os.PathLike, config: JobConfig) -> Plan:
         if fmt == "parquet":
             rows, offsets = io.parquet_rows(path_k), None
             fields = io.parquet_columns(path_k)
-            _check_parquet_text(path_k, fields, config.text_column)
+            for option, name in _text_columns(config):
+                _check_parquet_text(path_k, fields, option, name)
         else:
             rows, offsets, first = io.scan_jsonl(path_k, config.shard_size)
             fields = {name: _json_type(value) for name, value in (first or {}).items()}
-            if first is not None and config.text_column not in fields:
-                raise ValueError(_missing_column(path_k, "text_column", config.text_column, fields))
+            for option, name in _text_columns(config):
+                if first is not None and name not in fields:
+                    raise ValueError(_missing_column(path_k, option, name, fields))
         if k == 0 and id_column is None and "id" in fields:
             id_column = "id"
         if id_column is not None and fields:
@@ -118,44 +122,57 @@ def make_plan(path: str | os.PathLike, config: JobConfig) -> Plan:
             shards.append(Shard(len(shards), k, start, stop, first_row + start, offset))
     if not shards:
         raise ValueError(f"input {str(path)!r} holds no rows")
-    return Plan(tuple(inputs), tuple(shards), config.text_column, id_column, id_type or "int64")
+    return Plan(tuple(inputs), tuple(shards), config.text_column, id_column, id_type or "int64", config.generated_column)
+
+
+def _text_columns(config: JobConfig) -> list[tuple[str, str]]:
+    """(option, column) of every input column that holds text."""
+    found = [("text_column", config.text_column)]
+    if config.generated_column is not None:
+        found.append(("generated_column", config.generated_column))
+    return found
 
 
 def read_shard(plan: Plan, shard: Shard, config: JobConfig) -> pa.Table:
-    """The rows of ``shard`` as the Attributor takes them: the id column, the text column, and
-    ``error`` (set where an input line could not be read)."""
+    """The rows of ``shard`` as the Attributor takes them: the id column, the text column (and the
+    generated column), and ``error`` (set where an input line could not be read)."""
     source = plan.inputs[shard.file]
     path = pathlib.Path(source.path)
-    columns = [plan.text_column] + ([plan.id_column] if plan.id_column else [])
+    text_columns = [plan.text_column] + ([plan.generated_column] if plan.generated_column else [])
+    columns = text_columns + ([plan.id_column] if plan.id_column else [])
     if source.format == "parquet":
         table = io.read_parquet_rows(path, shard.start, shard.stop, columns)
-        texts = table.column(plan.text_column)
+        texts = {name: table.column(name) for name in text_columns}
         ids = table.column(plan.id_column).cast(io.ID_TYPES[plan.id_type]) if plan.id_column else None
         errors = [None] * table.num_rows
     else:
         values, errors = io.read_jsonl_rows(path, shard.offset, shard.start, shard.rows, columns)
-        texts = pa.array([_text_or_error(v, errors, i) for i, v in enumerate(values[plan.text_column])], pa.string())
+        texts = {
+            name: pa.array([_text_or_error(what, v, errors, i) for i, v in enumerate(values[name])], pa.string())
+            for what, name in zip(("text", "response"), text_columns)
+        }
         ids = io.id_array(values[plan.id_column], plan.id_type, errors) if plan.id_column else None
-    if len(texts) != shard.rows:
-        raise ValueError(f"{path} has {len(texts)} rows in {shard.start}:{shard.stop}; was it changed after the job started?")
+    n_rows = len(texts[plan.text_column])
+    if n_rows != shard.rows:
+        raise ValueError(f"{path} has {n_rows} rows in {shard.start}:{shard.stop}; was it changed after the job started?")
     if ids is None:
         ids = pa.array(range(shard.first_row, shard.first_row + shard.rows), pa.int64())
-    return pa.table({id_name(config): ids, config.text_column: texts, io.ERROR_COLUMN: pa.array(errors, pa.string())})
+    return pa.table({id_name(config): ids, **texts, io.ERROR_COLUMN: pa.array(errors, pa.string())})
 
 
-def _text_or_error(value, errors: list, i: int):
+def _text_or_error(what: str, value, errors: list, i: int):
     if value is None or isinstance(value, str):
         return value
-    errors[i] = errors[i] or f"text must be a string, got {type(value).__name__}"
+    errors[i] = errors[i] or f"{what} must be a string, got {type(value).__name__}"
     return None
 
 
-def _check_parquet_text(path, fields: dict, name: str) -> None:
+def _check_parquet_text(path, fields: dict, option: str, name: str) -> None:
     if name not in fields:
-        raise ValueError(_missing_column(path, "text_column", name, fields))
+        raise ValueError(_missing_column(path, option, name, fields))
     kind = fields[name]
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-        raise ValueError(f"{path}: text column {name!r} must hold strings, got {kind}")
+        raise ValueError(f"{path}: column {name!r} ({option}) must hold strings, got {kind}")
 
 
 def _missing_column(path, option: str, name: str, fields: dict) -> str:
