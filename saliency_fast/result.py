@@ -22,7 +22,9 @@ WORD_AGGREGATIONS = ("sum", "max_abs", "mean")
 # Subword markers: WordPiece continuation, byte-level BPE space, SentencePiece space.
 _CONTINUATION_PREFIX = "##"
 _SPACE_MARKERS = ("Ġ", "▁")
-_TENSOR_FIELDS = ("scores", "mask", "layer_scores")
+_TENSOR_FIELDS = ("scores", "mask", "layer_scores", "source_scores", "source_mask")
+_LIST_FIELDS = ("tokens", "targets", "token_ids", "word_ids", "target_ids", "layer_names", "source_tokens",
+                "source_token_ids", "source_word_ids")
 
 
 @dataclasses.dataclass(eq=False)  # field-wise == would ask a tensor for its truth value
@@ -32,6 +34,10 @@ class AttributionResult:
     ``scores`` is ``[n_targets, n_tokens]`` (``[n_targets, n_tokens, D]`` for ``aggregate="none"``),
     float32 on CPU. ``mask`` says where a score is meaningful (False for special tokens, padding,
     and for generation at and after each row's target position, where scores are NaN).
+
+    Encoder-decoder generation also has the source side (inseq's source attributions):
+    ``source_tokens`` and ``source_scores`` ``[n_targets, n_source]`` (with ``source_mask``,
+    ``source_token_ids``, ``source_word_ids``); ``tokens`` / ``scores`` are then the target side.
     """
 
     tokens: list[str]
@@ -44,6 +50,11 @@ class AttributionResult:
     target_ids: list[int] | None = None
     layer_scores: torch.Tensor | None = None
     layer_names: list[str] | None = None
+    source_tokens: list[str] | None = None
+    source_scores: torch.Tensor | None = None
+    source_mask: torch.Tensor | None = None
+    source_token_ids: list[int] | None = None
+    source_word_ids: list[int | None] | None = None
 
     def __post_init__(self) -> None:
         self.tokens = _str_list("tokens", self.tokens)
@@ -84,9 +95,37 @@ class AttributionResult:
                     f"layer_names must name each of the {expected} layers of layer_scores, "
                     f"got {len(self.layer_names)} names"
                 )
+        self._check_source(n_targets)
         n_prompt = self.metadata.get("n_prompt_tokens")
         if n_prompt is not None and (not _is_int(n_prompt) or not 0 <= n_prompt <= n_tokens):
             raise ValueError(f"metadata['n_prompt_tokens'] must be an int in [0, {n_tokens}], got {n_prompt!r}")
+
+    def _check_source(self, n_targets: int) -> None:
+        if (self.source_tokens is None) != (self.source_scores is None):
+            raise ValueError("source_tokens and source_scores go together: give both or neither")
+        if self.source_tokens is None:
+            for name in ("source_mask", "source_token_ids", "source_word_ids"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs source_tokens and source_scores")
+            return
+        self.source_tokens = _str_list("source_tokens", self.source_tokens)
+        self.source_scores = _float_tensor("source_scores", self.source_scores)
+        n_source = len(self.source_tokens)
+        expected = (n_targets, n_source) + tuple(self.scores.shape[2:])
+        if n_source == 0 or tuple(self.source_scores.shape) != expected:
+            raise ValueError(
+                f"source_scores must have shape {list(expected)} ([n_targets, n_source] with the scores' embedding "
+                f"dim if any) over a non-empty source, got {list(self.source_scores.shape)}"
+            )
+        if self.source_mask is not None:
+            if not isinstance(self.source_mask, torch.Tensor) or self.source_mask.dtype != torch.bool:
+                raise TypeError(f"source_mask must be a bool torch.Tensor or None, got {_describe(self.source_mask)}")
+            if tuple(self.source_mask.shape) != (n_targets, n_source):
+                raise ValueError(f"source_mask must have shape [{n_targets}, {n_source}], got {tuple(self.source_mask.shape)}")
+            self.source_mask = self.source_mask.detach().cpu()
+        self.source_token_ids = _int_list("source_token_ids", self.source_token_ids, n_source, "n_source")
+        self.source_word_ids = _int_list("source_word_ids", self.source_word_ids, n_source, "n_source",
+                                         allow_none_items=True)
 
     # ----------------------------------------------------------------- accessors
 
@@ -100,20 +139,41 @@ class AttributionResult:
 
     def meaningful(self) -> torch.Tensor:
         """Bool ``[n_targets, n_tokens]``: the mask (if any) and a finite score."""
-        finite = torch.isfinite(self.token_scores())
-        return finite if self.mask is None else finite & self.mask
+        return _meaningful(self.token_scores(), self.mask)
 
-    def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Per row, the (token, score) pairs of the ``k`` largest ``|score|`` among meaningful ones."""
+    @property
+    def has_source(self) -> bool:
+        return self.source_scores is not None
+
+    def source_token_scores(self) -> torch.Tensor | None:
+        """``source_scores`` as :meth:`token_scores` gives ``scores`` (None without a source side)."""
+        if self.source_scores is None:
+            return None
+        return self.source_scores if self.source_scores.dim() == 2 else self.source_scores.sum(-1)
+
+    def source_meaningful(self) -> torch.Tensor | None:
+        """Bool ``[n_targets, n_source]``, as :meth:`meaningful` for the source side."""
+        return None if self.source_scores is None else _meaningful(self.source_token_scores(), self.source_mask)
+
+    def top_k(self, k: int = 5, side: str = "target") -> list[list[tuple[str, float]]]:
+        """Per row, the (token, score) pairs of the ``k`` largest ``|score|`` among meaningful ones,
+        on the ``target`` side (``tokens``) or the ``source`` side (encoder-decoder results)."""
         if not _is_int(k) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        scores, meaningful = self.token_scores(), self.meaningful()
+        if side not in ("target", "source"):
+            raise ValueError(f"side must be 'target' or 'source', got {side!r}")
+        if side == "source":
+            if not self.has_source:
+                raise ValueError("side='source' needs a result with a source side (encoder-decoder generation)")
+            tokens, scores, meaningful = self.source_tokens, self.source_token_scores(), self.source_meaningful()
+        else:
+            tokens, scores, meaningful = self.tokens, self.token_scores(), self.meaningful()
         magnitude = torch.where(meaningful, scores.abs(), torch.full_like(scores, -1.0))
         picks = magnitude.topk(min(k, magnitude.shape[1]), dim=1).indices
         values = scores.gather(1, picks).tolist()
         counts = meaningful.sum(1).tolist()
         return [
-            [(self.tokens[i], value) for i, value in zip(row_picks[:count], row_values)]
+            [(tokens[i], value) for i, value in zip(row_picks[:count], row_values)]
             for row_picks, row_values, count in zip(picks.tolist(), values, counts)
         ]
 
@@ -130,16 +190,27 @@ class AttributionResult:
     def normalize(self, how: str = "max_abs") -> AttributionResult:
         """A new result with each row's scores normalised (``sum_to_one``, ``max_abs``, ``l1``,
         ``l2``) over its meaningful entries (tokens, and the embedding dim when 3-D); masked and
-        NaN entries stay as they were. ``layer_scores`` are normalised per (row, layer)."""
-        keep = self.meaningful()
-        scores = _normalize_rows(self.scores.flatten(1), _expand_like(keep, self.scores).flatten(1), how)
+        NaN entries stay as they were. With a source side, source and target scores of a row are
+        normalised together (as inseq does), so the two sides stay comparable. ``layer_scores``
+        are normalised per (row, layer)."""
+        keep = _expand_like(self.meaningful(), self.scores).flatten(1)
+        values = self.scores.flatten(1)
+        n_source = 0
+        if self.has_source:
+            source = self.source_scores.flatten(1)
+            n_source = source.shape[1]
+            values = torch.cat([source, values], dim=1)
+            keep = torch.cat([_expand_like(self.source_meaningful(), self.source_scores).flatten(1), keep], dim=1)
+        normalized = _normalize_rows(values, keep, how)
         layers = None
         if self.layer_scores is not None:
-            layer_keep = keep.unsqueeze(1) & torch.isfinite(self.layer_scores)
+            layer_keep = self.meaningful().unsqueeze(1) & torch.isfinite(self.layer_scores)
             layers = _normalize_rows(self.layer_scores, layer_keep, how)
         metadata = {**self.metadata, "normalization": how}
+        source_scores = normalized[:, :n_source].view_as(self.source_scores) if self.has_source else None
         return dataclasses.replace(
-            self, scores=scores.view_as(self.scores), layer_scores=layers, metadata=metadata
+            self, scores=normalized[:, n_source:].reshape(self.scores.shape), layer_scores=layers, metadata=metadata,
+            source_scores=source_scores,
         )
 
     def aggregate_words(self, how: str = "sum") -> AttributionResult:
@@ -154,29 +225,28 @@ class AttributionResult:
             raise ValueError(f"how must be one of {WORD_AGGREGATIONS}, got {how!r}")
         if self.word_ids is None:
             raise ValueError("this result has no word_ids, so its tokens cannot be merged into words")
+        if self.has_source and self.source_word_ids is None:
+            raise ValueError("this result has no source_word_ids, so its source tokens cannot be merged into words")
         spans = _word_spans(self.word_ids)
-        keep = self.meaningful()
-        scores = _merge_spans(self.scores, _expand_like(keep, self.scores), spans, dim=1, how=how)
+        tokens, scores, mask, word_ids = _merge_words(self.tokens, self.scores, self.mask, self.meaningful(),
+                                                      self.word_ids, how)
         layers = None
         if self.layer_scores is not None:
-            layer_keep = keep.unsqueeze(1) & torch.isfinite(self.layer_scores)
+            layer_keep = self.meaningful().unsqueeze(1) & torch.isfinite(self.layer_scores)
             layers = _merge_spans(self.layer_scores, layer_keep, spans, dim=2, how=how)
-        mask = None
-        if self.mask is not None:
-            mask = torch.stack([keep[:, start:end].any(dim=1) for start, end in spans], dim=1)
+        source = {}
+        if self.has_source:
+            merged = _merge_words(self.source_tokens, self.source_scores, self.source_mask, self.source_meaningful(),
+                                  self.source_word_ids, how)
+            source = dict(zip(("source_tokens", "source_scores", "source_mask", "source_word_ids"), merged))
+            source["source_token_ids"] = None
         metadata = {**self.metadata, "word_aggregation": how}
         if "n_prompt_tokens" in metadata:
             # a word that straddles the prompt's end counts as prompt
             metadata["n_prompt_tokens"] = sum(start < self.metadata["n_prompt_tokens"] for start, _ in spans)
         return dataclasses.replace(
-            self,
-            tokens=[_join_subwords(self.tokens[start:end]) for start, end in spans],
-            scores=scores,
-            mask=mask,
-            metadata=metadata,
-            token_ids=None,
-            word_ids=[self.word_ids[start] for start, _ in spans],
-            layer_scores=layers,
+            self, tokens=tokens, scores=scores, mask=mask, metadata=metadata, token_ids=None, word_ids=word_ids,
+            layer_scores=layers, **source,
         )
 
     # ----------------------------------------------------------------- views
@@ -263,6 +333,9 @@ class AttributionResult:
             "word_ids": self.word_ids,
             "target_ids": self.target_ids,
             "layer_names": self.layer_names,
+            "source_tokens": self.source_tokens,
+            "source_token_ids": self.source_token_ids,
+            "source_word_ids": self.source_word_ids,
         }
 
 
@@ -280,7 +353,7 @@ def load(path) -> AttributionResult:
     if data.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"path {str(path)!r} has format_version {data.get('format_version')!r}; "
                          f"this version reads {FORMAT_VERSION}")
-    fields = {name: data.get(name) for name in ("tokens", "targets", "token_ids", "word_ids", "target_ids", "layer_names")}
+    fields = {name: data.get(name) for name in _LIST_FIELDS}
     if "tensors" in data:
         tensors = _load_tensors(path, data["tensors"])
         metadata = _from_exact_json(data.get("metadata") or {})
@@ -307,7 +380,7 @@ def _load_tensors(json_path: pathlib.Path, name) -> dict:
 def _tensor_from_lists(name: str, value) -> torch.Tensor | None:
     if value is None:
         return None
-    if name == "mask":
+    if name.endswith("mask"):
         return torch.tensor(value, dtype=torch.bool)
     nan = float("nan")
     return torch.tensor(_replace_none(value, nan), dtype=torch.float32)
@@ -359,6 +432,22 @@ def _float_tensor(name: str, value) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- transforms
+
+
+def _meaningful(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    finite = torch.isfinite(scores)
+    return finite if mask is None else finite & mask
+
+
+def _merge_words(tokens, scores, mask, keep, word_ids, how: str):
+    """(tokens, scores, mask, word_ids) of one side with its subword runs merged into words."""
+    spans = _word_spans(word_ids)
+    merged = _merge_spans(scores, _expand_like(keep, scores), spans, dim=1, how=how)
+    merged_mask = None
+    if mask is not None:
+        merged_mask = torch.stack([keep[:, start:end].any(dim=1) for start, end in spans], dim=1)
+    return ([_join_subwords(tokens[start:end]) for start, end in spans], merged, merged_mask,
+            [word_ids[start] for start, _ in spans])
 
 
 def _expand_like(keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

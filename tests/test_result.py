@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 
 import pytest
 import torch
@@ -309,3 +310,60 @@ def test_explainer_result_round_trips_and_merges_words(tmp_path):
     words = result.aggregate_words("sum")
     assert "unbelievably" in words.tokens and len(words.tokens) < len(result.tokens)
     torch.testing.assert_close(words.scores.nansum(), result.scores[result.meaningful()].sum())
+
+
+# ----------------------------------------------------------------------------- encoder-decoder source side
+
+
+def seq2seq() -> AttributionResult:
+    """Source "▁le ▁fil m </s>", target prefix "<pad> ▁the ▁film": row i targets target token i + 1."""
+    source_scores = torch.tensor([[1.0, -2.0, 1.0, NAN], [0.5, 0.5, 1.0, NAN]])
+    scores = torch.tensor([[NAN, NAN, NAN], [3.0, NAN, NAN]])
+    return AttributionResult(
+        tokens=["<pad>", "▁the", "▁film"], scores=scores, targets=["▁the", "▁film"], mask=~torch.isnan(scores),
+        metadata={"task": "generate", "method": "saliency"}, word_ids=[None, 0, 1],
+        source_tokens=["▁le", "▁fil", "m", "</s>"], source_scores=source_scores,
+        source_mask=torch.tensor([[True, True, True, False]] * 2), source_token_ids=[3, 4, 5, 1],
+        source_word_ids=[0, 1, 1, None],
+    )
+
+
+def test_source_side_is_checked_and_round_trips(tmp_path):
+    result = seq2seq()
+    assert result.has_source and not classification().has_source
+    loaded = load(result.save(tmp_path / "r.json"))
+    for name in ("scores", "mask", "source_scores", "source_mask"):
+        assert_same(getattr(loaded, name), getattr(result, name))
+    assert loaded.source_tokens == result.source_tokens and loaded.source_word_ids == result.source_word_ids
+    via_json = load(pathlib.Path(result.to_json(tmp_path / "r2.json") and tmp_path / "r2.json"))
+    assert_same(via_json.source_scores, result.source_scores) and via_json.source_token_ids == [3, 4, 5, 1]
+    assert result.to_dict()["source_scores"][0] == [1.0, -2.0, 1.0, None]
+
+    with pytest.raises(ValueError, match="source_tokens and source_scores go together"):
+        classification(source_tokens=["a"])
+    with pytest.raises(ValueError, match=r"source_scores must have shape \[2, 2\]"):
+        classification(source_tokens=["a", "b"], source_scores=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="source_mask needs source_tokens"):
+        classification(source_mask=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="source_word_ids must have one entry per source"):
+        classification(source_tokens=["a", "b"], source_scores=torch.zeros(2, 2), source_word_ids=[0])
+
+
+def test_source_side_normalizes_with_the_target_side_and_merges_its_words():
+    result = seq2seq()
+    normalized = result.normalize("l1")  # one denominator per row across both sides, as inseq
+    torch.testing.assert_close(normalized.source_scores[1, :3], torch.tensor([0.1, 0.1, 0.2]))
+    torch.testing.assert_close(normalized.scores[1, 0], torch.tensor(0.6))
+    torch.testing.assert_close(normalized.source_scores[0, :3], torch.tensor([0.25, -0.5, 0.25]))
+    assert math.isnan(normalized.source_scores[0, 3]) and math.isnan(normalized.scores[0, 0])
+
+    words = result.aggregate_words("sum")
+    assert words.source_tokens == ["▁le", "film", "</s>"] and words.tokens == ["<pad>", "▁the", "▁film"]
+    torch.testing.assert_close(words.source_scores[0, :2], torch.tensor([1.0, -1.0]))
+    assert words.source_mask.tolist() == [[True, True, False]] * 2 and words.source_token_ids is None
+    assert result.top_k(1, side="source") == [[("▁fil", -2.0)], [("m", 1.0)]]
+    assert result.top_k(1) == [[], [("<pad>", 3.0)]]
+    with pytest.raises(ValueError, match="side='source' needs"):
+        classification().top_k(side="source")
+    with pytest.raises(ValueError, match="no source_word_ids"):
+        AttributionResult(**{**vars(seq2seq()), "source_word_ids": None}).aggregate_words()

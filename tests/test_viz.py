@@ -283,3 +283,39 @@ def test_long_generations_stay_viewable():
     # the strongest source of the shown targets has its row
     best = int(result.scores[:32].nan_to_num(0).abs().amax(0).argmax())
     assert any(line.startswith(f"│t{best} ") for line in text.splitlines())
+
+
+def seq2seq_result() -> AttributionResult:
+    source_scores = torch.tensor([[4.0, -1.0, NAN], [0.5, 1.0, NAN]])
+    scores = torch.tensor([[NAN, NAN], [-2.0, NAN]])
+    return AttributionResult(
+        tokens=["<pad>", "<b>the"], scores=scores, targets=["<b>the", "[i]end"], mask=~torch.isnan(scores),
+        metadata={"task": "generate", "method": "saliency"}, source_tokens=["<script>le", "[bold]chat", "</s>"],
+        source_scores=source_scores, source_mask=~torch.isnan(source_scores),
+    )
+
+
+def test_views_show_the_source_matrix_beside_the_target_matrix(tmp_path):
+    result = seq2seq_result()
+    page = result.to_html()
+    parsed = parse(page)
+    assert sum(tag == "table" for tag, _ in parsed.tags) == 2
+    text = "".join(parsed.text)
+    assert "generated \\ source" in text and "generated \\ target prefix" in text
+    assert "<script>le" in text and "&lt;script&gt;le" in page
+    # one colour scale for both sides: the largest |score| (4, source side) is the red end
+    styles = [attrs.get("style", "") for tag, attrs in parsed.tags if tag == "td"]
+    assert any(f"background:{hex_color(POSITIVE)}" in s for s in styles)
+    assert any(f"background:{hex_color(diverging_rgb(-2.0, 4.0))}" in s for s in styles)
+
+    console = console_text(result)
+    assert "source tokens x generated tokens" in console and "target prefix tokens x generated tokens" in console
+    assert "[bold]chat" in console and "top source tokens per generated token" in console
+
+    fig = result.plot(path=tmp_path / "s2s.png")
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2
+    np.testing.assert_allclose(images[0].get_array().filled(0), np.nan_to_num(result.source_scores.numpy()))
+    np.testing.assert_allclose(images[1].get_array().filled(0), np.nan_to_num(result.scores.numpy()))
+    assert all(image.norm.vmax == 4.0 for image in images)
+    assert matplotlib.image.imread(tmp_path / "s2s.png").shape[-1] in (3, 4)

@@ -33,13 +33,26 @@ def in_notebook() -> bool:
 def render(result, console: Console | None = None, top: int = 5) -> None:
     console = console or Console()
     scores, keep = result.token_scores(), result.meaningful()
-    limit = color_limit(scores, keep)
+    if result.has_source:  # one colour scale for both sides, so they compare
+        source_scores, source_keep = result.source_token_scores(), result.source_meaningful()
+        limit = color_limit(torch.cat([source_scores, scores], 1), torch.cat([source_keep, keep], 1))
+    else:
+        limit = color_limit(scores, keep)
     parts = [_header(result), _legend(limit)]
     # the terminal gets the first rows; the HTML and JSON have more
     n_rows = min(len(result.targets), MAX_TARGETS)
     scores, keep = scores[:n_rows], keep[:n_rows]
-    if result.is_generation:
-        parts += _generation_tables(result, scores, keep, limit, console.width)
+    if result.has_source:
+        sides = (("source", result.source_tokens, source_scores[:n_rows], source_keep[:n_rows], len(result.source_tokens)),
+                 ("target prefix", result.tokens, scores, keep, len(result.tokens)))
+        for side, tokens, side_scores, side_keep, n_given in sides:
+            parts.append(Text(f"{side} tokens x generated tokens", style="bold"))
+            parts += _generation_tables(tokens, result.targets, side_scores, side_keep, limit, console.width, n_given)
+        for side in ("source", "target"):
+            parts += _top_lines(result, min(top, GENERATION_TOP), n_rows, side)
+    elif result.is_generation:
+        n_prompt = result.metadata.get("n_prompt_tokens", len(result.tokens))
+        parts += _generation_tables(result.tokens, result.targets, scores, keep, limit, console.width, n_prompt)
         parts += _top_lines(result, min(top, GENERATION_TOP), n_rows)
     else:
         for label, row, row_keep, best in zip(result.targets, scores, keep, result.top_k(top)):
@@ -84,18 +97,19 @@ def _top_text(best: list[tuple[str, float]], prefix: str = "top ") -> Text:
     return text
 
 
-def _top_lines(result, top: int, n_rows: int) -> list[Text]:
-    lines = [Text("top source tokens per generated token", style="bold")]
-    for label, best in zip(result.targets[:n_rows], result.top_k(top)):
+def _top_lines(result, top: int, n_rows: int, side: str = "target") -> list[Text]:
+    what = "source" if side == "source" or not result.has_source else "target prefix"
+    lines = [Text(f"top {what} tokens per generated token", style="bold")]
+    for label, best in zip(result.targets[:n_rows], result.top_k(top, side=side)):
         lines.append(Text.assemble((display_token(label), "bold"), ": ") + _top_text(best, prefix=""))
     return lines
 
 
-def _generation_tables(result, scores, keep, limit: float, width: int) -> list:
-    """Rows: source tokens; columns: generated tokens, split into tables that fit the width."""
-    n_prompt = result.metadata.get("n_prompt_tokens", len(result.tokens))
+def _generation_tables(tokens, targets, scores, keep, limit: float, width: int, n_prompt: int) -> list:
+    """Rows: attributed tokens (the first ``n_prompt`` given, the others generated: italic);
+    columns: generated tokens, split into tables that fit the width."""
     sources = _shown_sources(scores, keep)
-    token_width = min(24, max(len("token"), *(len(display_token(result.tokens[i])) for i in sources)) + 2)
+    token_width = min(24, max(len("token"), *(len(display_token(tokens[i])) for i in sources)) + 2)
     per_table = max(1, (width - token_width - 4) // (CELL_WIDTH + 3))
     values, kept = scores[:, sources].T.tolist(), keep[:, sources].T.tolist()  # [source][target]
     parts = []
@@ -104,9 +118,9 @@ def _generation_tables(result, scores, keep, limit: float, width: int) -> list:
         table = Table(show_header=True, header_style="bold", pad_edge=False)
         table.add_column(Text("token"), no_wrap=True, max_width=token_width)
         for j in columns:
-            table.add_column(Text(display_token(result.targets[j])), justify="right", width=CELL_WIDTH, no_wrap=True)
+            table.add_column(Text(display_token(targets[j])), justify="right", width=CELL_WIDTH, no_wrap=True)
         for i, row_values, row_kept in zip(sources, values, kept):
-            label = Text(display_token(result.tokens[i]), style="" if i < n_prompt else "italic")
+            label = Text(display_token(tokens[i]), style="" if i < n_prompt else "italic")
             cells = [
                 Text(format_score(row_values[j]), style=_style(row_values[j], True, limit)) if row_kept[j] else Text("")
                 for j in columns

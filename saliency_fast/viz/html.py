@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 
+import torch
+
 from saliency_fast.viz.scale import (
     MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, diverging_rgb, format_score, hex_color,
     summary_fields, text_rgb,
@@ -25,6 +27,7 @@ _CSS = f"""
 .sf-attr th, .sf-attr td {{ border: 1px solid #ddd; padding: 2px 4px; white-space: pre; }}
 .sf-attr th.gen, .sf-attr td.gen-label {{ font-style: italic; }}
 .sf-attr td.na {{ background: {hex_color(MISSING)}; }}
+.sf-attr .sides {{ display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }}
 """
 HEADER_KEYS = (
     "task", "model", "method", "target", "aggregate", "baseline", "n_steps", "normalization", "word_aggregation",
@@ -50,11 +53,27 @@ def document(result) -> str:
 def fragment(result) -> str:
     """The view as one ``<div>`` with its own ``<style>`` (for Jupyter and embedding)."""
     scores, keep = result.token_scores(), result.meaningful()
-    limit = color_limit(scores, keep)
+    n_columns = len(result.tokens)
+    if result.has_source:  # one colour scale for both sides, so they compare
+        source_scores, source_keep = result.source_token_scores(), result.source_meaningful()
+        limit = color_limit(torch.cat([source_scores, scores], 1), torch.cat([source_keep, keep], 1))
+        n_columns += len(result.source_tokens)
+    else:
+        limit = color_limit(scores, keep)
     # a page stays loadable: long generations show their first rows (the JSON has them all)
-    n_rows = max(1, min(len(result.targets), MAX_CELLS // len(result.tokens)))
+    n_rows = max(1, min(len(result.targets), MAX_CELLS // n_columns))
     scores, keep = scores[:n_rows], keep[:n_rows]
-    body = _matrix(result, scores, keep, limit) if result.is_generation else _rows(result, scores, keep, limit)
+    if result.has_source:
+        source = _matrix(result.targets, result.source_tokens, source_scores[:n_rows], source_keep[:n_rows], limit,
+                         len(result.source_tokens), "generated \\ source")
+        target = _matrix(result.targets, result.tokens, scores, keep, limit, len(result.tokens),
+                         "generated \\ target prefix")
+        body = f'<div class="sides"><div>{source}</div><div>{target}</div></div>'
+    elif result.is_generation:
+        n_prompt = result.metadata.get("n_prompt_tokens", len(result.tokens))
+        body = _matrix(result.targets, result.tokens, scores, keep, limit, n_prompt, "generated \\ source")
+    else:
+        body = _rows(result, scores, keep, limit)
     if n_rows < len(result.targets):
         body += f'<div class="meta">showing the first {n_rows} of {len(result.targets)} targets</div>'
     return f'<div class="sf-attr"><style>{_CSS}</style>{_header(result)}{_legend(limit)}{body}</div>'
@@ -103,19 +122,19 @@ def _rows(result, scores, keep, limit: float) -> str:
     return "".join(out)
 
 
-def _matrix(result, scores, keep, limit: float) -> str:
-    """Generation: rows are generated tokens, columns every token of the sequence."""
-    n_prompt = result.metadata.get("n_prompt_tokens", len(result.tokens))
+def _matrix(targets, tokens, scores, keep, limit: float, n_prompt: int, corner: str) -> str:
+    """Generation: rows are generated tokens, columns the attributed tokens (the first ``n_prompt``
+    of them given, the others generated)."""
     head = "".join(
         f'<th class="{"prompt" if i < n_prompt else "gen"}">{_e(display_token(t))}</th>'
-        for i, t in enumerate(result.tokens)
+        for i, t in enumerate(tokens)
     )
     rows = []
-    for label, row, row_keep in zip(result.targets, scores.tolist(), keep.tolist()):
+    for label, row, row_keep in zip(targets, scores.tolist(), keep.tolist()):
         cells = "".join(
             f'<td style="{_cell_style(v, limit)}" title="{_e(format_score(v))}">{_e(format_score(v))}</td>'
             if k else '<td class="na"></td>'
             for v, k in zip(row, row_keep)
         )
         rows.append(f'<tr><td class="gen-label">{_e(display_token(label))}</td>{cells}</tr>')
-    return f'<table><thead><tr><th>generated \\ source</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'<table><thead><tr><th>{_e(corner)}</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

@@ -38,8 +38,14 @@ def figure(result, kind: str = "auto", path=None) -> Figure:
     if kind == "auto":
         kind = "heatmap" if result.is_generation or len(result.targets) > 1 else "bars"
     scores, keep = result.token_scores(), result.meaningful()
-    limit = color_limit(scores, keep)
     values = np.where(keep.numpy(), scores.numpy(), np.nan)
+    source_values = None
+    if result.has_source:  # one colour scale for both sides, so they compare
+        source_scores, source_keep = result.source_token_scores(), result.source_meaningful()
+        limit = color_limit(torch.cat([source_scores, scores], 1), torch.cat([source_keep, keep], 1))
+        source_values = np.where(source_keep.numpy(), source_scores.numpy(), np.nan)
+    else:
+        limit = color_limit(scores, keep)
     if kind == "layers":
         fig = _layers(result, keep)
     elif kind == "bars":
@@ -49,7 +55,7 @@ def figure(result, kind: str = "auto", path=None) -> Figure:
             )
         fig = _bars(result, values, limit)
     else:
-        fig = _heatmap(result, values, limit)
+        fig = _heatmap(result, values, limit, source_values)
     if path is not None:
         with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Glyph .* missing from")
@@ -100,23 +106,32 @@ def _bars(result, values: np.ndarray, limit: float) -> Figure:
     return fig
 
 
-def _heatmap(result, values: np.ndarray, limit: float) -> Figure:
+def _heatmap(result, values: np.ndarray, limit: float, source_values: np.ndarray | None = None) -> Figure:
+    """Targets x tokens; with a source side, the source x generated matrix beside the target
+    prefix x generated one, on one colour scale."""
     n_rows, n_tokens = values.shape
-    width = min(MAX_INCHES[0], max(6.0, 0.32 * n_tokens + 3.0))
+    n_source = 0 if source_values is None else source_values.shape[1]
+    width = min(MAX_INCHES[0], max(6.0, 0.32 * (n_tokens + n_source) + 3.0 + (1.5 if n_source else 0.0)))
     height = min(MAX_INCHES[1], max(3.0, 0.3 * n_rows + 2.0))
     fig = Figure(figsize=(width, height), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(
-        np.ma.masked_invalid(values), cmap=COLORMAP, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
-    )
-    n_prompt = result.metadata.get("n_prompt_tokens") if result.is_generation else None
-    if n_prompt:
-        ax.axvline(n_prompt - 0.5, color="#333333", linewidth=1.2)
-    _set_tick_labels(ax.xaxis, result.tokens, rotation=60)
-    _set_tick_labels(ax.yaxis, result.targets, rotation=0)
-    ax.set_xlabel("source token")
-    ax.set_ylabel("generated token" if result.is_generation else "target")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="attribution")
+    if source_values is None:
+        n_prompt = result.metadata.get("n_prompt_tokens") if result.is_generation else None
+        panels = [(values, result.tokens, n_prompt, "source token")]
+    else:
+        panels = [(source_values, result.source_tokens, None, "source token"),
+                  (values, result.tokens, None, "target prefix token")]
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=[p[0].shape[1] for p in panels])[0]
+    for ax, (panel, tokens, n_prompt, xlabel) in zip(axes, panels):
+        image = ax.imshow(
+            np.ma.masked_invalid(panel), cmap=COLORMAP, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
+        )
+        if n_prompt:
+            ax.axvline(n_prompt - 0.5, color="#333333", linewidth=1.2)
+        _set_tick_labels(ax.xaxis, tokens, rotation=60)
+        _set_tick_labels(ax.yaxis, result.targets, rotation=0)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("generated token" if result.is_generation else "target")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="attribution")
     fig.suptitle(_title(result), fontsize=10).set_parse_math(False)
     return fig
 
