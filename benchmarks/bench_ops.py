@@ -1,25 +1,30 @@
-"""Native IG kernels vs the eager PyTorch composition, in one process on the same inputs.
+"""Native IG kernels vs the fastest plain-PyTorch composition and vs the memory limit.
 
-The eager composition is ``saliency_fast.reference`` (what the ops compute, written with torch
-ops: ``(grads * w).sum(0) * (x - b)`` then the reduction). Case: m=50 steps, batch 8, 128 tokens,
-dim 768; ``ig_accumulate`` in float32 and bfloat16 with reduce ``none`` and ``l2``, and
-``ig_interpolate``. Outputs are compared before timing. Printed per case: median times, the
-eager/native ratio, the native op's achieved GB/s (bytes it must read and write, once) and that
-as a share of the measured copy bandwidth (``copy_`` of a 256 MiB tensor into a preallocated one).
+Case: m=50 steps of gradients over a batch of 8 x 128 tokens x 768 dims (``--steps``, ``--shape``),
+in float32, bfloat16 and float16, at 1 and 2 threads (``--threads``). Contenders, all timed in
+one process on the same inputs with the same warm-ups and runs, interleaved (benchmarks/_timing.py):
 
-Targets on CPU: ``ig_accumulate`` >= 2x the eager composition and >= 50 % of copy bandwidth.
-``ig_interpolate`` writes a fresh m-times-larger output, so its floor is allocating and first
-touching that memory (page faults): the ``fill`` column times ``torch.empty(...).fill_(0)`` of it.
+- ``ig_accumulate`` (every reduce): ours is ``torch.ops.saliency_fast.ig_accumulate``; the peer is
+  what a user writes, ``torch.tensordot(weights, grads, dims=1) * (x - baseline)`` then the
+  reduction (the weights cast to the gradients' dtype once, outside the timing); the floor is
+  ``grads.sum()``, a plain read of the same gradient bytes. ``read share`` = floor / ours: the
+  fraction of the machine's plain-sum read bandwidth the fused kernel reaches.
+- ``ig_interpolate``: into a buffer the caller holds (``out=``): ours against
+  ``torch.addcmul(baseline, alphas, x - baseline, out=buf)``, floor ``buf.fill_(0)``; and with a
+  fresh output each call: ours against ``torch.addcmul`` without ``out``, floor
+  ``torch.empty(...).fill_(0)`` (which pays the page faults of fresh memory, as both sides do).
+  ``write share`` = floor / ours.
 
-    python benchmarks/bench_ops.py              # CPU, all cases
-    python benchmarks/bench_ops.py --quick      # fewer repeats
+Every output is compared with the peer's, and both with a float64 evaluation (the ``accuracy``).
+
+    python benchmarks/bench_ops.py                   # 1 and 2 threads, 3 dtypes, all reduces
+    python benchmarks/bench_ops.py --quick           # fewer runs, reduces none and l2
     python benchmarks/bench_ops.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -28,91 +33,134 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._timing import copy_bandwidth, gbps, median_time  # noqa: E402
-from saliency_fast import _native, ops, reference  # noqa: E402,F401  (ops registers autograd/fake kernels)
+from benchmarks._results import row, write_rows  # noqa: E402
+from benchmarks._timing import gbps, interleaved  # noqa: E402
+from saliency_fast import _native, ops  # noqa: E402
 
-STEPS, BATCH, TOKENS, DIM = 50, 8, 128, 768
-TOLERANCES = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REDUCES = ("none", "sum", "l2", "abs_sum")
 
 
 def native(name: str):
-    return getattr(torch.ops.saliency_fast, name).default
+    return getattr(torch.ops.saliency_fast, name)
 
 
-def inputs(dtype: torch.dtype, device: str):
-    gen = torch.Generator().manual_seed(0)
-    shape = (BATCH, TOKENS, DIM)
-    grads = torch.randn((STEPS, *shape), generator=gen).to(device, dtype)
-    x = torch.randn(shape, generator=gen).to(device, dtype)
-    baseline = torch.randn(shape, generator=gen).to(device, dtype)
-    weights = torch.rand(STEPS, generator=gen).to(device)
-    return grads, weights, x, baseline
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def bench_accumulate(dtype, reduce, device, repeats):
-    grads, weights, x, baseline = inputs(dtype, device)
-    fast = lambda: native("ig_accumulate")(grads, weights, x, baseline, reduce, None)  # noqa: E731
-    eager = lambda: reference.ig_accumulate(grads, weights, x, baseline, reduce)  # noqa: E731
-    torch.testing.assert_close(fast(), eager(), **TOLERANCES[dtype])
-    t_fast = median_time(fast, repeats=repeats, device=device)
-    t_eager = median_time(eager, repeats=max(1, repeats // 3), warmup=1, device=device)
-    out_numel = x.numel() if reduce == "none" else x.numel() // DIM
-    nbytes = (grads.numel() + 2 * x.numel() + out_numel) * x.element_size()
-    return {"op": "ig_accumulate", "dtype": str(dtype).removeprefix("torch."), "reduce": reduce,
-            "native_ms": 1e3 * t_fast, "eager_ms": 1e3 * t_eager, "native_gbps": gbps(nbytes, t_fast)}
+def reduce_plain(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+    if reduce == "none":
+        return attr
+    if reduce == "sum":
+        return attr.sum(-1)
+    if reduce == "l2":
+        return torch.linalg.vector_norm(attr, dim=-1)
+    return attr.abs().sum(-1)
 
 
-def bench_interpolate(dtype, device, repeats):
-    _, weights, x, baseline = inputs(dtype, device)
-    alphas = weights  # any STEPS values in [0, 1)
-    fast = lambda: native("ig_interpolate")(x, baseline, alphas)  # noqa: E731
-    eager = lambda: reference.ig_interpolate(x, baseline, alphas)  # noqa: E731
-    torch.testing.assert_close(fast(), eager(), **TOLERANCES[dtype])
-    t_fast = median_time(fast, repeats=repeats, device=device)
-    t_eager = median_time(eager, repeats=max(1, repeats // 3), warmup=1, device=device)
-    fill = lambda: torch.empty((STEPS, *x.shape), dtype=dtype, device=device).fill_(0)  # noqa: E731
-    t_fill = median_time(fill, repeats=repeats, device=device)
-    nbytes = (STEPS + 2) * x.numel() * x.element_size()
-    return {"op": "ig_interpolate", "dtype": str(dtype).removeprefix("torch."), "reduce": "-",
-            "native_ms": 1e3 * t_fast, "eager_ms": 1e3 * t_eager, "native_gbps": gbps(nbytes, t_fast),
-            "fill_ms": 1e3 * t_fill}
+class Inputs:
+    """One dtype's inputs, made once (the 150 MiB of float32 gradients take a while to draw)."""
+
+    def __init__(self, steps: int, shape: tuple[int, ...], dtype: torch.dtype, device: str) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.grads = torch.randn((steps, *shape), generator=gen).to(device, dtype)
+        self.x = torch.randn(shape, generator=gen).to(device, dtype)
+        self.baseline = torch.randn(shape, generator=gen).to(device, dtype)
+        self.weights = torch.rand(steps, generator=gen).to(device)  # float32, as the methods pass them
+        self.alphas = torch.linspace(0, 1, steps, device=device)
+        self.dtype = dtype
+
+
+def accumulate_row(inp: Inputs, reduce: str, runs: int, warmup: int, device: str, label: str) -> dict:
+    grads, x, b, w = inp.grads, inp.x, inp.baseline, inp.weights
+    w_cast = w.to(inp.dtype)
+    ours = lambda: native("ig_accumulate").default(grads, w, x, b, reduce, None)  # noqa: E731
+    peer = lambda: reduce_plain(torch.tensordot(w_cast, grads, dims=1) * (x - b), reduce)  # noqa: E731
+    floor = lambda: grads.sum()  # noqa: E731
+    exact = reduce_plain(torch.tensordot(w.double(), grads.double(), dims=1) * (x - b).double(), reduce)
+    ours_out, peer_out = ours(), peer()
+    t = interleaved({"ours": ours, "peer": peer, "floor": floor}, runs=runs, warmup=warmup, device=device)
+    share = t["floor"].median / t["ours"].median
+    print(f"ig_accumulate {label:8} {reduce:7} threads {torch.get_num_threads()}: ours {t['ours'].median * 1e3:7.2f} ms"
+          f"  peer {t['peer'].median * 1e3:7.2f} ms  sum {t['floor'].median * 1e3:7.2f} ms"
+          f"  ratio {t['peer'].median / t['ours'].median:5.2f}x  read share {100 * share:4.0f} %"
+          f"  ({gbps(grads.numel() * grads.element_size(), t['ours'].median):.1f} GB/s)", flush=True)
+    return row(f"ig_accumulate {label} reduce={reduce}, {grads.shape[0]} steps x {tuple(x.shape)} ({device}); "
+               f"plain-sum read share {100 * share:.0f} %",
+               "plain PyTorch: tensordot(weights, grads), * (x - b), reduce", t["peer"], t["ours"],
+               max_diff=rel_diff(ours_out, peer_out), peer_dtype=label, ours_dtype=label, floor_s=t["floor"].median,
+               accuracy=f"read share {100 * share:.0f} % of grads.sum(); vs float64: ours {rel_diff(ours_out, exact):.1e}, "
+                        f"peer {rel_diff(peer_out, exact):.1e}", device=device)
+
+
+def interpolate_rows(inp: Inputs, runs: int, warmup: int, device: str, label: str) -> list[dict]:
+    x, b, alphas = inp.x, inp.baseline, inp.alphas
+    a_cast = alphas.to(inp.dtype).view(-1, *([1] * x.dim()))
+    out_shape = (alphas.numel(), *x.shape)
+    ours_buf = torch.empty(out_shape, dtype=inp.dtype, device=device)
+    peer_buf = torch.empty_like(ours_buf)
+    fill_buf = torch.empty_like(ours_buf)
+    exact = b.double() + alphas.double().view_as(a_cast) * (x.double() - b.double())
+    cases = {
+        "into a buffer (out=)": (
+            lambda: ops.ig_interpolate(x, b, alphas, out=ours_buf),
+            lambda: torch.addcmul(b, a_cast, x - b, out=peer_buf),
+            lambda: fill_buf.fill_(0), "torch.addcmul(b, alphas, x - b, out=buf)", "buf.fill_(0)"),
+        "fresh output": (
+            lambda: native("ig_interpolate").default(x, b, alphas),
+            lambda: torch.addcmul(b, a_cast, x - b),
+            lambda: torch.empty(out_shape, dtype=inp.dtype, device=device).fill_(0),
+            "torch.addcmul(b, alphas, x - b)", "torch.empty(...).fill_(0)"),
+    }
+    rows = []
+    for case, (ours, peer, floor, peer_name, floor_name) in cases.items():
+        ours_out, peer_out = ours().clone(), peer().clone()
+        t = interleaved({"ours": ours, "peer": peer, "floor": floor}, runs=runs, warmup=warmup, device=device)
+        share = t["floor"].median / t["ours"].median
+        print(f"ig_interpolate {label:8} {case:21} threads {torch.get_num_threads()}: ours "
+              f"{t['ours'].median * 1e3:7.2f} ms  peer {t['peer'].median * 1e3:7.2f} ms  {floor_name} "
+              f"{t['floor'].median * 1e3:7.2f} ms  ratio {t['peer'].median / t['ours'].median:5.2f}x"
+              f"  write share {100 * share:4.0f} %", flush=True)
+        rows.append(row(
+            f"ig_interpolate {label} {case}, {alphas.numel()} steps x {tuple(x.shape)} ({device})", f"plain PyTorch: {peer_name}", t["peer"], t["ours"],
+            max_diff=rel_diff(ours_out, peer_out), peer_dtype=label, ours_dtype=label, floor_s=t["floor"].median,
+            accuracy=f"write share {100 * share:.0f} % of {floor_name}; vs float64: ours {rel_diff(ours_out, exact):.1e}, "
+                     f"peer {rel_diff(peer_out, exact):.1e}", device=device))
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="fewer timed repeats")
-    parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
+    parser.add_argument("--quick", action="store_true", help="fewer runs; reduces none and l2; the current thread count")
+    parser.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (default 1,2)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {list(DTYPES)}")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--shape", default="8,128,768", help="x's shape, the last dim the embedding dim")
+    parser.add_argument("--runs", type=int, help="timed runs per contender (default 21, --quick 5)")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the rows here (benchmarks/run_all.py)")
     args = parser.parse_args()
     status = _native.status()
     if not (status.cuda if args.device == "cuda" else status.cpu):
         sys.exit(f"no native {args.device} kernels loaded ({status.reason}); build with `make setup`")
-    repeats = 5 if args.quick else 15
-
-    copy = copy_bandwidth(device=args.device) / 1e9
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, copy bandwidth {copy:.1f} GB/s")
-    rows = [bench_accumulate(dtype, reduce, args.device, repeats)
-            for dtype in (torch.float32, torch.bfloat16) for reduce in ("none", "l2")]
-    rows += [bench_interpolate(dtype, args.device, repeats) for dtype in (torch.float32, torch.bfloat16)]
-
-    header = f"{'op':15} {'dtype':9} {'reduce':6} {'native ms':>10} {'eager ms':>10} {'ratio':>7} {'GB/s':>7} {'% copy':>7}"
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        row["ratio"] = row["eager_ms"] / row["native_ms"]
-        row["copy_share"] = row["native_gbps"] / copy
-        line = (f"{row['op']:15} {row['dtype']:9} {row['reduce']:6} {row['native_ms']:10.2f} {row['eager_ms']:10.2f} "
-                f"{row['ratio']:6.2f}x {row['native_gbps']:7.2f} {100 * row['copy_share']:6.0f}%")
-        if "fill_ms" in row:
-            line += f"   (fresh-output fill floor {row['fill_ms']:.2f} ms)"
-        print(line)
-
-    accumulate = [r for r in rows if r["op"] == "ig_accumulate"]
-    if args.device == "cpu":
-        met = all(r["ratio"] >= 2 and r["copy_share"] >= 0.5 for r in accumulate)
-        print(f"CPU targets for ig_accumulate (>= 2x eager, >= 50 % copy bandwidth): {'met' if met else 'MISSED'}")
-    if args.json:
-        args.json.write_text(json.dumps({"device": args.device, "copy_gbps": copy, "rows": rows}, indent=2))
+    runs = args.runs or (5 if args.quick else 21)
+    warmup = 2 if args.quick else 3
+    reduces = ("none", "l2") if args.quick else REDUCES
+    threads = [torch.get_num_threads()] if args.quick or args.device == "cuda" else \
+        [int(t) for t in args.threads.split(",")]
+    shape = tuple(int(s) for s in args.shape.split(","))
+    print(f"device {args.device}, {args.steps} steps x {shape}, {runs} interleaved runs after {warmup} warm-ups")
+    rows = []
+    for label in args.dtypes.split(","):
+        inp = Inputs(args.steps, shape, DTYPES[label], args.device)
+        for count in threads:
+            torch.set_num_threads(count)
+            rows += [accumulate_row(inp, reduce, runs, warmup, args.device, label) for reduce in reduces]
+            rows += interpolate_rows(inp, runs, warmup, args.device, label)
+        del inp
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

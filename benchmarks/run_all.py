@@ -1,18 +1,20 @@
-"""Run every benchmark of this repo and print one markdown table; write benchmarks/results.json.
+"""Run every benchmark of this repo, write benchmarks/results.json and print the README tables.
 
-    python benchmarks/run_all.py            # the full runs (tens of minutes on a laptop CPU)
-    python benchmarks/run_all.py --quick    # every script's --quick mode (a few minutes on 2 cores)
-    python benchmarks/run_all.py --only bench_dig.py --update   # rerun one, keep the others' rows
+    python benchmarks/run_all.py                  # the full runs (each script under 10 minutes here)
+    python benchmarks/run_all.py --quick          # every script's quick mode (under 2 minutes in all)
+    python benchmarks/run_all.py --device cuda    # every row on the GPU (scripts without --device are listed)
+    python benchmarks/run_all.py --only bench_dig.py --update   # rerun one, keep the other rows
+    python benchmarks/readme_tables.py --write    # then regenerate the README tables from results.json
 
-Each ``benchmarks/bench_*.py`` runs in its own process (as it would alone, so one benchmark's
-threads, caches or memory never touch another's) with ``--json PATH``; it writes
-``{"rows": [{"workload", "peer", "peer_s", "ours_s", "ratio", "max_diff", "floor_s"}, ...]}``
-where ``ratio = peer_s / ours_s`` (above 1: we are faster), ``max_diff`` is the largest relative
-difference of our outputs from the peer's and ``floor_s`` the model's own forward+backward time
-for the same work where the script measures it. ``bench_ops.py`` writes its own row format (op,
-dtype, native_ms, eager_ms), read here with the eager PyTorch reference as the peer. A script that
-fails, has no ``--json`` option or is absent is listed under the table with the reason, never
-silently dropped.
+Every ``benchmarks/bench_*.py`` is run, each in its own process (as it would run alone, so one
+benchmark's threads, caches or memory never touch another's), with ``--json PATH`` (and
+``--quick`` / ``--device cuda`` when asked). A new benchmark needs no entry here: it takes those
+options and writes its rows with ``benchmarks._results.row`` / ``write_rows`` (see that module
+for the schema and the kinds of row). A script that fails, lacks an option, writes rows without
+the schema's fields, or is absent is listed with the reason, never silently dropped.
+
+Rows carry their own date, commit, device and thread count, so ``--update`` may keep rows of
+other days beside the rerun ones: the README shows each row's date.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,27 +29,27 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
-# the workloads the project benchmarks, in table order: (script, arguments of its quick mode)
-BENCHMARKS = {
-    "bench_ops.py": ["--quick"],
-    "bench_methods.py": ["--quick", "--layers", "4", "--tokens", "32", "--steps", "16"],
-    "bench_generation.py": ["--quick"],
-    "bench_dig.py": ["--quick"],
-    "bench_jobs.py": ["--texts", "200"],
-    "bench_layer.py": ["--quick"],
-}
-COLUMNS = ("workload", "peer", "peer_s", "ours_s", "ratio", "max_diff", "floor_s")
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import FIELDS, machine  # noqa: E402
+
+# table order of the scripts known today; a bench_*.py not named here runs after them
+ORDER = ("bench_ops.py", "bench_methods.py", "bench_generation.py", "bench_dig.py", "bench_jobs.py",
+         "bench_layer.py")
+# extra arguments of a script's --quick mode beyond --quick itself
+QUICK_EXTRA = {"bench_methods.py": ["--layers", "4", "--tokens", "32", "--steps", "16"]}
+# scripts whose --quick flag is spelled otherwise
+QUICK_SPELLING = {"bench_jobs.py": ["--texts", "200"]}
 
 
-def ops_rows(found: dict) -> list[dict]:
-    """bench_ops.py's rows in the common schema (times in seconds; it checks outputs with
-    assert_close before timing, so max_diff is not reported)."""
-    return [{
-        "workload": f"{r['op']} {r['dtype']}" + (f" reduce={r['reduce']}" if r.get("reduce") else "")
-                    + f" ({found.get('device', 'cpu')})",
-        "peer": "eager PyTorch reference", "peer_s": r["eager_ms"] / 1e3, "ours_s": r["native_ms"] / 1e3,
-        "ratio": r["eager_ms"] / r["native_ms"], "max_diff": None, "floor_s": None,
-    } for r in found["rows"]]
+def scripts() -> list[str]:
+    found = sorted(p.name for p in HERE.glob("bench_*.py"))
+    return [s for s in ORDER if s in found] + [s for s in found if s not in ORDER]
+
+
+def arguments(script: str, quick: bool, device: str) -> list[str]:
+    extra = (QUICK_SPELLING.get(script, ["--quick"]) + QUICK_EXTRA.get(script, [])) if quick else []
+    return extra + (["--device", device] if device != "cpu" else [])
 
 
 def run_one(script: str, extra: list[str], timeout_s: float) -> tuple[list[dict], str | None, float]:
@@ -58,8 +59,9 @@ def run_one(script: str, extra: list[str], timeout_s: float) -> tuple[list[dict]
         return [], "not in this checkout", 0.0
     help_text = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=ROOT,
                                timeout=120).stdout
-    if "--json" not in help_text:
-        return [], "has no --json option (prints only)", 0.0
+    for option in ("--json", *(o for o in extra if o.startswith("--"))):
+        if option not in help_text:
+            return [], f"has no {option} option", 0.0
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "rows.json"
         start = time.perf_counter()
@@ -75,84 +77,65 @@ def run_one(script: str, extra: list[str], timeout_s: float) -> tuple[list[dict]
         if not out.exists():
             return [], "wrote no --json file", seconds
         found = json.loads(out.read_text())
-    rows = ops_rows(found) if script == "bench_ops.py" else found["rows"]
-    return [{**{c: r.get(c) for c in COLUMNS}, "script": script} for r in rows], None, seconds
+    for r in found["rows"]:
+        missing = [f for f in FIELDS if f not in r]
+        if missing:
+            return [], f"row {r.get('workload')!r} lacks {missing} (build rows with benchmarks._results.row)", seconds
+    return [{**r, "script": script, "machine": found.get("machine")} for r in found["rows"]], None, seconds
 
 
-def _kept(previous: dict, rerun: list[str], quick: bool) -> tuple[list[dict], dict, dict]:
-    """Rows, skip reasons and times of the scripts not in ``rerun`` from an earlier results file."""
+def _kept(previous: dict, rerun: list[str], quick: bool, device: str) -> tuple[list[dict], dict, dict]:
+    """Rows, skip reasons and times from an earlier results file that this run does not replace
+    (other scripts, or the same scripts on another device)."""
     if previous.get("quick") != quick:
         sys.exit(f"--update: the existing results are from a {'quick' if previous.get('quick') else 'full'} run; "
                  "rerun everything or match its mode")
-    keep = lambda script: script in BENCHMARKS and script not in rerun  # noqa: E731
-    return ([r for r in previous["rows"] if keep(r["script"])],
-            {s: why for s, why in previous.get("skipped", {}).items() if keep(s)},
-            {s: sec for s, sec in previous.get("script_seconds", {}).items() if keep(s)})
-
-
-def _cell(value, kind: str) -> str:
-    if value is None:
-        return "n/a"
-    if kind == "s":
-        return f"{value * 1e3:.2f} ms" if value < 0.1 else f"{value:.2f} s"
-    if kind == "x":
-        return f"{value:.2f}x"
-    if kind == "e":
-        return f"{value:.1e}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown(rows: list[dict]) -> str:
-    kinds = {"peer_s": "s", "ours_s": "s", "ratio": "x", "max_diff": "e", "floor_s": "s"}
-    lines = ["| workload | peer | peer time | our time | ratio | max difference | model floor |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        lines.append("| " + " | ".join(_cell(r[c], kinds.get(c, "")) for c in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def machine() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    replaced = lambda r: r["script"] in rerun and r.get("device", "cpu") == device  # noqa: E731
+    return ([r for r in previous["rows"] if not replaced(r)],
+            {s: why for s, why in previous.get("skipped", {}).items() if s not in rerun},
+            {s: sec for s, sec in previous.get("script_seconds", {}).items() if s not in rerun})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="each script's quick mode (a few minutes)")
-    parser.add_argument("--only", help="comma-separated script names (default: all)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per script")
+    parser.add_argument("--quick", action="store_true", help="each script's quick mode (under 2 minutes in all)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every row runs")
+    parser.add_argument("--only", help="comma-separated script names (default: every bench_*.py)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per script")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results.json")
     parser.add_argument("--update", action="store_true",
-                        help="keep the rows of the scripts not run from the existing --out file (same mode only)")
+                        help="keep the rows this run does not replace from the existing --out file (same mode only)")
     args = parser.parse_args()
-    scripts = list(BENCHMARKS) if args.only is None else args.only.split(",")
-    unknown = [s for s in scripts if s not in BENCHMARKS]
+    known = scripts()
+    chosen = known if args.only is None else args.only.split(",")
+    unknown = [s for s in chosen if s not in known]
     if unknown:
-        parser.error(f"--only: unknown scripts {unknown}; known: {list(BENCHMARKS)}")
+        parser.error(f"--only: unknown scripts {unknown}; known: {known}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no GPU here")
     rows, skipped, seconds = [], {}, {}
     if args.update and args.out.exists():
-        rows, skipped, seconds = _kept(json.loads(args.out.read_text()), scripts, args.quick)
-    for script in scripts:
+        rows, skipped, seconds = _kept(json.loads(args.out.read_text()), chosen, args.quick, args.device)
+    for script in chosen:
         print(f"running {script} ...", file=sys.stderr, flush=True)
-        found, why, seconds[script] = run_one(script, BENCHMARKS[script] if args.quick else [], args.timeout)
+        found, why, seconds[script] = run_one(script, arguments(script, args.quick, args.device), args.timeout)
         rows += found
         if why:
             skipped[script] = why
-    rows.sort(key=lambda r: list(BENCHMARKS).index(r["script"]))  # table order, also after --update
-    about = machine()
-    print(f"Machine: {about['processor']}, {about['cpu_threads']} torch threads, GPU {about['gpu'] or 'none'}, "
-          f"torch {about['torch']}, {about['platform']}; mode: {'quick' if args.quick else 'full'}\n")
-    print(markdown(rows))
+    order = {s: i for i, s in enumerate(known)}
+    rows.sort(key=lambda r: order.get(r["script"], len(order)))  # table order, also after --update
+    args.out.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows, "skipped": skipped,
+                                    "script_seconds": seconds}, indent=2) + "\n")
+    from benchmarks.readme_tables import tables
+
+    print(tables(json.loads(args.out.read_text())))
     for script, why in skipped.items():
         print(f"\n- {script}: {why}")
-    args.out.write_text(json.dumps({"machine": about, "quick": args.quick, "rows": rows, "skipped": skipped,
-                                    "script_seconds": seconds}, indent=2))
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    print(f"\nwrote {args.out}; `python benchmarks/readme_tables.py --write` puts the tables in README.md",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
