@@ -85,3 +85,60 @@ def minilm_word_embeddings() -> torch.Tensor:
 
     with safe_open(str(minilm_path() / "model.safetensors"), "pt") as f:
         return f.get_tensor("embeddings.word_embeddings.weight")
+
+
+# special tokens (in id order) and the post-processing template of each encoder-decoder family's tokenizer
+_SEQ2SEQ_TOKENIZERS = {
+    "t5": (["<pad>", "</s>", "<unk>"], "$A </s>"),
+    "bart": (["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>"),
+    "marian": (["</s>", "<unk>", "<pad>"], "$A </s>"),
+    "mbart": (["<s>", "<pad>", "</s>", "<unk>", "<mask>", "en_XX", "ro_RO"], "$A </s> en_XX"),
+}
+SEQ2SEQ_FAMILIES = tuple(_SEQ2SEQ_TOKENIZERS)
+
+
+def seq2seq_tokenizer(family: str, words: int = 120):
+    """A word-level tokenizer with the special tokens, ids and template of ``family``'s real one."""
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, processors
+
+    specials, template = _SEQ2SEQ_TOKENIZERS[family]
+    vocab_words = specials + "the a movie was good bad le film est bon mauvais chat chien un".split()
+    vocab_words += [f"w{i}" for i in range(words - len(vocab_words))]
+    vocab = {w: i for i, w in enumerate(vocab_words)}
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    used = [s for s in specials if s in template.split()]
+    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(s, vocab[s]) for s in used])
+    named = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    if "<s>" in vocab:
+        named["bos_token"] = "<s>"
+    if "<mask>" in vocab:
+        named["mask_token"] = "<mask>"
+    extra = [s for s in specials if s.endswith(("_XX", "_RO"))]
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra, **named)
+
+
+def tiny_seq2seq(family: str, seed: int = 0, **overrides):
+    """A tiny randomly initialised T5 / BART / Marian / mBART with its word-level tokenizer."""
+    torch.manual_seed(seed)
+    tok = seq2seq_tokenizer(family)
+    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    if family == "t5":
+        kwargs = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
+                      decoder_start_token_id=tok.pad_token_id)
+        config, cls = transformers.T5Config, transformers.T5ForConditionalGeneration
+    else:
+        kwargs = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                      dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+        config, cls, start = {
+            "bart": (transformers.BartConfig, transformers.BartForConditionalGeneration, tok.eos_token_id),
+            "marian": (transformers.MarianConfig, transformers.MarianMTModel, tok.pad_token_id),
+            "mbart": (transformers.MBartConfig, transformers.MBartForConditionalGeneration,
+                      tok.convert_tokens_to_ids("ro_RO")),
+        }[family]
+        kwargs.update(decoder_start_token_id=start, bos_token_id=tok.bos_token_id, forced_eos_token_id=None)
+    kwargs.update(ids, vocab_size=len(tok))
+    kwargs.update(overrides)
+    return cls(config(**kwargs)).eval(), tok

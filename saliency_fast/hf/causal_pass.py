@@ -512,12 +512,7 @@ def attention(cp: CausalPass, board: ScoreBoard, layers: str) -> torch.Tensor:
     """Attention paid by each target's scoring position to every token (heads averaged): the last
     layer (``"last"``) or the mean over layers (``"mean"``); returns every layer ``[T, layers, L]``."""
     length = cp.prefix_length
-    model = cp.scorer.model
-    with _eager_attention(model), torch.inference_mode(), cp.autocast():
-        out = model(inputs_embeds=cp.embeds[:length].unsqueeze(0), output_attentions=True, use_cache=False)
-    attentions = getattr(out, "attentions", None)
-    if not attentions:
-        raise ValueError(f"method 'attention': {type(model).__name__} returns no attention weights")
-    per_layer = torch.stack([a[0].float().mean(0)[cp.positions] for a in attentions], dim=1)  # [T, layers, L]
+    with _eager_attention(cp.scorer.model), torch.inference_mode(), cp.autocast():
+        per_layer = cp.scorer.attention_rows(cp.embeds[:length].unsqueeze(0), cp.positions)  # [T, layers, L]
     board.put_values(Chunk(0, cp.n_targets, length), per_layer[:, -1] if layers == "last" else per_layer.mean(1))
     return per_layer.cpu()

@@ -46,7 +46,7 @@ class Explainer:
         tokenizer: its tokenizer.
         task: ``auto`` (from the model class: ``*ForSequenceClassification`` -> ``classify``,
             ``*ForTokenClassification`` -> ``tagging``, ``*ForMultipleChoice`` ->
-            ``multiple_choice``, causal LM -> ``generate``, a bare encoder -> ``zero-shot`` when
+            ``multiple_choice``, causal LM or encoder-decoder LM -> ``generate``, a bare encoder -> ``zero-shot`` when
             ``labels`` are given, else ``similarity``), or one of those names.
         labels: zero-shot label names; for a classification head, names for its classes.
         label_template: how a zero-shot label becomes a sentence to embed.
@@ -131,8 +131,12 @@ class Explainer:
             "generate": transformers.AutoModelForCausalLM,
         }
         try:
-            if task == "auto":
-                config = transformers.AutoConfig.from_pretrained(str(path))
+            config = transformers.AutoConfig.from_pretrained(str(path))
+            seq2seq_lm = getattr(config, "is_encoder_decoder", False) and task in ("auto", "generate")
+            if seq2seq_lm:
+                task = "generate"
+                auto["generate"] = transformers.AutoModelForSeq2SeqLM
+            elif task == "auto":
                 task = _task_from_architectures(getattr(config, "architectures", None) or [], labels)
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
             model = auto.get(task, transformers.AutoModel).from_pretrained(str(path))
@@ -217,10 +221,12 @@ class Explainer:
         baseline="pad",
         **method_kwargs,
     ):
-        """Attribute every generated token to every earlier token of a causal LM's output.
+        """Attribute every generated token to every earlier token of a causal LM's output, or of an
+        encoder-decoder model's output to its source and target prefix.
 
         Generates ``max_new_tokens`` greedily, or forces ``generated_text`` (the full text:
-        prompt + continuation). ``target``: ``logit``, ``prob``, ``logprob`` or ``loss``. The
+        prompt + continuation; for an encoder-decoder model the target text alone, and the result
+        also has ``source_tokens`` / ``source_scores``). ``target``: ``logit``, ``prob``, ``logprob`` or ``loss``. The
         result has one row per generated token over all tokens, NaN at and after each target.
         The engine is :func:`saliency_fast.hf.generation.attribute_generation`.
         """
@@ -228,7 +234,8 @@ class Explainer:
 
         if self.task != "generate":
             raise ValueError(
-                f"attribute_generation needs a causal LM (task='generate'); this Explainer's task is {self.task!r}: "
+                f"attribute_generation needs a causal LM or an encoder-decoder LM (task='generate'); this Explainer's "
+                f"task is {self.task!r}: "
                 "use attribute(texts, ...)"
             )
         return generation.attribute_generation(

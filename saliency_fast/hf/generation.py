@@ -1,10 +1,12 @@
-"""Attribution of causal-LM generation: every generated token attributed to every earlier token.
+"""Attribution of generation: every generated token attributed to every earlier token.
 
 ``attribute_generation(explainer, prompt, ...)`` is the engine behind
 ``Explainer.attribute_generation``. It takes the continuation given as ``generated_text`` (the
 full text, prompt + continuation, as inseq's ``generated_texts`` for decoder-only models: forced
 decoding) or generates ``max_new_tokens`` greedily, then attributes all generated tokens in the
-single causal pass of :mod:`saliency_fast.hf.causal_pass`.
+single causal pass of :mod:`saliency_fast.hf.causal_pass`. Encoder-decoder models run on the
+same pass over ``[source; target]`` (:mod:`saliency_fast.hf.seq2seq`): their ``generated_text`` is
+the target text alone, as inseq's, and the result has ``source_tokens`` / ``source_scores``.
 
 Conventions shared with inseq, so results compare one to one: the text is tokenized with the
 tokenizer's special tokens (``add_special_tokens=True``) and a doubled BOS is dropped; the score
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, method_registry, model_io, words
+from saliency_fast.hf import causal_pass, method_registry, model_io, seq2seq, words
 from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
@@ -61,13 +63,13 @@ def attribute_generation(
     """Attribute each generated token of a causal LM to every token before it.
 
     Args:
-        explainer: an :class:`~saliency_fast.Explainer` over a causal LM (its ``model``,
-            ``tokenizer``, ``embedding``, ``exclude_special_tokens`` and metadata are used).
-        prompt: the prompt text.
+        explainer: an :class:`~saliency_fast.Explainer` over a causal LM or an encoder-decoder model
+            (its ``model``, ``tokenizer``, ``embedding``, ``exclude_special_tokens`` and metadata are used).
+        prompt: the prompt text (encoder-decoder: the source text).
         max_new_tokens: tokens to generate greedily; with ``generated_text``, attribute only the
             first ``max_new_tokens`` tokens of its continuation.
         generated_text: the full text (prompt + continuation) to force; it must tokenize to the
-            prompt's tokens followed by at least one more token.
+            prompt's tokens followed by at least one more token. Encoder-decoder: the target text alone.
         method: ``saliency``, ``input_x_gradient``, ``integrated_gradients``,
             ``discretized_integrated_gradients``, ``smoothgrad``, ``vargrad``, ``occlusion`` or
             ``attention``.
@@ -97,7 +99,19 @@ def attribute_generation(
     options = _engine_options(engine)
 
     model, tokenizer = explainer.model, explainer.tokenizer
-    ids, n_prompt = sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
+    # n_prompt: the leading tokens that are not targets (encoder-decoder: the source and the start token)
+    if seq2seq.is_encoder_decoder(model):
+        if layer_request is not None:
+            raise ValueError("layer attribution (layer=, layers=) is not available for encoder-decoder models yet")
+        pair = seq2seq.sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
+        ids, n_source = pair.ids, len(pair.source)
+        n_prompt = n_source + 1
+        embedding = seq2seq.SequenceEmbedding(model, n_source)
+        scorer = seq2seq.Seq2SeqScorer(model, n_source)
+    else:
+        ids, n_prompt = sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
+        n_source, embedding = 0, explainer.embedding
+        scorer = CausalLMScorer(model, options["lm_head"])
     device = explainer.device
     input_ids = torch.tensor(ids, device=device)
     special = model_io.special_mask(tokenizer, input_ids)
@@ -113,15 +127,15 @@ def attribute_generation(
             )
 
     with torch.no_grad():
-        embeds = explainer.embedding(input_ids).detach()
+        embeds = embedding(input_ids).detach()
         baselines = None
         if spec.uses_baseline:
             baselines = model_io.baseline_embeds(
-                explainer.embedding, tokenizer, input_ids.unsqueeze(0), baseline,
+                embedding, tokenizer, input_ids.unsqueeze(0), baseline,
                 keep.unsqueeze(0),
             )[0].detach()
     cp = causal_pass.CausalPass(
-        scorer=CausalLMScorer(model, options["lm_head"]),
+        scorer=scorer,
         embeds=embeds,
         positions=torch.arange(n_prompt - 1, n_tokens - 1, device=device),
         token_ids=input_ids[n_prompt:],
@@ -146,7 +160,7 @@ def attribute_generation(
         elif spec.name == "integrated_gradients":
             metadata_extra = _integrated_gradients(cp, board, baselines, kwargs)
         elif spec.family == "discretized":
-            metadata_extra = _discretized(cp, board, explainer, input_ids, keep, baseline, kwargs)
+            metadata_extra = _discretized(cp, board, explainer, embedding, input_ids, keep, baseline, kwargs)
         elif spec.family == "noise":
             _noise_tunnel(cp, board, spec.name, kwargs)
         elif spec.name == "occlusion":
@@ -166,6 +180,18 @@ def attribute_generation(
         layer_scores = full.masked_fill(~mask.unsqueeze(1), float("nan"))
 
     tokens = model_io.token_texts(tokenizer, ids)
+    special_list = special.cpu().tolist()
+    source = {}
+    if n_source:  # the first columns are the source side; the rest the target prefix
+        source = dict(
+            source_tokens=tokens[:n_source], source_scores=scores[:, :n_source], source_mask=mask[:, :n_source],
+            source_token_ids=list(ids[:n_source]),
+            source_word_ids=words.word_ids(None, 0, tokens[:n_source], special_list[:n_source]),
+        )
+        tokens, ids, special_list = tokens[n_source:], ids[n_source:], special_list[n_source:]
+        scores, mask = scores[:, n_source:], mask[:, n_source:]
+        layer_scores = None if layer_scores is None else layer_scores[..., n_source:]  # attention: the target side
+        n_prompt -= n_source
     metadata = explainer.base_metadata("generate", spec.name, target, None if spec.per_token else aggregate, baseline)
     metadata.update(metadata_extra)
     if layer_request is not None:
@@ -177,7 +203,8 @@ def attribute_generation(
         dtype=None if options["dtype"] is None else str(options["dtype"]).replace("torch.", ""),
         lm_head=("rows" if target == "logit" else "targets") if cp.scorer.splits else "model",
     )
-    special_list = special.cpu().tolist()
+    if n_source:
+        metadata.update(n_source_tokens=n_source, source_text=prompt)
     return saliency_fast.AttributionResult(
         tokens=tokens,
         scores=scores,
@@ -190,6 +217,7 @@ def attribute_generation(
         layer_scores=layer_scores,
         layer_names=None if layer_scores is None else layer_request.labels if layer_request is not None else [
             f"layer {i}" for i in range(layer_scores.shape[1])],
+        **source,
     )
 
 
@@ -205,7 +233,8 @@ def _check_arguments(prompt, max_new_tokens, generated_text, method, target, agg
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     model_io.check_texts(prompt, name="prompt")
     if generated_text is not None and not isinstance(generated_text, str):
-        raise TypeError(f"generated_text must be a string (prompt + continuation), got {type(generated_text).__name__}")
+        raise TypeError(f"generated_text must be a string (decoder-only: prompt + continuation; encoder-decoder: "
+                        f"the target text), got {type(generated_text).__name__}")
     if max_new_tokens is not None and (
         isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1
     ):
@@ -307,7 +336,7 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
     }
 
 
-def _discretized(cp, board, explainer, input_ids, keep, baseline, kwargs: dict) -> dict:
+def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline, kwargs: dict) -> dict:
     """DIG: the word paths of the whole sequence (each token's own, so every prefix's too), then
     the single causal pass along them."""
     from saliency_fast import dig_paths, knn
@@ -319,7 +348,10 @@ def _discretized(cp, board, explainer, input_ids, keep, baseline, kwargs: dict) 
     options = {"n_steps": dig.DEFAULT_N_STEPS, "n_neighbors": dig.DEFAULT_N_NEIGHBORS, "strategy": "greedy",
                "factor": 0, "convention": "official", "knn_backend": None, **kwargs}
     n_anchors, monotonize_steps = dig_paths.step_plan(options["n_steps"], options["convention"])
-    matrix = explainer.embedding.weight.detach()
+    if isinstance(embedding, seq2seq.SequenceEmbedding) and not embedding.shared:
+        raise ValueError("method 'discretized_integrated_gradients' needs the source and target to share one "
+                         "unscaled embedding table (its paths run through that table's words); this model's differ")
+    matrix = embedding.weight.detach()
     index = knn.neighbor_index(matrix, options["n_neighbors"], options["knn_backend"])
     baseline_ids = torch.full_like(input_ids, model_io.baseline_token_id(explainer.tokenizer, baseline))
     paths = dig_paths.build_paths(

@@ -95,6 +95,15 @@ class CausalLMScorer:
         return self.model(inputs_embeds=embeds, use_cache=False).logits[:, positions]
 
 
+    def attention_rows(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Attention paid by each of ``positions`` to every token (heads averaged), ``[T, layers, L]``."""
+        out = self.model(inputs_embeds=embeds[:1], output_attentions=True, use_cache=False)
+        attentions = getattr(out, "attentions", None)
+        if not attentions:
+            raise ValueError(f"method 'attention': {type(self.model).__name__} returns no attention weights")
+        return torch.stack([a[0].float().mean(0)[positions] for a in attentions], dim=1)
+
+
 def body_hidden(model: nn.Module, embeds: torch.Tensor) -> torch.Tensor:
     """Final hidden states ``[B, L, D]`` of the model without its LM head."""
     out = model.base_model(inputs_embeds=embeds, use_cache=False)

@@ -409,6 +409,9 @@ def infer_task(model, labels) -> str:
     task = task_for_class(type(model).__name__)
     if task is not None:
         return task
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and callable(
+            getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None:
+        return "generate"  # T5, BART, Marian, mBART: a seq2seq LM
     if getattr(model, "base_model", None) is model:
         return "zero-shot" if labels is not None else "similarity"
     raise ValueError(

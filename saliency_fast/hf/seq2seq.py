@@ -1,0 +1,193 @@
+"""Encoder-decoder models (T5, BART, Marian, mBART) as one sequence for the single causal pass.
+
+The engine of :mod:`saliency_fast.hf.causal_pass` attributes targets read from one sequence of word
+embeddings, each target depending only on the rows up to its scoring position. An encoder-decoder
+model has that shape when its source and target embeddings lie end to end, ``[source; target]``:
+target token ``j`` (scored at decoder position ``j - 1``) reads every source row and the target rows
+before it, all at or before row ``S + j - 1``. A chunk of targets cut to its prefix keeps the whole
+source, so every method of the pass runs unchanged, and a path moves source and target embeddings
+together, as inseq's does. The source scores are the first ``S`` columns of each row.
+
+Conventions (inseq 0.7.1's, so results compare one to one): the source is tokenized with the
+tokenizer's special tokens; ``generated_text`` is the target text alone, tokenized with
+``text_target=`` and with the model's decoder start token put first; every target token after the
+start token is attributed, EOS included. Greedy generation keeps ``generate()``'s own ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from saliency_fast.hf import model_io
+from saliency_fast.hf import targets as target_fns
+from saliency_fast.hf.lm_head import _probed, agrees
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqIds:
+    """The source ids and the target ids (the decoder start token first)."""
+
+    source: list[int]
+    target: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.source + self.target
+
+
+def sequence_ids(model, tokenizer, prompt: str, max_new_tokens: int | None, generated_text: str | None) -> Seq2SeqIds:
+    """The source's ids and the target's: ``generated_text`` forced (cut to ``max_new_tokens``
+    tokens after the start token), or ``max_new_tokens`` generated greedily."""
+    source = [int(i) for i in tokenizer(prompt, add_special_tokens=True)["input_ids"]]
+    if not source:
+        raise ValueError(f"prompt {prompt!r} has no tokens")
+    model_io.check_length(len(source), model, "prompt (the source)")
+    start = decoder_start_id(model)
+    if generated_text is not None:
+        _check_target_text(prompt, generated_text)
+        ids = [int(i) for i in tokenizer(text_target=generated_text, add_special_tokens=True)["input_ids"]]
+        target = ([start] + ids)[: None if max_new_tokens is None else 1 + int(max_new_tokens)]
+    else:
+        target = _greedy(model, tokenizer, source, int(max_new_tokens))
+    model_io.check_length(len(target), model, "generated_text (the target)")
+    return Seq2SeqIds(source, target)
+
+
+def decoder_start_id(model) -> int:
+    for config in (getattr(model, "generation_config", None), model.config):
+        start = getattr(config, "decoder_start_token_id", None)
+        if isinstance(start, int):
+            return start
+    raise ValueError(f"{type(model).__name__} has no decoder_start_token_id (in its config or generation config): "
+                     "the target cannot be started")
+
+
+def _check_target_text(prompt: str, generated_text: str) -> None:
+    if not generated_text.strip():
+        raise ValueError("generated_text is empty; for an encoder-decoder model it is the target text to attribute")
+    if prompt.strip() and generated_text.startswith(prompt) and len(generated_text) > len(prompt):
+        raise ValueError(
+            "generated_text starts with the prompt: for an encoder-decoder model generated_text is the target text "
+            "alone (inseq's convention), not prompt + continuation as for a decoder-only model"
+        )
+
+
+def _greedy(model, tokenizer, source: list[int], max_new_tokens: int) -> list[int]:
+    device = model.get_input_embeddings().weight.device
+    input_ids = torch.tensor([source], device=device)
+    pad = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad)
+    return [int(i) for i in out[0].tolist()]
+
+
+class SequenceEmbedding(nn.Module):
+    """Word embeddings of ``[source ids; target ids]`` as the model consumes them through
+    ``inputs_embeds`` / ``decoder_inputs_embeds``: each side through its own table, times the scale
+    that side needs (Marian scales ids inside the encoder, not embeddings; found by a probe)."""
+
+    def __init__(self, model: nn.Module, n_source: int):
+        super().__init__()
+        self.encoder_table, self.decoder_table = _tables(model)
+        self.scales = _probed(model, _probe_scales)
+        if self.scales is None:
+            raise ValueError(f"{type(model).__name__}: feeding word embeddings does not reproduce the model's outputs "
+                             "from token ids, so its inputs cannot be attributed")
+        self.n_source = n_source
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder_table.embedding_dim
+
+    @property
+    def shared(self) -> bool:
+        """One table whose rows are the embeddings, unscaled on either side: the sequence lives in
+        the space of :attr:`weight` (a scaled table such as BART's multiplies its rows)."""
+        probe = torch.zeros(1, dtype=torch.long, device=self.weight.device)
+        unscaled = torch.equal(self.encoder_table(probe), self.weight[probe])
+        same = self.encoder_table.weight.data_ptr() == self.decoder_table.weight.data_ptr()
+        return same and self.scales == (1.0, 1.0) and unscaled
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.encoder_table.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        source, target = ids[..., : self.n_source], ids[..., self.n_source :]
+        return torch.cat([self.encoder_table(source) * self.scales[0], self.decoder_table(target) * self.scales[1]], -2)
+
+
+def _tables(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
+    tables = []
+    for part in (model.get_encoder(), model.get_decoder()):
+        table = getattr(part, "embed_tokens", None) or model.get_input_embeddings()
+        if not isinstance(table, nn.Embedding):
+            raise TypeError(f"{type(model).__name__}: expected nn.Embedding input tables, got {type(table).__name__}")
+        tables.append(table)
+    return tables[0], tables[1]
+
+
+def _probe_scales(model: nn.Module) -> tuple[float, float] | None:
+    """The (source, target) multipliers under which embeddings reproduce the outputs of token ids."""
+    encoder_table, decoder_table = _tables(model)
+    candidates = {1.0}
+    for part in (model.get_encoder(), model.get_decoder()):
+        scale = getattr(part, "embed_scale", None)
+        if isinstance(scale, (int, float)):
+            candidates.add(float(scale))
+    device = encoder_table.weight.device
+    n = min(4, encoder_table.num_embeddings)
+    source = torch.arange(n, device=device).unsqueeze(0)
+    target = torch.tensor([[decoder_start_id(model), *range(min(3, n))]], device=device)
+    with torch.no_grad():
+        expected = model(input_ids=source, decoder_input_ids=target, use_cache=False).logits.float()
+        for a in sorted(candidates):
+            for b in sorted(candidates):
+                got = model(inputs_embeds=encoder_table(source) * a, decoder_inputs_embeds=decoder_table(target) * b,
+                            use_cache=False).logits.float()
+                if agrees(got, expected, encoder_table.weight.dtype):
+                    return a, b
+    return None
+
+
+class Seq2SeqScorer:
+    """``scores(embeds, positions, token_ids, target)`` as :class:`~saliency_fast.hf.lm_head.CausalLMScorer`
+    gives them, over ``[source; target]`` rows (``positions`` count from the first source row)."""
+
+    splits = False  # the model's own forward runs: no hand-written pass, no split head
+
+    def __init__(self, model: nn.Module, n_source: int):
+        self.model = model
+        self.n_source = n_source
+
+    def scores(self, embeds: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, target: str) -> torch.Tensor:
+        target_fns.check_target_fn(target)
+        logits = self.logits_at(embeds, positions)
+        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        return target_fns.score_from_logits(logits, index, target).float()
+
+    def _forward(self, embeds: torch.Tensor, **kwargs):
+        s = self.n_source
+        return self.model(inputs_embeds=embeds[:, :s], decoder_inputs_embeds=embeds[:, s:], use_cache=False, **kwargs)
+
+    def logits_at(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self._forward(embeds).logits[:, positions - self.n_source]
+
+    def attention_rows(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Attention of each scoring position (heads averaged): cross-attention to the source beside
+        the decoder's self-attention to the target prefix, ``[T, layers, S + L_target]``."""
+        out = self._forward(embeds[:1], output_attentions=True)
+        cross, own = getattr(out, "cross_attentions", None), getattr(out, "decoder_attentions", None)
+        if not cross or not own:
+            raise ValueError(f"method 'attention': {type(self.model).__name__} returns no attention weights")
+        rows = positions - self.n_source
+        layers = [torch.cat([c[0].float().mean(0), d[0].float().mean(0)], -1)[rows] for c, d in zip(cross, own)]
+        return torch.stack(layers, dim=1)
