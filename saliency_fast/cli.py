@@ -170,7 +170,7 @@ def _load_explainer(args: argparse.Namespace):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model is None:
-        from saliency_fast.hf.default_model import default_model
+        from saliency_fast.hf.packaged_model import default_model
 
         print("loading the embedded all-MiniLM-L6-v2 ...", file=sys.stderr)
         return Explainer(*default_model(), task=task, labels=labels, device=device)

@@ -26,7 +26,7 @@ import saliency_fast
 from saliency_fast import ops
 from saliency_fast.hf import batching, method_registry, model_io, tasks
 from saliency_fast.hf.layers import LayerRequest
-from saliency_fast.hf.default_model import POOLING_CHOICES, sentence_pooling
+from saliency_fast.hf.packaged_model import POOLING_CHOICES, sentence_pooling
 from saliency_fast.hf.targets import class_labels
 from saliency_fast.methods import _common
 
