@@ -21,6 +21,7 @@ Methods whose path must end at a word (DIG) skip the zero fallback.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 
 import torch
@@ -120,9 +121,17 @@ class Resolver:
                 f"baseline={found.requested!r}: the tokenizer has no {found.requested} token, using {what} "
                 f"(fallback order {' -> '.join(FALLBACKS[found.requested])}); result.metadata['baseline'] "
                 f"says {found.kind!r}",
-                BaselineFallbackWarning, stacklevel=4,
+                BaselineFallbackWarning, stacklevel=_user_stacklevel(),
             )
         return found
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("saliency_fast"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def baseline_embeds(
