@@ -30,6 +30,13 @@ FEW_STEPS = {"integrated_gradients": {"n_steps": 8}, "sequential_integrated_grad
              "vargrad": {"nt_samples": 2}}
 
 
+def _build(arch: str, head: str, tokenizer_name: str):
+    """The tokenizer, a tiny model, a snapshot of both (see :func:`_assert_untouched`) and an Explainer."""
+    tokenizer = TOKENIZERS[tokenizer_name]()
+    model = tiny_decoder(arch, head, tokenizer)
+    return tokenizer, model, _snapshot(model, tokenizer), saliency_fast.Explainer(model, tokenizer)
+
+
 def _snapshot(model, tokenizer) -> tuple:
     return (model.config.to_json_string(), tokenizer.pad_token, tokenizer.unk_token, tokenizer.padding_side,
             {k: v.clone() for k, v in model.state_dict().items()})
@@ -61,10 +68,7 @@ def test_the_tokenizers_are_built_like_the_published_ones():
 @pytest.mark.parametrize("tokenizer_name", sorted(TOKENIZERS))
 @pytest.mark.parametrize("arch", DECODER_ARCHITECTURES)
 def test_every_method_classifies_a_batch_without_pad(arch, tokenizer_name):
-    tokenizer = TOKENIZERS[tokenizer_name]()
-    model = tiny_decoder(arch, "classification", tokenizer)
-    before = _snapshot(model, tokenizer)
-    explainer = saliency_fast.Explainer(model, tokenizer)
+    tokenizer, model, before, explainer = _build(arch, "classification", tokenizer_name)
     for method in method_registry.METHOD_CHOICES:
         spec = method_registry.resolve_method(method)
         results = explainer.attribute(TEXTS, method=method, progress=False, **FEW_STEPS.get(method, {}))
@@ -78,10 +82,7 @@ def test_every_method_classifies_a_batch_without_pad(arch, tokenizer_name):
 @pytest.mark.parametrize("tokenizer_name", sorted(TOKENIZERS))
 @pytest.mark.parametrize("arch", DECODER_ARCHITECTURES)
 def test_every_generation_method_runs_without_pad(arch, tokenizer_name):
-    tokenizer = TOKENIZERS[tokenizer_name]()
-    model = tiny_decoder(arch, "causal_lm", tokenizer)
-    before = _snapshot(model, tokenizer)
-    explainer = saliency_fast.Explainer(model, tokenizer)
+    tokenizer, model, before, explainer = _build(arch, "causal_lm", tokenizer_name)
     n_tokens = len(tokenizer(FORCED)["input_ids"])
     for method in generation._SUPPORTED:
         spec = method_registry.resolve_method(method)
