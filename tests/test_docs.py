@@ -91,7 +91,8 @@ def test_the_docs_have_python_blocks_to_run():
 
 def test_the_block_extraction_reads_fences(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("text\n```python\nx = 1\n```\n```bash\nls\n```\n- item\n\n  ```python\n  y = 2\n  ```\n```\nz\n```\n")
+    page.write_text("text\n```python\nx = 1\n```\n```bash\nls\n```\n- item\n\n  ```python\n  y = 2\n  ```\n"
+                    "```\nz\n```\n")
     assert python_blocks(page) == [(2, "x = 1"), (10, "y = 2")]
 
 

@@ -215,8 +215,8 @@ def test_a_requested_kind_the_tokenizer_has_is_used(requested, found):
 
 def test_unk_falls_back_to_pad_and_pad_to_unk():
     base = llama3_like_tokenizer()
-    with_pad = transformers.PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, pad_token="<|end_of_text|>",
-                                                    bos_token="<|begin_of_text|>")
+    with_pad = transformers.PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer,
+                                                    pad_token="<|end_of_text|>", bos_token="<|begin_of_text|>")
     found = baselines.resolve(with_pad, "unk")
     assert (found.kind, found.token_id) == ("pad", with_pad.pad_token_id)
     assert baselines.resolve(gpt2_like_tokenizer(), "pad").kind == "unk"
