@@ -248,9 +248,10 @@ class Explainer:
         :mod:`saliency_fast.metrics`.
 
         ``methods``: a list of method names, or a dict name -> method options (``n_steps``, ...).
-        ``baseline`` (``pad``, ``mask``, ``unk``) is both the attribution baseline and the token
-        log-odds puts in place of the top tokens. ``aggregate`` (default ``sum``, signed, as in the
-        paper) turns attributions into the scores tokens are ranked by.
+        ``baseline`` (``pad``, ``mask``, ``unk``, ``eos``; a missing token falls back as in ``attribute``)
+        is both the attribution baseline and the token log-odds puts in place of the top tokens.
+        ``aggregate`` (default ``sum``, signed, as in the paper) turns attributions into the scores
+        tokens are ranked by.
         """
         from saliency_fast import metrics
 
