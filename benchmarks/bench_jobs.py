@@ -55,7 +55,7 @@ def max_abs_diff(a: list, b: list) -> float:
 
 def in_memory(config: JobConfig, texts: list[str]) -> tuple[float, list]:
     from saliency_fast import Explainer
-    from saliency_fast.hf.default_model import default_model
+    from saliency_fast.hf.packaged_model import default_model
 
     started = time.perf_counter()
     explainer = Explainer(*default_model(), labels=list(config.labels), batch_size=config.batch_size)

@@ -72,7 +72,8 @@ def _add_explain_parser(sub) -> None:
                         "margin, cosine (zero-shot); cosine (similarity)")
     parser.add_argument("--aggregate", default="l2", help="how the embedding dim becomes one score: l2 (default), "
                         "sum, abs_sum, dot")
-    parser.add_argument("--baseline", default="pad", help="baseline of path methods: pad (default), mask, unk, zero")
+    parser.add_argument("--baseline", default="pad", help="baseline of path methods: pad (default; falls back to "
+                        "unk, eos, zero when the tokenizer lacks it), mask, unk, eos, zero")
     parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels (default: positive,negative)")
     parser.add_argument("--reference", help="similarity: the reference text")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="generate: tokens to generate greedily "
@@ -170,7 +171,7 @@ def _load_explainer(args: argparse.Namespace):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model is None:
-        from saliency_fast.hf.default_model import default_model
+        from saliency_fast.hf.packaged_model import default_model
 
         print("loading the embedded all-MiniLM-L6-v2 ...", file=sys.stderr)
         return Explainer(*default_model(), task=task, labels=labels, device=device)

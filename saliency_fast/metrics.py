@@ -279,16 +279,16 @@ def evaluate(
         )
     items, _ = model_io.check_texts(texts)
     plans = _method_plans(methods)
-    if not isinstance(baseline, str) or model_io.baseline_token_id(explainer.tokenizer, baseline) is None:
+    if not isinstance(baseline, str) or baseline == "zero":
         raise ValueError(
-            f"baseline must name a token ('pad', 'mask' or 'unk'): log-odds replaces the top tokens by it, "
+            f"baseline must name a token ('pad', 'mask', 'unk' or 'eos'): log-odds replaces the top tokens by it, "
             f"got {baseline!r}"
         )
+    baseline_id = explainer.resolve_baseline(baseline, needs_token=True).token_id  # falls back as attribute's
     if not isinstance(k, int) or isinstance(k, bool):
         raise ValueError(f"k must be an int percentage, got {k!r}")
     aopc_ks = _check_ks(ks)
     ks = tuple(sorted(set(aopc_ks) | {k}))
-    baseline_id = model_io.baseline_token_id(explainer.tokenizer, baseline)
     predict_proba = explainer_predict_proba(explainer)
     table: dict[str, list] = {"method": [], "n_texts": [], "seconds": []}
     for name, kwargs in plans:

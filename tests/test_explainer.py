@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import transformers
 
 from saliency_fast import Explainer
-from saliency_fast.hf.default_model import default_model
+from saliency_fast.hf.packaged_model import default_model
 from tiny_models import bert_tokenizer, tiny_bert, tiny_gpt2
 
 TEXTS = ["the movie was surprisingly good", "bad", "a long and rather boring film, not worth the ticket at all"]

@@ -477,7 +477,7 @@ def test_non_finite_gradients_are_reported():
     ({"method": "discretized_integrated_gradients", "baseline": "zero"}, ValueError, "baseline"),
     ({"aggregate": "max"}, ValueError, "aggregate"),
     ({"baseline": "random"}, ValueError, "baseline"),
-    ({"baseline": torch.zeros(5, 32)}, ValueError, "rows"),
+    ({"method": "integrated_gradients", "baseline": torch.zeros(5, 32)}, ValueError, "rows"),
     ({"method": "integrated_gradients", "n_steps": 0}, ValueError, "n_steps"),
     ({"method": "integrated_gradients", "n_steps": "many"}, ValueError, "n_steps"),
     ({"method": "integrated_gradients", "n_steps": "auto", "quadrature": "riemann_left"}, ValueError, "quadrature"),

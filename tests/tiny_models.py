@@ -142,3 +142,73 @@ def tiny_seq2seq(family: str, seed: int = 0, **overrides):
     kwargs.update(ids, vocab_size=len(tok))
     kwargs.update(overrides)
     return cls(config(**kwargs)).eval(), tok
+
+
+# --- tokenizers and configs built like the published decoder checkpoints ---------------------
+
+_BPE_CORPUS = [
+    "The capital of France is Paris.", "This movie was great, I loved every minute of it.",
+    "A terrible film: dull, slow and far too long.", "The quick brown fox jumps over the lazy dog.",
+]
+
+
+def _byte_level_bpe(special_tokens: tuple[str, ...]):
+    """A byte-level BPE (GPT-2's and Llama-3's kind) trained in memory on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_BPE_CORPUS * 4, trainer)
+    return tok
+
+
+@functools.cache
+def gpt2_like_tokenizer():
+    """Like GPT-2's: one special token ``<|endoftext|>`` that is bos, eos and unk; no pad; adds nothing."""
+    end = "<|endoftext|>"
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe((end,)), bos_token=end, eos_token=end, unk_token=end,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+@functools.cache
+def llama3_like_tokenizer():
+    """Like Llama-3's: ``<|begin_of_text|>`` (bos, prepended) and ``<|end_of_text|>`` (eos); no pad, no unk."""
+    from tokenizers import processors
+
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    tok = _byte_level_bpe((bos, eos))
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))],
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+DECODER_ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral")
+
+
+def tiny_decoder(arch: str, head: str, tokenizer, seed: int = 0, num_labels: int = 3):
+    """A 2-layer, hidden-32 decoder of ``arch`` (one of :data:`DECODER_ARCHITECTURES`) with
+    ``head`` ``classification`` (``*ForSequenceClassification``) or ``causal_lm``, sized to
+    ``tokenizer``; ``config.pad_token_id`` is None, as in the published checkpoints."""
+    torch.manual_seed(seed)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None)
+    if arch == "gpt2":
+        config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=num_labels, **ids)
+        cls = {"classification": transformers.GPT2ForSequenceClassification,
+               "causal_lm": transformers.GPT2LMHeadModel}[head]
+        return cls(config).eval()
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, num_labels=num_labels,
+                  **ids)
+    family = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[arch]
+    config = getattr(transformers, f"{family}Config")(**common)
+    suffix = {"classification": "ForSequenceClassification", "causal_lm": "ForCausalLM"}[head]
+    return getattr(transformers, f"{family}{suffix}")(config).eval()

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 import saliency_fast
 from saliency_fast import ops
-from saliency_fast.hf import batching, method_registry, model_io, tasks
+from saliency_fast.hf import baselines, batching, method_registry, model_io, tasks
 from saliency_fast.hf.layers import LayerRequest
-from saliency_fast.hf.default_model import POOLING_CHOICES, sentence_pooling
+from saliency_fast.hf.packaged_model import POOLING_CHOICES, sentence_pooling
 from saliency_fast.hf.targets import class_labels
 from saliency_fast.methods import _common
 
@@ -102,6 +102,7 @@ class Explainer:
         self.decoder_only = batching.is_decoder_only(model)
         self._forward_parameters = tasks.forward_parameters(model)
         self._label_embeddings: dict[tuple, torch.Tensor] = {}
+        self._baseline_resolver = baselines.Resolver(tokenizer)
         self._check_labels_for_task()
 
     def _check_labels_for_task(self) -> None:
@@ -172,7 +173,9 @@ class Explainer:
             target: ``None`` (the prediction), a class / label / choice index or name;
                 ``"all"`` for multiple choice gives a list of results, one per choice. Tagging
                 attributes every position (rows), the predicted tag or this class at each.
-            baseline: ``pad``, ``mask``, ``unk``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``.
+            baseline: ``pad``, ``mask``, ``unk``, ``eos``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``;
+                read only by the methods that use one, a missing token falls back as
+                :mod:`saliency_fast.hf.baselines` says (``metadata["baseline"]``: the kind used).
             aggregate: how the embedding dim becomes one score: ``l2`` (default), ``sum``,
                 ``abs_sum``, ``dot`` (attribution . embedding) or ``none`` (keep it).
             score: the scalar attributed: for heads ``logit`` (default), ``prob``, ``logprob``,
@@ -192,18 +195,18 @@ class Explainer:
         items, single = model_io.check_texts(texts)
         _check_aggregate(aggregate)
         layer_request = LayerRequest.pop(self.model, spec, method_kwargs, aggregate)  # layer=, layers=, layer_path=
-        self._check_baseline(baseline)
+        resolved = self.baseline_for(spec, baseline)
         task = self._make_task(choices=choices, reference=reference, labels=labels)
         kind = task.score_choices[0] if score is None else score
         if kind not in task.score_choices:
             raise ValueError(f"score must be one of {task.score_choices} for task {task.name!r}, got {score!r}")
         units = task.encode(items)
         rows, groups = task.plan(units, self.predict(task, units), target)
-        attributed = self._attribute_rows(task, units, rows, spec, kind, baseline, aggregate, method_kwargs, progress,
+        attributed = self._attribute_rows(task, units, rows, spec, kind, resolved, aggregate, method_kwargs, progress,
                                           layer_request)
         per_example: dict[int, list] = {}
         for group in groups:
-            result = self._result(task, units[group.unit], group, rows, attributed, spec, kind, baseline, aggregate,
+            result = self._result(task, units[group.unit], group, rows, attributed, spec, kind, resolved, aggregate,
                                   layer_request)
             per_example.setdefault(units[group.unit].example, []).append(result)
         all_choices = task.name == "multiple_choice" and isinstance(target, str) and target == "all"
@@ -252,9 +255,10 @@ class Explainer:
         :mod:`saliency_fast.metrics`.
 
         ``methods``: a list of method names, or a dict name -> method options (``n_steps``, ...).
-        ``baseline`` (``pad``, ``mask``, ``unk``) is both the attribution baseline and the token
-        log-odds puts in place of the top tokens. ``aggregate`` (default ``sum``, signed, as in the
-        paper) turns attributions into the scores tokens are ranked by.
+        ``baseline`` (``pad``, ``mask``, ``unk``, ``eos``; a missing token falls back as in ``attribute``)
+        is both the attribution baseline and the token log-odds puts in place of the top tokens.
+        ``aggregate`` (default ``sum``, signed, as in the paper) turns attributions into the scores
+        tokens are ranked by.
         """
         from saliency_fast import metrics
 
@@ -276,14 +280,31 @@ class Explainer:
         """Whether the model's forward takes ``argument`` (e.g. ``token_type_ids``)."""
         return argument in self._forward_parameters
 
-    def base_metadata(self, task: str, method: str, target: str, aggregate: str, baseline) -> dict:
-        """The metadata every result carries (engines add n_steps, completeness_error, ...)."""
+    def base_metadata(self, task: str, method: str, target: str, aggregate: str,
+                      baseline: baselines.Baseline | None) -> dict:
+        """The metadata every result carries (engines add n_steps, completeness_error, ...);
+        ``baseline`` is the kind used (``None`` for methods that read none)."""
         return {
             "task": task, "method": method, "target": target, "aggregate": aggregate,
-            "baseline": baseline if isinstance(baseline, str) else "tensor",
+            "baseline": None if baseline is None else baseline.kind,
             "backend": ops.active_backend(), "version": saliency_fast.__version__,
             "model": self.model_name,
         }
+
+    def baseline_for(self, spec: method_registry.MethodSpec, baseline) -> baselines.Baseline | None:
+        """The baseline ``spec``'s method starts from, or ``None`` for methods that read none (the
+        argument is checked either way, the tokenizer only when it is used)."""
+        baselines.check(baseline, self.embedding.embedding_dim)
+        if not spec.uses_baseline:
+            return None
+        return self.resolve_baseline(baseline, needs_token=spec.family == "discretized")
+
+    def resolve_baseline(self, baseline, needs_token: bool = False) -> baselines.Baseline:
+        """``baseline`` (a kind or a tensor) as used: a kind the tokenizer lacks falls back along
+        :data:`~saliency_fast.hf.baselines.FALLBACKS`, warning once per Explainer and fallback;
+        ``needs_token`` skips the zero fallback."""
+        baselines.check(baseline, self.embedding.embedding_dim)
+        return self._baseline_resolver(baseline, needs_token=needs_token)
 
     def gradient_mode(self, keep: tuple[nn.Module, ...] = ()):
         """Frozen parameters (autograd reaches the inputs only) and fused activations (except the
@@ -319,22 +340,6 @@ class Explainer:
             if value is not None and name != takes:
                 raise ValueError(f"{name}= does not apply to task {self.task!r}")
         return tasks.TASKS[self.task](self, **({takes: given[takes]} if takes else {}))
-
-    def _check_baseline(self, baseline) -> None:
-        if isinstance(baseline, torch.Tensor):
-            if not baseline.is_floating_point():
-                raise TypeError(f"baseline tensor must be floating point, got {baseline.dtype}")
-            dim = self.embedding.embedding_dim
-            if baseline.dim() not in (1, 2) or baseline.shape[-1] != dim:
-                raise ValueError(
-                    f"baseline tensor must have shape [{dim}] or [n_tokens, {dim}], got {tuple(baseline.shape)}"
-                )
-            return
-        if not isinstance(baseline, str):
-            raise TypeError(
-                f"baseline must be one of {model_io.BASELINE_CHOICES} or a tensor, got {type(baseline).__name__}"
-            )
-        model_io.baseline_token_id(self.tokenizer, baseline)
 
     def _pad(self, units: list[tasks.Unit]) -> batching.PaddedBatch:
         types = [u.token_type_ids for u in units]
@@ -379,21 +384,21 @@ class Explainer:
     def _gradient_batch(self, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs,
                         layer_request=None):
         embeds = self.embedding(batch.input_ids).detach()
-        baselines = self._baselines(batch, baseline, keep) if spec.uses_baseline else None
+        baseline_embeds = None if baseline is None else self._baselines(batch, baseline, keep)
         index = torch.tensor([r.index for r in batch_rows], device=self.device)
         extra = _stack_extra([r.extra for r in batch_rows], self.device)
         args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, positions, extra)
         if layer_request is not None:
             layers, error, n_steps = layer_request.attribute(
-                forward, embeds, baselines, args, method_kwargs, aggregate,
+                forward, embeds, baseline_embeds, args, method_kwargs, aggregate,
                 method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
             )
             layers = layers.masked_fill(keep.unsqueeze(1), float("nan"))  # as scores: no score for kept tokens
             return _Attributed(layers[:, -1], error, n_steps, layers)
         out = method_registry.attribute_embeddings(
-            spec, forward, embeds, baselines, args, method_kwargs, keep=keep, input_ids=batch.input_ids,
+            spec, forward, embeds, baseline_embeds, args, method_kwargs, keep=keep, input_ids=batch.input_ids,
             embedding_matrix=self._embedding_matrix() if spec.family == "discretized" else None,
-            baseline_token_id=_baseline_id(self.tokenizer, baseline),
+            baseline_token_id=None if baseline is None else baseline.token_id,
             special_token_ids=self._constant_token_ids(),
             internal_batch_size=method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
         )
@@ -422,19 +427,21 @@ class Explainer:
         ids = model_io.special_ids(self.tokenizer) if self.exclude_special_tokens else set()
         return sorted(ids | {batching.pad_id(self.tokenizer)})
 
-    def _baselines(self, batch: batching.PaddedBatch, baseline, keep: torch.Tensor) -> torch.Tensor:
-        if isinstance(baseline, torch.Tensor) and baseline.dim() == 2:
+    def _baselines(self, batch: batching.PaddedBatch, baseline: baselines.Baseline,
+                   keep: torch.Tensor) -> torch.Tensor:
+        rows = baseline.tensor
+        if rows is not None and rows.dim() == 2:
             dim = self.embedding.embedding_dim
             for length in batch.lengths:
-                if baseline.shape[0] != length:
+                if rows.shape[0] != length:
                     raise ValueError(
-                        f"baseline tensor has {baseline.shape[0]} rows but a text has {length} tokens; "
+                        f"baseline tensor has {rows.shape[0]} rows but a text has {length} tokens; "
                         f"expected [n_tokens, {dim}] for every text, or one vector [{dim}]"
                     )
             fill = torch.zeros((*batch.input_ids.shape, dim), dtype=self.embedding.weight.dtype)
-            baseline = batch.place([baseline] * len(batch.lengths), fill)
+            baseline = dataclasses.replace(baseline, tensor=batch.place([rows] * len(batch.lengths), fill))
         with torch.no_grad():
-            return model_io.baseline_embeds(self.embedding, self.tokenizer, batch.input_ids, baseline, keep)
+            return baselines.baseline_embeds(self.embedding, batch.input_ids, baseline, keep)
 
     def _attention(self, task, batch, positions, layers):
         """Attention paid by the task's query position(s) to every token: heads averaged, the
@@ -506,10 +513,6 @@ def _stack_extra(extras: list[torch.Tensor | None], device) -> torch.Tensor | No
     for b, extra in enumerate(extras):
         out[b, : extra.shape[-1]] = extra
     return out.to(device)
-
-
-def _baseline_id(tokenizer, baseline) -> int | None:
-    return model_io.baseline_token_id(tokenizer, baseline) if isinstance(baseline, str) else None
 
 
 def check_attention_layers(layers) -> None:

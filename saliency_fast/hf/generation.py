@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, method_registry, model_io, seq2seq, words
+from saliency_fast.hf import baselines, causal_pass, method_registry, model_io, seq2seq, words
 from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
@@ -77,8 +77,9 @@ def attribute_generation(
             or ``loss`` (cross-entropy with the generated token as label).
         aggregate: ``none``, ``sum``, ``l2``, ``abs_sum`` or ``dot`` over the embedding dim
             (not used by ``occlusion`` and ``attention``, which give one number per token).
-        baseline: ``pad``, ``mask``, ``unk``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``
-            (``integrated_gradients`` and ``occlusion``).
+        baseline: ``pad``, ``mask``, ``unk``, ``eos``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``
+            (read by ``integrated_gradients``, ``discretized_integrated_gradients`` and ``occlusion``;
+            a missing token falls back as :mod:`saliency_fast.hf.baselines` says).
         kwargs: the method's options (``n_steps`` (an int, or ``"auto"``: nested rules until the
             completeness error is within ``atol + rtol |F(x) - F(b)|``, ``min_steps`` to ``max_steps``
             points per target), ``quadrature``, ``internal_batch_size`` (path points per forward);
@@ -93,7 +94,7 @@ def attribute_generation(
     engine = {k: kwargs.pop(k) for k in ENGINE_KWARGS & kwargs.keys()}
     spec = _check_arguments(prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs)
     layer_request = LayerRequest.pop(explainer.model, spec, kwargs, aggregate)  # layer=, layers=, layer_path=
-    explainer._check_baseline(baseline)
+    resolved = explainer.baseline_for(spec, baseline)
     if spec.family == "attention":
         check_attention_layers(kwargs.get("layers", "last"))
     options = _engine_options(engine)
@@ -117,7 +118,7 @@ def attribute_generation(
     special = model_io.special_mask(tokenizer, input_ids)
     keep = special if explainer.exclude_special_tokens else torch.zeros_like(special)
     n_tokens, n_targets = len(ids), len(ids) - n_prompt
-    baseline = _baseline_rows(baseline, n_tokens)
+    _check_baseline_rows(resolved, n_tokens)
     if aggregate == "none" and not spec.per_token and spec.family != "attention":
         size = n_targets * n_tokens * explainer.embedding.embedding_dim * 4
         if size > _MAX_UNREDUCED_BYTES:
@@ -128,11 +129,10 @@ def attribute_generation(
 
     with torch.no_grad():
         embeds = embedding(input_ids).detach()
-        baselines = None
-        if spec.uses_baseline:
-            baselines = model_io.baseline_embeds(
-                embedding, tokenizer, input_ids.unsqueeze(0), baseline,
-                keep.unsqueeze(0),
+        baseline_embeds = None
+        if resolved is not None:
+            baseline_embeds = baselines.baseline_embeds(
+                embedding, input_ids.unsqueeze(0), resolved, keep.unsqueeze(0),
             )[0].detach()
     cp = causal_pass.CausalPass(
         scorer=scorer,
@@ -154,18 +154,18 @@ def attribute_generation(
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 
-            layer_scores, metadata_extra = causal_layers.attribute(layer_request, cp, board, baselines, kwargs)
+            layer_scores, metadata_extra = causal_layers.attribute(layer_request, cp, board, baseline_embeds, kwargs)
         elif spec.name in ("saliency", "input_x_gradient"):
             causal_pass.saliency(cp, board, times_input=spec.name == "input_x_gradient")
         elif spec.name == "integrated_gradients":
-            metadata_extra = _integrated_gradients(cp, board, baselines, kwargs)
+            metadata_extra = _integrated_gradients(cp, board, baseline_embeds, kwargs)
         elif spec.family == "discretized":
-            metadata_extra = _discretized(cp, board, explainer, embedding, input_ids, keep, baseline, kwargs)
+            metadata_extra = _discretized(cp, board, explainer, embedding, input_ids, keep, resolved, kwargs)
         elif spec.family == "noise":
             _noise_tunnel(cp, board, spec.name, kwargs)
         elif spec.name == "occlusion":
             ppe = kwargs.get("perturbations_per_eval") or max(1, options["max_batch_tokens"] // cp.prefix_length)
-            causal_pass.occlusion(cp, board, baselines, keep, _positive_int(ppe, "perturbations_per_eval"))
+            causal_pass.occlusion(cp, board, baseline_embeds, keep, _positive_int(ppe, "perturbations_per_eval"))
         else:
             layer_scores = causal_pass.attention(cp, board, kwargs.get("layers", "last"))
 
@@ -192,7 +192,7 @@ def attribute_generation(
         scores, mask = scores[:, n_source:], mask[:, n_source:]
         layer_scores = None if layer_scores is None else layer_scores[..., n_source:]  # attention: the target side
         n_prompt -= n_source
-    metadata = explainer.base_metadata("generate", spec.name, target, None if spec.per_token else aggregate, baseline)
+    metadata = explainer.base_metadata("generate", spec.name, target, None if spec.per_token else aggregate, resolved)
     metadata.update(metadata_extra)
     if layer_request is not None:
         metadata.update(layer_request.metadata())
@@ -336,15 +336,15 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
     }
 
 
-def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline, kwargs: dict) -> dict:
+def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline: baselines.Baseline, kwargs: dict) -> dict:
     """DIG: the word paths of the whole sequence (each token's own, so every prefix's too), then
     the single causal pass along them."""
     from saliency_fast import dig_paths, knn
     from saliency_fast.methods import dig
 
-    if not isinstance(baseline, str) or baseline == "zero":
-        raise ValueError(f"baseline must be a token (pad, mask or unk) for method "
-                         f"'discretized_integrated_gradients': its path ends at a word, got {baseline!r}")
+    if baseline.token_id is None:
+        raise ValueError(f"baseline must be a token (pad, mask, unk or eos) for method "
+                         f"'discretized_integrated_gradients': its path ends at a word, got {baseline.requested!r}")
     options = {"n_steps": dig.DEFAULT_N_STEPS, "n_neighbors": dig.DEFAULT_N_NEIGHBORS, "strategy": "greedy",
                "factor": 0, "convention": "official", "knn_backend": None, **kwargs}
     n_anchors, monotonize_steps = dig_paths.step_plan(options["n_steps"], options["convention"])
@@ -353,7 +353,7 @@ def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline, kwa
                          "unscaled embedding table (its paths run through that table's words); this model's differ")
     matrix = embedding.weight.detach()
     index = knn.neighbor_index(matrix, options["n_neighbors"], options["knn_backend"])
-    baseline_ids = torch.full_like(input_ids, model_io.baseline_token_id(explainer.tokenizer, baseline))
+    baseline_ids = torch.full_like(input_ids, baseline.token_id)
     paths = dig_paths.build_paths(
         input_ids.unsqueeze(0), baseline_ids.unsqueeze(0), matrix, index, n_anchors=n_anchors,
         monotonize_steps=monotonize_steps, strategy=options["strategy"], factor=options["factor"],
@@ -427,11 +427,11 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _baseline_rows(baseline, n_tokens: int):
+def _check_baseline_rows(baseline: baselines.Baseline | None, n_tokens: int) -> None:
     """A ``[n_tokens, D]`` baseline tensor must match the full sequence (prompt + generated)."""
-    if isinstance(baseline, torch.Tensor) and baseline.dim() == 2 and baseline.shape[0] != n_tokens:
+    rows = None if baseline is None else baseline.tensor
+    if rows is not None and rows.dim() == 2 and rows.shape[0] != n_tokens:
         raise ValueError(
-            f"baseline tensor has {baseline.shape[0]} rows but the sequence (prompt + generated) has {n_tokens} "
+            f"baseline tensor has {rows.shape[0]} rows but the sequence (prompt + generated) has {n_tokens} "
             f"tokens; expected [{n_tokens}, D] or one vector [D]"
         )
-    return baseline

@@ -129,7 +129,7 @@ def attribute_embeddings(
     if spec.family == "discretized":
         if baseline_token_id is None:
             raise ValueError(
-                f"baseline must be a token (pad, mask or unk) for method {spec.name!r}: its path ends at a word"
+                f"baseline must be a token (pad, mask, unk or eos) for method {spec.name!r}: its path ends at a word"
             )
         dig = importlib.import_module("saliency_fast.methods.dig")
         found = dig.dig_attribute_embeddings(

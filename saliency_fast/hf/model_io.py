@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BASELINE_CHOICES = ("pad", "mask", "unk", "zero")
-
 
 def word_embeddings(model: nn.Module) -> nn.Embedding:
     """The model's input word-embedding table; ``TypeError`` if it has none we can feed."""
@@ -65,50 +63,6 @@ def special_mask(tokenizer, input_ids: torch.Tensor) -> torch.Tensor:
     if not ids:
         return torch.zeros_like(input_ids, dtype=torch.bool)
     return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
-
-
-def baseline_token_id(tokenizer, kind: str) -> int | None:
-    """The token a ``pad`` / ``mask`` / ``unk`` baseline is made of; None for ``zero``."""
-    if kind not in BASELINE_CHOICES:
-        raise ValueError(f"baseline must be one of {BASELINE_CHOICES} or a tensor, got {kind!r}")
-    if kind == "zero":
-        return None
-    token_id = getattr(tokenizer, f"{kind}_token_id", None)
-    if token_id is None:
-        raise ValueError(f"baseline={kind!r} but the tokenizer has no {kind} token; choose another of {BASELINE_CHOICES}")
-    return int(token_id)
-
-
-def baseline_embeds(
-    embedding: nn.Embedding,
-    tokenizer,
-    input_ids: torch.Tensor,
-    baseline,
-    keep: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Word embeddings of the baseline for ``input_ids`` (``[batch, seq]`` -> ``[batch, seq, dim]``).
-
-    ``baseline`` is a kind from :data:`BASELINE_CHOICES` or a tensor broadcastable to the embeddings.
-    Positions in ``keep`` (special tokens, padding) take their real embedding, so they lie on a
-    constant path and receive no attribution.
-    """
-    real = embedding(input_ids)
-    if isinstance(baseline, torch.Tensor):
-        try:
-            base = baseline.to(device=real.device, dtype=real.dtype).expand_as(real).clone()
-        except RuntimeError as exc:
-            raise ValueError(
-                f"baseline tensor of shape {tuple(baseline.shape)} does not broadcast to the embeddings {tuple(real.shape)}"
-            ) from exc
-    else:
-        token_id = baseline_token_id(tokenizer, baseline)
-        if token_id is None:
-            base = torch.zeros_like(real)
-        else:
-            base = embedding(torch.full_like(input_ids, token_id))
-    if keep is not None:
-        base = torch.where(keep.unsqueeze(-1), real, base)
-    return base
 
 
 def token_texts(tokenizer, ids) -> list[str]:

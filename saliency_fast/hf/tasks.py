@@ -24,7 +24,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from saliency_fast.hf import model_io, words
+from saliency_fast.hf import last_token, model_io, words
 from saliency_fast.hf.batching import PaddedBatch
 from saliency_fast.hf.targets import TARGET_CHOICES, class_labels, resolve_class, score_from_logits
 
@@ -98,12 +98,17 @@ class Task:
     # -- the model
 
     def run_model(self, inputs_embeds, attention_mask, token_type_ids=None, position_ids=None, **kwargs):
+        return self.model(inputs_embeds=inputs_embeds, **self.model_kwargs(attention_mask, token_type_ids,
+                                                                           position_ids, **kwargs))
+
+    def model_kwargs(self, attention_mask, token_type_ids=None, position_ids=None, **kwargs) -> dict:
+        """The model's keyword arguments besides ``inputs_embeds``."""
         kwargs["attention_mask"] = attention_mask
         if token_type_ids is not None and self.explainer.accepts("token_type_ids"):
             kwargs["token_type_ids"] = token_type_ids
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        return self.model(inputs_embeds=inputs_embeds, **kwargs)
+        return kwargs
 
     def outputs(self, inputs_embeds, attention_mask, token_type_ids=None, position_ids=None) -> torch.Tensor:
         """What predictions and scores are read from, one entry per batch element."""
@@ -130,7 +135,26 @@ class Task:
 
 
 class ClassifyTask(Task):
+    """A decoder-only classifier's score is read at each row's last real token, from the attention
+    mask (see :mod:`saliency_fast.hf.last_token`): any padding, and no pad id needed."""
+
     name = "classify"
+
+    def run_model(self, inputs_embeds, attention_mask, token_type_ids=None, position_ids=None, **kwargs):
+        if not self.explainer.decoder_only:
+            return super().run_model(inputs_embeds, attention_mask, token_type_ids, position_ids, **kwargs)
+        # a decoder's body alone (hidden states, attentions): its own head would need a pad id
+        return self.model.base_model(inputs_embeds=inputs_embeds, **self.model_kwargs(
+            attention_mask, token_type_ids, position_ids, **kwargs))
+
+    def outputs(self, inputs_embeds, attention_mask, token_type_ids=None, position_ids=None):
+        if not self.explainer.decoder_only:
+            return super().outputs(inputs_embeds, attention_mask, token_type_ids, position_ids)
+        if last_token.has_score_head(self.model):
+            hidden = self.run_model(inputs_embeds, attention_mask, token_type_ids, position_ids).last_hidden_state
+            return last_token.pooled_logits(self.model, hidden, attention_mask)
+        return last_token.logits_row_by_row(self.model, inputs_embeds, **self.model_kwargs(
+            attention_mask, token_type_ids, position_ids))
 
     def plan(self, units, outputs, target):
         labels = class_labels(self.model)

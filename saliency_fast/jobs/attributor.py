@@ -183,7 +183,7 @@ def _load_explainer(config: JobConfig):
         "device": _device(config), "batch_size": config.batch_size,
     }
     if config.model == DEFAULT_MODEL:
-        from saliency_fast.hf.default_model import default_model
+        from saliency_fast.hf.packaged_model import default_model
 
         return Explainer(*default_model(), **kwargs)
     return Explainer.from_pretrained(config.model, **kwargs)

@@ -18,7 +18,7 @@ _CONFIG_FLAGS = {
     "method": ("--method", "attribution method, e.g. saliency, integrated_gradients"),
     "score": ("--score", "the scalar attributed: logit, prob, logprob, loss (heads, generation); margin, cosine (zero-shot)"),
     "aggregate": ("--aggregate", "aggregation over the embedding dim: sum, l2, abs_sum, dot"),
-    "baseline": ("--baseline", "baseline of path methods: pad, mask, unk, zero"),
+    "baseline": ("--baseline", "baseline of path methods: pad (falls back to unk, eos, zero), mask, unk, eos, zero"),
     "text_column": ("--text-column", "input column holding the texts"),
     "id_column": ("--id-column", "input column holding row ids (default: 'id' if present, else the row number)"),
     "generated_column": ("--generated-column", "generation: input column holding each row's response to force "
