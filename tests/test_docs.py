@@ -22,7 +22,7 @@ import pytest
 import torch
 import transformers
 
-from tiny_models import gpt2_like_tokenizer, tiny_decoder
+from tiny_models import gpt2_like_tokenizer, seq2seq_tokenizer, tiny_decoder, tiny_seq2seq
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -33,6 +33,8 @@ PYTHON_LANGS = ("python", "py", "python3")
 HUB_STAND_INS = {
     "gpt2": (("AutoModelForCausalLM", "GPT2LMHeadModel"),
              lambda: tiny_decoder("gpt2", "causal_lm", gpt2_like_tokenizer()), gpt2_like_tokenizer),
+    "t5-small": (("AutoModelForSeq2SeqLM", "T5ForConditionalGeneration"),
+                 lambda: tiny_seq2seq("t5")[0], lambda: seq2seq_tokenizer("t5")),
 }
 
 
