@@ -277,3 +277,12 @@ def test_cli_explain_and_batch_on_a_saved_seq2seq_model(tmp_path, capsys):
     table = read_results(tmp_path / "b")
     assert table.column("error").to_pylist() == [None, "response is empty"]
     assert table.column("target").to_pylist()[0] == ["le", "film", "est", "bon", "</s>"]
+
+
+def test_bf16_stays_close_to_float32():
+    model, tok = tiny_seq2seq("bart")
+    full = attribute(model, tok, "integrated_gradients", n_steps=8, aggregate="sum")
+    half = attribute(model, tok, "integrated_gradients", n_steps=8, aggregate="sum", dtype=torch.bfloat16)
+    assert half.metadata["dtype"] == "bfloat16"
+    scale = float(joined(full).abs().nan_to_num().max())
+    assert_close(joined(half), joined(full), rtol=0.05, atol=0.05 * scale)
