@@ -113,7 +113,8 @@ class FeatureAblation(_common.AttributionMethod):
         with tqdm(total=n_perturbations, disable=not show_progress, desc=self._progress_label,
                   unit="perturbation") as bar:
             initial = self._evaluate(inputs, target, args, n_examples, futures)
-            batches = []
+            accumulator = None if futures else _DropAccumulator(initial, inputs, self._weighted, self.dtype is not None)
+            pending = []  # with futures: every forward starts before the first is waited on
             for start in range(0, n_perturbations, perturbations_per_eval):
                 stop = min(start + perturbations_per_eval, n_perturbations)
                 p, masks = stop - start, build(start, stop)
@@ -123,14 +124,15 @@ class FeatureAblation(_common.AttributionMethod):
                     for x, b, m in zip(inputs, baselines, masks)
                 )
                 output = self._evaluate(ablated, target, _common.repeat_args(args, p), p * n_examples, futures)
-                batches.append((p, masks, output))
-                if not futures:  # waited on below, in order, once every forward has started
-                    bar.update(p)
-            initial = _wait(initial)
-            accumulator = _DropAccumulator(initial, inputs, self._weighted, self.dtype is not None)
-            for p, masks, output in batches:
-                accumulator.add(p, masks, _wait(output), perturbations_per_eval)
                 if futures:
+                    pending.append((p, masks, output))
+                else:
+                    accumulator.add(p, masks, output, perturbations_per_eval)
+                    bar.update(p)
+            if futures:
+                accumulator = _DropAccumulator(initial.wait(), inputs, self._weighted, self.dtype is not None)
+                for p, masks, output in pending:
+                    accumulator.add(p, masks, output.wait(), perturbations_per_eval)
                     bar.update(p)
         return accumulator.result()
 
@@ -147,10 +149,6 @@ class FeatureAblation(_common.AttributionMethod):
         if futures:
             return output.then(lambda done: _targeted_output(target, done.value(), rows))
         return _targeted_output(target, output, rows)
-
-
-def _wait(value):
-    return value.wait() if isinstance(value, torch.Future) else value
 
 
 def _targeted_output(target: _common.Target, output, rows: int) -> torch.Tensor:
