@@ -239,7 +239,7 @@ class LayerSet:
     def gradients(self, forward_func, inputs: _common.Tensors, target: _common.Target, args,
                   dtype=None, grad_kwargs: dict | None = None) -> tuple[Activations, Activations]:
         """``(gradients, activations)`` of every layer at ``inputs``, from one forward and backward."""
-        with torch.enable_grad(), self.tap() as tap:
+        with torch.enable_grad(), self.tap() as tap:  # enable_grad: callers may sit inside torch.no_grad()
             selected = _targeted(forward_func, tuple(x.detach() for x in inputs), target, args, dtype)
             acts = tap.collected(inputs[0].shape[0])
             grads = _gradients_wrt(selected, flatten(acts), grad_kwargs)
@@ -248,10 +248,9 @@ class LayerSet:
     def replaced_gradients(self, forward_func, inputs: _common.Tensors, values: Activations,
                            target: _common.Target, args, dtype=None, grad_kwargs: dict | None = None) -> Activations:
         """Gradients w.r.t. ``values`` put in place of the layers' activations in a forward on ``inputs``."""
-        with torch.enable_grad(), self.tap([tuple(v.detach().requires_grad_(True) for v in layer_values)
-                                            for layer_values in values]) as tap:
+        leaves = [tuple(v.detach().requires_grad_(True) for v in layer_values) for layer_values in values]
+        with torch.enable_grad(), self.tap(leaves) as tap:  # enable_grad: callers may sit inside torch.no_grad()
             selected = _targeted(forward_func, inputs, target, args, dtype)
-            leaves = tap.replacements
             tap.collected(inputs[0].shape[0])
             return nest(_gradients_wrt(selected, flatten(leaves), grad_kwargs), leaves)
 
