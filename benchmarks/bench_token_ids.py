@@ -20,13 +20,11 @@ captum vs ours on ids, and ours' float path vs ours on ids (ratio 1 = the same s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import statistics
 import sys
-import time
 
+import captum
 import captum.attr
 import torch
 import transformers
@@ -37,6 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import saliency_fast  # noqa: E402
+from benchmarks._results import row, write_rows  # noqa: E402
+from benchmarks._timing import interleaved  # noqa: E402
 from tests.tiny_models import minilm_path  # noqa: E402
 
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="Gauss-Legendre steps (default 32; --quick: 8)")
     parser.add_argument("--repeats", type=int, help="interleaved timed rounds (default 5; --quick: 7)")
     parser.add_argument("--quick", action="store_true", help="a small workload, more rounds")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     defaults = dict(batch=2, tokens=16, steps=8, repeats=7) if args.quick else dict(batch=4, tokens=64, steps=32,
@@ -56,16 +57,17 @@ def main() -> None:
             setattr(args, name, value)
 
     torch.manual_seed(0)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(minilm_path()), num_labels=2).eval()
+    device = torch.device(args.device)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(minilm_path()), num_labels=2).eval().to(device)
     embeddings = model.bert.embeddings
-    ids = torch.randint(1000, 29000, (args.batch, args.tokens))
+    ids = torch.randint(1000, 29000, (args.batch, args.tokens), device=device)
     ids[:, 0], ids[:, -1] = 101, 102
     baseline = torch.zeros_like(ids)
     baseline[:, 0], baseline[:, -1] = 101, 102
     with torch.no_grad():
         embeds, base_embeds = embeddings.word_embeddings(ids), embeddings.word_embeddings(baseline)
-    target = 1
-    common = dict(target=target, n_steps=args.steps, method="gausslegendre")
+    common = dict(target=1, n_steps=args.steps, method="gausslegendre")
 
     def from_ids(x):
         return model(input_ids=x).logits
@@ -81,40 +83,33 @@ def main() -> None:
         "ours, float path": lambda: saliency_fast.LayerIntegratedGradients(from_embeds, embeddings).attribute(
             embeds, baselines=base_embeds, **common),
     }
-    outputs = {name: fn().detach() for name, fn in contenders.items()}  # also the warm-up round
+    outputs = {name: fn().detach() for name, fn in contenders.items()}
     reference = outputs["captum, token ids"]
     scale = float(reference.abs().max())
     diffs = {name: float((out - reference).abs().max()) / scale for name, out in outputs.items()}
     for name, diff in diffs.items():
         if diff > 1e-4:
             raise SystemExit(f"{name} differs from captum by {diff:.2e} of the largest attribution")
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    timings = interleaved(contenders, runs=args.repeats, warmup=1, device=device)
 
     workload = f"layer IG on token ids, MiniLM-L6 embeddings ({args.batch}x{args.tokens}, {args.steps} steps)"
+    ours = timings["ours, token ids"]
     rows = [
-        {"workload": workload, "peer": "captum LayerIntegratedGradients, token ids",
-         "peer_s": median["captum, token ids"], "ours_s": median["ours, token ids"],
-         "ratio": median["captum, token ids"] / median["ours, token ids"], "max_diff": diffs["ours, token ids"],
-         "floor_s": None},
-        {"workload": workload, "peer": "ours, float path (inputs_embeds)",
-         "peer_s": median["ours, float path"], "ours_s": median["ours, token ids"],
-         "ratio": median["ours, float path"] / median["ours, token ids"],
-         "max_diff": float((outputs["ours, float path"] - outputs["ours, token ids"]).abs().max()) / scale,
-         "floor_s": None},
+        row(workload, f"captum {captum.__version__} LayerIntegratedGradients, token ids", timings["captum, token ids"],
+            ours, max_diff=diffs["ours, token ids"], peer_dtype="float32", ours_dtype="float32", floor_s=None,
+            device=args.device),
+        # our own other entry point: the times side by side, not a speed claim over a peer
+        row(workload, "ours, float path (inputs_embeds through the same layer)", timings["ours, float path"], ours,
+            max_diff=float((outputs["ours, float path"] - outputs["ours, token ids"]).abs().max()) / scale,
+            peer_dtype="float32", ours_dtype="float32", floor_s=None, kind="design", device=args.device),
     ]
-    print(f"{workload}; torch threads {torch.get_num_threads()}, {args.repeats} interleaved rounds, median")
-    for name in contenders:
-        print(f"  {name:<20} {median[name]:8.3f} s   max diff from captum {diffs[name]:.1e}")
-    for row in rows:
-        print(f"  ours on ids vs {row['peer']}: {row['ratio']:.2f}x")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+    print(f"{workload}; {args.device}, torch threads {torch.get_num_threads()}, {args.repeats} interleaved rounds, "
+          "median")
+    for name, timing in timings.items():
+        print(f"  {name:<20} {timing.median:8.3f} s   max diff from captum {diffs[name]:.1e}")
+    for found in rows:
+        print(f"  ours on ids vs {found['peer']}: {found['ratio']:.2f}x")
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":
