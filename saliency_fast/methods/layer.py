@@ -475,7 +475,8 @@ class LayerIntegratedGradients(_LayerMethod):
                                                          grad_kwargs)
                 path_inputs, path_baselines, accumulate_at = ends[0], ends[1], None
             else:
-                gradient_fn = recorded_gradient_function(layers, forward, target, args, self.dtype, at_inputs, grad_kwargs)
+                gradient_fn = recorded_gradient_function(layers, forward, target, args, self.dtype, at_inputs,
+                                                         grad_kwargs)
                 path_inputs, path_baselines, accumulate_at = inputs, baselines, ends
             if auto:
                 found = integrate_path_adaptive(

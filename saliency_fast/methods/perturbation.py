@@ -172,7 +172,8 @@ class _DropAccumulator:
         # the result's dtype is the forward's (captum's); sums run in float32, float64 for float64 or integer
         # outputs (exact for integers), and under autocast the result stays float32
         self.out_dtype = torch.float32 if autocast else initial.dtype
-        self.dtype = torch.float64 if initial.dtype == torch.float64 or not initial.is_floating_point() else torch.float32
+        exact = initial.dtype == torch.float64 or not initial.is_floating_point()
+        self.dtype = torch.float64 if exact else torch.float32
         self.flat = initial.reshape(1, -1).to(self.dtype)
         self.totals = [torch.zeros((self.n_outputs, *x.shape[1:]), dtype=self.dtype, device=x.device) for x in inputs]
         self.counts = [torch.zeros((1, *x.shape[1:]), dtype=self.dtype, device=x.device) for x in inputs]
@@ -207,7 +208,7 @@ class _DropAccumulator:
 
     def result(self) -> _common.Tensors:
         if self.weighted:  # averages: at least float32 (captum's), float64 kept for a float64 forward
-            dtype = torch.promote_types(self.out_dtype, torch.float32) if self.out_dtype.is_floating_point else torch.float32
+            dtype = torch.promote_types(self.out_dtype, torch.float32)  # float32 for integer outputs too
             return tuple((total / count).to(dtype) for total, count in zip(self.totals, self.counts))
         return tuple(total.to(self.out_dtype) for total in self.totals)
 
