@@ -167,3 +167,25 @@ def test_perturbation_rejects_batched_copies_of_an_aggregated_output():
         saliency_fast.FeatureAblation(lambda x, y: model(x, y).sum()).attribute(
             (X, torch.randn(3, 5)), perturbations_per_eval=2
         )
+
+
+@pytest.mark.parametrize("call, names", [
+    (lambda: saliency_fast.Occlusion(TokenMLP()).attribute(X, sliding_window_shapes=(1, 8), strides=(1, 2, 3)),
+     "strides"),
+    (lambda: saliency_fast.Occlusion(TokenMLP()).attribute(X, sliding_window_shapes=(1,)), "sliding_window_shapes"),
+    (lambda: saliency_fast.Saliency(TokenMLP()).attribute(X, target=(9, 9)), "target"),
+    (lambda: saliency_fast.IntegratedGradients(lambda x: x.sum(-1)).attribute(X), "target"),
+])
+def test_where_captum_asserts_we_raise_a_value_error_that_is_also_an_assertion_error(call, names):
+    with pytest.raises(ValueError, match=names) as raised:
+        call()
+    assert isinstance(raised.value, AssertionError)  # captum users' `except AssertionError` still works
+
+
+def test_attribute_future_is_captums():
+    with pytest.raises(NotImplementedError):
+        saliency_fast.Saliency(TokenMLP()).attribute_future(X)
+    with pytest.raises(NotImplementedError):
+        saliency_fast.Occlusion(TokenMLP()).attribute_future(X, sliding_window_shapes=(1, 8))
+    with pytest.raises(ValueError, match="attribute_future"):  # a forward that returns futures needs attribute_future
+        saliency_fast.FeatureAblation(lambda x: torch.futures.Future()).attribute(X)

@@ -10,7 +10,8 @@ The conventions are captum's, so a captum user can switch by changing an import:
 - ``target`` picks one scalar per example from the forward output (see :class:`Target`).
 
 Errors name the argument and say what was expected: ``TypeError`` for the wrong kind of thing,
-``ValueError`` for a wrong value.
+``ValueError`` for a wrong value, and :class:`ArgumentError` (a ``ValueError`` that is also an
+``AssertionError``) where captum asserts, so code written for captum still catches it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ Tensors = tuple[torch.Tensor, ...]
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
+class ArgumentError(ValueError, AssertionError):
+    """A wrong argument where captum raises ``AssertionError`` (target out of range, a target that
+    does not pick one output per example, a bad window or stride, a forward that aggregates the
+    batch where it must not): a ``ValueError`` with a message that names the argument, and an
+    ``AssertionError`` too, so ``except AssertionError`` written for captum keeps working."""
+
+
 def _label(name: str, index: int, is_tuple: bool) -> str:
     return f"{name}[{index}]" if is_tuple else name
 
@@ -43,11 +51,13 @@ def check_finite(label: str, value: torch.Tensor, what: str = "") -> None:
         raise ValueError(f"{label} contains NaN or inf{what}")
 
 
-def format_inputs(inputs, *, require_float: bool = True) -> tuple[Tensors, bool]:
+def format_inputs(inputs, *, require_float: bool = True, same_batch: bool = True) -> tuple[Tensors, bool]:
     """``(inputs as a tuple, whether they came as a tuple)`` after checking them.
 
     ``require_float``: gradient methods need floating inputs (embed token ids first); perturbation
-    methods also accept integer inputs such as token ids.
+    methods also accept integer inputs such as token ids. ``same_batch=False`` lets inputs after
+    the first have another dim 0 (captum's sparse-feature inputs for perturbation methods: a list
+    of ids for the whole batch, ablated as one feature).
     """
     is_tuple = isinstance(inputs, tuple)
     items = inputs if is_tuple else (inputs,)
@@ -67,7 +77,7 @@ def format_inputs(inputs, *, require_float: bool = True) -> tuple[Tensors, bool]
         check_finite(label, value)
     first = items[0]
     for i, value in enumerate(items[1:], 1):
-        if value.shape[0] != first.shape[0]:
+        if same_batch and value.shape[0] != first.shape[0]:
             raise ValueError(
                 f"inputs must share the batch size in dim 0: inputs[0] has {first.shape[0]}, "
                 f"inputs[{i}] has {value.shape[0]}"
@@ -88,23 +98,37 @@ def format_baselines(baselines, inputs: Tensors, is_tuple: bool) -> Tensors:
 
 
 def _format_baseline(baseline, x: torch.Tensor, label: str) -> torch.Tensor:
+    if isinstance(baseline, bool) and x.dtype == torch.bool:
+        baseline = torch.tensor(baseline)
     if isinstance(baseline, bool) or not isinstance(baseline, (int, float, torch.Tensor)):
         raise TypeError(f"{label} must be a number or a torch.Tensor, got {type(baseline).__name__}")
     if not isinstance(baseline, torch.Tensor):
         baseline = torch.tensor(baseline)
-    if baseline.dtype.is_complex or (x.is_floating_point() is False and baseline.is_floating_point()):
+    if baseline.dtype.is_complex:
         raise TypeError(f"{label} has dtype {baseline.dtype}, which cannot stand in for an input of dtype {x.dtype}")
     if baseline.device != x.device:
         raise ValueError(f"{label} is on {baseline.device} but its input is on {x.device}")
-    example = tuple(x.shape[1:])
-    shape = tuple(baseline.shape)
-    if not (baseline.dim() == 0 or shape == example or (shape[1:] == example and shape[0] in (1, x.shape[0]))):
+    # captum's forms (the input's shape, one example (1, ...), a scalar) and whatever else
+    # broadcasts to the input, e.g. one value per example (N, 1) or the example shape without dim 0
+    if baseline.dim() > x.dim() or not _broadcasts(baseline.shape, x.shape):
+        example = tuple(x.shape[1:])
         raise ValueError(
-            f"{label} has shape {shape}; expected the input's shape {tuple(x.shape)}, one example "
-            f"{(1, *example)} or {example}, or a scalar"
+            f"{label} has shape {tuple(baseline.shape)}; expected a shape that broadcasts to the input's "
+            f"{tuple(x.shape)}: the input's shape, one example {(1, *example)} or {example}, one value per "
+            f"example {(x.shape[0], *([1] * len(example)))}, or a scalar"
         )
     check_finite(label, baseline)
-    return baseline.to(x.dtype).expand_as(x)
+    # a fractional baseline for integer inputs (perturbation methods) promotes the ablated input to
+    # floating point, as captum's ``x * (1 - mask) + baseline * mask`` does
+    dtype = x.dtype if x.is_floating_point() or not baseline.is_floating_point() else baseline.dtype
+    return baseline.to(dtype).expand_as(x)
+
+
+def _broadcasts(shape, target) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def format_additional_forward_args(args, n_examples: int) -> tuple | None:
@@ -219,13 +243,13 @@ class Target:
         if self.shared is not None:
             index = self.shared
             if index and len(index) > output.dim() - 1:
-                raise ValueError(
+                raise ArgumentError(
                     f"target {index if len(index) > 1 else index[0]!r} needs {len(index)} output dims after "
                     f"the batch dim, but the forward output has shape {tuple(output.shape)}"
                 )
             for dim, i in enumerate(index, 1):
                 if not -output.shape[dim] <= i < output.shape[dim]:
-                    raise ValueError(
+                    raise ArgumentError(
                         f"target index {i} is out of range for dim {dim} of the forward output "
                         f"(shape {tuple(output.shape)})"
                     )
@@ -233,13 +257,13 @@ class Target:
         per_example = self.per_example.to(output.device)
         k = per_example.shape[1]
         if output.dim() < k + 1 or output.shape[0] != rows:
-            raise ValueError(
+            raise ArgumentError(
                 f"a per-example target with {k} index(es) needs a forward output of shape ({rows}, ...) with at "
                 f"least {k + 1} dims, got {tuple(output.shape)}"
             )
         sizes = torch.tensor(output.shape[1 : k + 1], device=output.device)
         if bool(((per_example < -sizes) | (per_example >= sizes)).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"target holds indices out of range for the forward output of shape {tuple(output.shape)}"
             )
         row = torch.arange(rows, device=output.device)
@@ -265,7 +289,7 @@ def run_forward(forward_func, inputs: Tensors, args: tuple | None) -> Any:
 def scalar_per_row(selected: torch.Tensor, rows: int) -> torch.Tensor:
     """``selected`` as a ``(rows,)`` vector, or a clear error when it is not one scalar per row."""
     if selected.dim() == 0 or selected.shape[0] != rows or selected.numel() != rows:
-        raise ValueError(
+        raise ArgumentError(
             f"after selecting the target, the forward output has shape {tuple(selected.shape)}; expected one "
             f"scalar per example ({rows},): pass a target that picks one output per example"
         )
@@ -298,6 +322,10 @@ class AttributionMethod:
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    def attribute_future(self, *args, **kwargs):
+        """captum's asynchronous entry point: not implemented for this method, as in captum."""
+        raise NotImplementedError(f"{type(self).__name__}.attribute_future is not implemented (as in captum)")
 
 
 # ------------------------------------------------------------------------------------------------

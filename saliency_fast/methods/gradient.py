@@ -28,8 +28,12 @@ class GradientAttribution(_common.AttributionMethod):
             _common.check_finite(f"the gradient w.r.t. {label}", grad, " (the forward function is not finite there)")
         return grads
 
+    #: gradient methods differentiate w.r.t. the inputs, so these must be floating point; layer
+    #: methods differentiate w.r.t. a layer's activations and take token ids too
+    _float_inputs = True
+
     def _prepare(self, inputs, target, additional_forward_args):
-        inputs, is_tuple = _common.format_inputs(inputs)
+        inputs, is_tuple = _common.format_inputs(inputs, require_float=self._float_inputs)
         n_examples = inputs[0].shape[0]
         target = _common.Target.parse(target, n_examples)
         args = _common.format_additional_forward_args(additional_forward_args, n_examples)

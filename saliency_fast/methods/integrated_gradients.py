@@ -348,7 +348,10 @@ class IntegratedGradients(GradientAttribution):
     def _total_change(self, inputs, baselines, target, args) -> torch.Tensor:
         end = _common.forward_values(self.forward_func, inputs, target, args)
         start = _common.forward_values(self.forward_func, baselines, target, args)
-        change = (end - start).to(reference.opmath_dtype(inputs[0].dtype))
+        # in the accumulation's dtype; with integer inputs (token ids into layer IG) the output's, promoted
+        # to at least float32
+        like = inputs[0].dtype if inputs[0].is_floating_point() else torch.promote_types(end.dtype, torch.float32)
+        change = (end - start).to(reference.opmath_dtype(like))
         _common.check_finite("F(inputs) - F(baselines)", change, " (the forward function is not finite there)")
         return change
 

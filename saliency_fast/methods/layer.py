@@ -194,10 +194,26 @@ def _targeted(forward_func, inputs: _common.Tensors, target: _common.Target, arg
     return _common.scalar_per_row(target.select(output, rows), rows)
 
 
-def _gradients_wrt(selected: torch.Tensor, wrt: _common.Tensors) -> _common.Tensors:
+def check_grad_kwargs(grad_kwargs) -> dict:
+    """captum's ``grad_kwargs`` (extra keyword arguments of ``torch.autograd.grad``) as a dict."""
+    if grad_kwargs is None:
+        return {}
+    if not isinstance(grad_kwargs, dict) or not all(isinstance(k, str) for k in grad_kwargs):
+        raise TypeError(f"grad_kwargs must be a dict of torch.autograd.grad keyword arguments, got "
+                        f"{type(grad_kwargs).__name__}")
+    reserved = {"outputs", "inputs", "grad_outputs"} & grad_kwargs.keys()
+    if reserved:
+        raise ValueError(f"grad_kwargs must not set {sorted(reserved)}: the method chooses what is differentiated")
+    return grad_kwargs
+
+
+def _gradients_wrt(selected: torch.Tensor, wrt: _common.Tensors, grad_kwargs: dict | None = None) -> _common.Tensors:
     if not selected.requires_grad:  # the target does not depend on any attributed activation
         return tuple(torch.zeros_like(t) for t in wrt)
-    return torch.autograd.grad(selected.sum(), wrt, allow_unused=True, materialize_grads=True)
+    options = {"allow_unused": True, "materialize_grads": True, **(grad_kwargs or {})}
+    grads = torch.autograd.grad(selected.sum(), wrt, **options)
+    # an unused activation has a zero gradient, whatever grad_kwargs said about materializing it
+    return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt))
 
 
 class LayerSet:
@@ -221,26 +237,33 @@ class LayerSet:
         return tap.collected(inputs[0].shape[0])
 
     def gradients(self, forward_func, inputs: _common.Tensors, target: _common.Target, args,
-                  dtype=None) -> tuple[Activations, Activations]:
+                  dtype=None, grad_kwargs: dict | None = None) -> tuple[Activations, Activations]:
         """``(gradients, activations)`` of every layer at ``inputs``, from one forward and backward."""
-        with torch.enable_grad(), self.tap() as tap:
+        with torch.enable_grad(), self.tap() as tap:  # enable_grad: callers may sit inside torch.no_grad()
             selected = _targeted(forward_func, tuple(x.detach() for x in inputs), target, args, dtype)
-        acts = tap.collected(inputs[0].shape[0])
-        grads = _gradients_wrt(selected, flatten(acts))
+            acts = tap.collected(inputs[0].shape[0])
+            grads = _gradients_wrt(selected, flatten(acts), grad_kwargs)
         return nest(grads, acts), [tuple(a.detach() for a in values) for values in acts]
 
     def replaced_gradients(self, forward_func, inputs: _common.Tensors, values: Activations,
-                           target: _common.Target, args, dtype=None) -> Activations:
+                           target: _common.Target, args, dtype=None, grad_kwargs: dict | None = None) -> Activations:
         """Gradients w.r.t. ``values`` put in place of the layers' activations in a forward on ``inputs``."""
         leaves = [tuple(v.detach().requires_grad_(True) for v in layer_values) for layer_values in values]
-        with torch.enable_grad(), self.tap(leaves) as tap:
+        with torch.enable_grad(), self.tap(leaves) as tap:  # enable_grad: callers may sit inside torch.no_grad()
             selected = _targeted(forward_func, inputs, target, args, dtype)
-        tap.collected(inputs[0].shape[0])
-        return nest(_gradients_wrt(selected, flatten(leaves)), leaves)
+            tap.collected(inputs[0].shape[0])
+            return nest(_gradients_wrt(selected, flatten(leaves), grad_kwargs), leaves)
 
 
 class _LayerMethod(GradientAttribution):
-    """What the layer methods share: the layer(s), captum's ``device_ids`` (None only) and output form."""
+    """What the layer methods share: the layer(s), captum's ``device_ids`` (None only) and output form.
+
+    Inputs may be integer tensors (token ids into an embedding layer, captum's text pattern): the
+    gradients are taken w.r.t. the layer's activations, never w.r.t. the inputs. The methods work
+    inside ``torch.no_grad()`` too (they turn gradients on for their own passes).
+    """
+
+    _float_inputs = False
 
     def __init__(self, forward_func, layer, device_ids=None, *, dtype: torch.dtype | None = None) -> None:
         super().__init__(forward_func, dtype=dtype)
@@ -260,11 +283,12 @@ class _LayerMethod(GradientAttribution):
         formatted = [values if len(values) > 1 else values[0] for values in per_layer]
         return formatted if self._is_list else formatted[0]
 
-    def _layer_gradients(self, inputs, target, additional_forward_args, attribute_to_layer_input):
+    def _layer_gradients(self, inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs=None):
         inputs, _, target, args = self._prepare(inputs, target, additional_forward_args)
+        grad_kwargs = check_grad_kwargs(grad_kwargs)
         layers = self.layer_set(attribute_to_layer_input)
         with _common.gradient_mode(self.forward_func, keep=tuple(self.modules)):
-            grads, acts = layers.gradients(self.forward_func, inputs, target, args, self.dtype)
+            grads, acts = layers.gradients(self.forward_func, inputs, target, args, self.dtype, grad_kwargs)
         for label, values in zip(layers.labels, grads):
             for grad in values:
                 _common.check_finite(f"the gradient w.r.t. {label}", grad,
@@ -304,9 +328,12 @@ class LayerGradientXActivation(_LayerMethod):
     def multiplies_by_inputs(self) -> bool:
         return self._multiply_by_inputs
 
-    def attribute(self, inputs, target=None, additional_forward_args=None, attribute_to_layer_input: bool = False):
-        """``activation * gradient`` shaped like the layer's activations (a list for a list of layers)."""
-        grads, acts = self._layer_gradients(inputs, target, additional_forward_args, attribute_to_layer_input)
+    def attribute(self, inputs, target=None, additional_forward_args=None, attribute_to_layer_input: bool = False,
+                  grad_kwargs=None):
+        """``activation * gradient`` shaped like the layer's activations (a list for a list of layers).
+        ``grad_kwargs``: extra keyword arguments of ``torch.autograd.grad`` (captum's)."""
+        grads, acts = self._layer_gradients(inputs, target, additional_forward_args, attribute_to_layer_input,
+                                            grad_kwargs)
         if not self._multiply_by_inputs:
             return self._format_result(grads)
         return self._format_result([tuple(g * a for g, a in zip(gs, As)) for gs, As in zip(grads, acts)])
@@ -319,20 +346,21 @@ def _chunk_inputs(target: _common.Target, args, examples: torch.Tensor | None, n
     return chunk_target, _common.repeat_args(chunk_args, n_points)
 
 
-def recorded_gradient_function(layers: LayerSet, forward_func, target, args, dtype, like: Activations) -> GradientFn:
+def recorded_gradient_function(layers: LayerSet, forward_func, target, args, dtype, like: Activations,
+                               grad_kwargs: dict | None = None) -> GradientFn:
     """Gradient function over *input* points: the gradients at every layer's activations there
     (path ``"inputs"``), cast to the dtypes of ``like`` (the accumulation's activations)."""
 
     def gradients(points, n_points, examples):
         chunk_target, chunk_args = _chunk_inputs(target, args, examples, n_points)
-        grads, _ = layers.gradients(forward_func, points, chunk_target, chunk_args, dtype)
+        grads, _ = layers.gradients(forward_func, points, chunk_target, chunk_args, dtype, grad_kwargs)
         return tuple(g.to(a.dtype) for g, a in zip(flatten(grads), flatten(like)))
 
     return gradients
 
 
 def replaced_gradient_function(layers: LayerSet, forward_func, inputs, target, args, dtype,
-                               like: Activations) -> GradientFn:
+                               like: Activations, grad_kwargs: dict | None = None) -> GradientFn:
     """Gradient function over *activation* points (flattened over the layers): a forward on the
     inputs with the layers' activations replaced by the points (path ``"layer"``)."""
 
@@ -340,7 +368,8 @@ def replaced_gradient_function(layers: LayerSet, forward_func, inputs, target, a
         chunk_target, chunk_args = _chunk_inputs(target, args, examples, n_points)
         xs = inputs if examples is None else _common.select_args(inputs, examples)
         grads = layers.replaced_gradients(
-            forward_func, _common.repeat_args(xs, n_points), nest(points, like), chunk_target, chunk_args, dtype
+            forward_func, _common.repeat_args(xs, n_points), nest(points, like), chunk_target, chunk_args, dtype,
+            grad_kwargs,
         )
         return flatten(grads)
 
@@ -394,6 +423,7 @@ class LayerIntegratedGradients(_LayerMethod):
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs=None,
         *,
         path: str = "layer",
         rtol: float = 0.01,
@@ -403,13 +433,21 @@ class LayerIntegratedGradients(_LayerMethod):
         show_progress: bool = False,
     ):
         """Attributions shaped like the layer's activations (a list for a list of layers), and with
-        ``return_convergence_delta=True`` the per-example delta."""
+        ``return_convergence_delta=True`` the per-example delta. ``grad_kwargs``: extra keyword
+        arguments of ``torch.autograd.grad`` (captum's). Integer inputs (token ids into an embedding
+        layer) need ``path="layer"``: only the activations move along it."""
         inputs, is_tuple, target, args = self._prepare(inputs, target, additional_forward_args)
+        grad_kwargs = check_grad_kwargs(grad_kwargs)
         baselines = _common.format_baselines(baselines, inputs, is_tuple)
         _common.check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
         _check_bool("return_convergence_delta", return_convergence_delta)
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if path == "inputs" and not all(x.is_floating_point() for x in inputs):
+            raise TypeError(
+                "path='inputs' interpolates the inputs, which must then be floating point; with integer inputs "
+                f"(dtypes {sorted({str(x.dtype) for x in inputs})}, e.g. token ids) use path='layer'"
+            )
         layers = self.layer_set(attribute_to_layer_input)
         auto = isinstance(n_steps, str)
         if auto:
@@ -433,10 +471,12 @@ class LayerIntegratedGradients(_LayerMethod):
             if auto or return_convergence_delta:
                 change = self.ig._total_change(inputs, baselines, target, args)
             if path == "layer":
-                gradient_fn = replaced_gradient_function(layers, forward, inputs, target, args, self.dtype, at_inputs)
+                gradient_fn = replaced_gradient_function(layers, forward, inputs, target, args, self.dtype, at_inputs,
+                                                         grad_kwargs)
                 path_inputs, path_baselines, accumulate_at = ends[0], ends[1], None
             else:
-                gradient_fn = recorded_gradient_function(layers, forward, target, args, self.dtype, at_inputs)
+                gradient_fn = recorded_gradient_function(layers, forward, target, args, self.dtype, at_inputs,
+                                                         grad_kwargs)
                 path_inputs, path_baselines, accumulate_at = inputs, baselines, ends
             if auto:
                 found = integrate_path_adaptive(
