@@ -22,7 +22,7 @@ WORD_AGGREGATIONS = ("sum", "max_abs", "mean")
 # Subword markers: WordPiece continuation, byte-level BPE space, SentencePiece space.
 _CONTINUATION_PREFIX = "##"
 _SPACE_MARKERS = ("Ġ", "▁")
-_TENSOR_FIELDS = ("scores", "mask", "layer_scores", "source_scores", "source_mask")
+_TENSOR_FIELDS = ("scores", "mask", "layer_scores", "source_scores", "source_mask", "source_layer_scores")
 _LIST_FIELDS = ("tokens", "targets", "token_ids", "word_ids", "target_ids", "layer_names", "source_tokens",
                 "source_token_ids", "source_word_ids")
 
@@ -37,7 +37,8 @@ class AttributionResult:
 
     Encoder-decoder generation also has the source side (inseq's source attributions):
     ``source_tokens`` and ``source_scores`` ``[n_targets, n_source]`` (with ``source_mask``,
-    ``source_token_ids``, ``source_word_ids``); ``tokens`` / ``scores`` are then the target side.
+    ``source_token_ids``, ``source_word_ids``, and ``source_layer_scores`` beside ``layer_scores``);
+    ``tokens`` / ``scores`` are then the target side.
     """
 
     tokens: list[str]
@@ -55,6 +56,7 @@ class AttributionResult:
     source_mask: torch.Tensor | None = None
     source_token_ids: list[int] | None = None
     source_word_ids: list[int | None] | None = None
+    source_layer_scores: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.tokens = _str_list("tokens", self.tokens)
@@ -104,7 +106,7 @@ class AttributionResult:
         if (self.source_tokens is None) != (self.source_scores is None):
             raise ValueError("source_tokens and source_scores go together: give both or neither")
         if self.source_tokens is None:
-            for name in ("source_mask", "source_token_ids", "source_word_ids"):
+            for name in ("source_mask", "source_token_ids", "source_word_ids", "source_layer_scores"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} needs source_tokens and source_scores")
             return
@@ -126,6 +128,13 @@ class AttributionResult:
         self.source_token_ids = _int_list("source_token_ids", self.source_token_ids, n_source, "n_source")
         self.source_word_ids = _int_list("source_word_ids", self.source_word_ids, n_source, "n_source",
                                          allow_none_items=True)
+        if self.source_layer_scores is not None:
+            self.source_layer_scores = _float_tensor("source_layer_scores", self.source_layer_scores)
+            n_layers = None if self.layer_scores is None else self.layer_scores.shape[1]
+            if n_layers is None or tuple(self.source_layer_scores.shape) != (n_targets, n_layers, n_source):
+                raise ValueError(f"source_layer_scores must have shape [n_targets, n_layers, n_source] = "
+                                 f"[{n_targets}, {n_layers}, {n_source}] beside layer_scores, got "
+                                 f"{tuple(self.source_layer_scores.shape)}")
 
     # ----------------------------------------------------------------- accessors
 
@@ -202,15 +211,21 @@ class AttributionResult:
             values = torch.cat([source, values], dim=1)
             keep = torch.cat([_expand_like(self.source_meaningful(), self.source_scores).flatten(1), keep], dim=1)
         normalized = _normalize_rows(values, keep, how)
-        layers = None
+        layers = source_layers = None
         if self.layer_scores is not None:
-            layer_keep = self.meaningful().unsqueeze(1) & torch.isfinite(self.layer_scores)
-            layers = _normalize_rows(self.layer_scores, layer_keep, how)
+            layer_values, layer_keep = self.layer_scores, self.meaningful().unsqueeze(1) & torch.isfinite(self.layer_scores)
+            if self.source_layer_scores is not None:
+                source_keep = self.source_meaningful().unsqueeze(1) & torch.isfinite(self.source_layer_scores)
+                layer_values = torch.cat([self.source_layer_scores, layer_values], dim=2)
+                layer_keep = torch.cat([source_keep, layer_keep], dim=2)
+            layers = _normalize_rows(layer_values, layer_keep, how)
+            if self.source_layer_scores is not None:
+                source_layers, layers = layers[..., :n_source], layers[..., n_source:]
         metadata = {**self.metadata, "normalization": how}
         source_scores = normalized[:, :n_source].view_as(self.source_scores) if self.has_source else None
         return dataclasses.replace(
             self, scores=normalized[:, n_source:].reshape(self.scores.shape), layer_scores=layers, metadata=metadata,
-            source_scores=source_scores,
+            source_scores=source_scores, source_layer_scores=source_layers,
         )
 
     def aggregate_words(self, how: str = "sum") -> AttributionResult:
@@ -240,6 +255,10 @@ class AttributionResult:
                                   self.source_word_ids, how)
             source = dict(zip(("source_tokens", "source_scores", "source_mask", "source_word_ids"), merged))
             source["source_token_ids"] = None
+            if self.source_layer_scores is not None:
+                source_keep = self.source_meaningful().unsqueeze(1) & torch.isfinite(self.source_layer_scores)
+                source["source_layer_scores"] = _merge_spans(self.source_layer_scores, source_keep,
+                                                             _word_spans(self.source_word_ids), dim=2, how=how)
         metadata = {**self.metadata, "word_aggregation": how}
         if "n_prompt_tokens" in metadata:
             # a word that straddles the prompt's end counts as prompt

@@ -243,8 +243,6 @@ def test_bad_targets_name_the_argument():
         explainer.attribute_generation(SOURCE, generated_text="  ")
     with pytest.raises(ValueError, match=r"generated_text \(the target\) is \d+ tokens long but the model accepts at most 64"):
         explainer.attribute_generation(SOURCE, generated_text=" ".join(["film"] * 80))
-    with pytest.raises(ValueError, match="not available for encoder-decoder models yet"):
-        explainer.attribute_generation(SOURCE, generated_text=TARGET, layer=0)
     with pytest.raises(ValueError, match="share one unscaled embedding table"):
         Explainer(*tiny_seq2seq("bart", scale_embedding=True)).attribute_generation(
             SOURCE, generated_text=TARGET, method="discretized_integrated_gradients", baseline="unk")
@@ -286,3 +284,53 @@ def test_bf16_stays_close_to_float32():
     assert half.metadata["dtype"] == "bfloat16"
     scale = float(joined(full).abs().nan_to_num().max())
     assert_close(joined(half), joined(full), rtol=0.05, atol=0.05 * scale)
+
+
+# --------------------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_layer_saliency_of_encoder_and_decoder_blocks_equals_the_naive_loop(family):
+    model, tok = tiny_seq2seq(family)
+    result = attribute(model, tok, "saliency", layers="all", aggregate="sum", target="logprob")
+    encoder, decoder = model.get_encoder(), model.get_decoder()
+    names = [name for name, _ in seq2seq_blocks(model)]
+    assert result.layer_names == names and len(names) == 4
+    naive = Naive(model, result, "logprob")
+    n_source = naive.n_source
+    for k, (name, block) in enumerate(seq2seq_blocks(model)):
+        on_source = any(block is m for m in encoder.modules())
+        assert on_source != any(block is m for m in decoder.modules())
+
+        def per_target(j, x, block=block):
+            kept = []
+            handle = block.register_forward_hook(lambda _m, _i, out: kept.append(out[0] if isinstance(out, tuple) else out))
+            try:
+                score = naive.score(x[None].detach(), j)
+            finally:
+                handle.remove()
+            (grad,) = torch.autograd.grad(score.sum(), kept)
+            return grad[0].sum(-1).detach()
+
+        expected = naive.rows(lambda j, x: per_target(j, x))  # [T, rows of the block's side]
+        got = (result.source_layer_scores if on_source else result.layer_scores)[:, k]
+        width = n_source if on_source else got.shape[1]
+        assert_close(got, expected[:, :width], rtol=1e-4, atol=1e-6)
+        other = result.layer_scores[:, k] if on_source else result.source_layer_scores[:, k]
+        assert torch.isnan(other).all()  # an encoder block never scores the target side, and vice versa
+
+
+def test_layer_integrated_gradients_of_all_blocks_equal_one_at_a_time():
+    model, tok = tiny_seq2seq("t5")
+    every = attribute(model, tok, "integrated_gradients", layers="all", n_steps=4, aggregate="sum")
+    assert len(every.metadata["completeness_error"]) == len(every.targets)
+    for k in (0, 3):  # an encoder block and a decoder block
+        one = attribute(model, tok, "integrated_gradients", layer=k, n_steps=4, aggregate="sum")
+        side = "source_layer_scores" if k < 2 else "layer_scores"
+        assert_close(getattr(one, side)[:, 0], getattr(every, side)[:, k], rtol=1e-5, atol=1e-7)
+
+
+def seq2seq_blocks(model):
+    from saliency_fast.hf.layers import transformer_blocks
+
+    return transformer_blocks(model)

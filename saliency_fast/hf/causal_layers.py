@@ -5,6 +5,10 @@ on tokens ``<= p``, so each target's gradients w.r.t. the blocks' outputs over i
 the same chunked forwards (one per batch of points, every requested block hooked) and one batched
 backward for all targets of a chunk, as for the input embeddings. Methods and paths are those of
 :mod:`saliency_fast.hf.layers`; the results equal running each prefix alone.
+
+A block covers the rows ``scorer.row_span(block)`` of the sequence: all of them in a decoder-only
+model; an encoder block the source rows and a decoder block the target rows of an encoder-decoder
+model (``[source; target]``, see :mod:`saliency_fast.hf.seq2seq`). Its scores land in those columns.
 """
 
 from __future__ import annotations
@@ -25,26 +29,33 @@ def attribute(request: LayerRequest, cp: CausalPass, board: ScoreBoard, baseline
     """Fill ``board`` with the last requested layer's scores; return every layer's ``[T, n_layers,
     N]`` and the metadata of the method (``n_steps`` and per-target ``completeness_error`` for IG)."""
     layers = request.layer_set()
-    acts_x = _activations(cp, layers, cp.embeds)
+    n_tokens = cp.embeds.shape[0]
+    spans = [cp.scorer.row_span(module, n_tokens) for module in layers.modules]
+    acts_x = _activations(cp, layers, cp.embeds, spans)
     boards = [ScoreBoard(cp.n_targets, a, board.aggregate, _reduce) for a in acts_x]
     extra = {"n_steps": None, "completeness_error": None}
     if request.method == "integrated_gradients":
-        extra = _integrated_gradients(cp, request, layers, boards, acts_x, baselines, kwargs)
+        extra = _integrated_gradients(cp, request, layers, boards, acts_x, spans, baselines, kwargs)
     else:
         _gradients(cp, layers, boards, acts_x, times_activation=request.method == "input_x_gradient")
-    board.put_values(Chunk(0, cp.n_targets, cp.embeds.shape[0]), boards[-1].values)
-    return torch.stack([b.values for b in boards], dim=1), extra
+    every = torch.full((cp.n_targets, len(boards), n_tokens), float("nan"))
+    for i, (b, (start, stop)) in enumerate(zip(boards, spans)):
+        every[:, i, start:stop] = b.values
+    board.values[:] = every[:, -1]
+    return every, extra
 
 
 def _reduce(attributions: torch.Tensor, how: str, inputs: torch.Tensor) -> torch.Tensor:
     return saliency_fast.aggregate(attributions, how, inputs=inputs)
 
 
-def _activations(cp: CausalPass, layers: LayerSet, embeds: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's output ``[N, D]`` over the sequence ``embeds`` (``[N, D]``), at full precision."""
+def _activations(cp: CausalPass, layers: LayerSet, embeds: torch.Tensor, spans) -> list[torch.Tensor]:
+    """Each layer's output ``[rows, D]`` over the sequence ``embeds`` (``[N, D]``; a layer covers the
+    rows ``spans[i]``), at full precision."""
     with torch.no_grad(), layers.tap() as tap:
         cp.scorer.scores(embeds.unsqueeze(0), cp.positions, cp.token_ids, cp.target)
-    return [a[0] for a in single_activations(tap.collected(1), layers.labels, (1, embeds.shape[0]))]
+    return [single_activations([values], [label], (1, stop - start))[0][0]
+            for values, label, (start, stop) in zip(tap.collected(1), layers.labels, spans)]
 
 
 def _recorded_gradients(cp: CausalPass, layers: LayerSet, points: torch.Tensor, chunk: Chunk):
@@ -72,11 +83,11 @@ def _gradients(cp: CausalPass, layers: LayerSet, boards, acts_x, times_activatio
             grads = _recorded_gradients(cp, layers, cp.embeds[: chunk.length].unsqueeze(0), chunk)
             for board, grad, act in zip(boards, grads, acts_x):
                 grad = grad[:, 0].float()
-                board.put(chunk, grad * act[: chunk.length].float() if times_activation else grad)
+                board.put(chunk, grad * act[: grad.shape[1]].float() if times_activation else grad)
 
 
-def _integrated_gradients(cp: CausalPass, request: LayerRequest, layers: LayerSet, boards, acts_x, baselines,
-                          kwargs: dict) -> dict:
+def _integrated_gradients(cp: CausalPass, request: LayerRequest, layers: LayerSet, boards, acts_x, spans,
+                          baselines, kwargs: dict) -> dict:
     """Layer IG of every target, through the methods' chunked path integrator with the targets of a
     chunk as its examples (they share every path point, see :func:`_shared_point_gradients`)."""
     options = {**_IG_DEFAULTS, **kwargs}
@@ -86,7 +97,7 @@ def _integrated_gradients(cp: CausalPass, request: LayerRequest, layers: LayerSe
     alphas, weights = quadrature.nodes_and_weights(options["quadrature"], n_steps)
     steps = _positive_int(options.get("internal_batch_size") or _default_rows(cp, n_steps), "internal_batch_size")
     steps = max(1, min(steps, n_steps))
-    acts_b = _activations(cp, layers, baselines)
+    acts_b = _activations(cp, layers, baselines, spans)
     change = cp.total_change(baselines)
     # path "inputs": every layer in each forward; path "layer": one layer's outputs on their line at a time
     groups = [list(range(len(acts_x)))] if request.path == "inputs" else [[i] for i in range(len(acts_x))]
@@ -94,12 +105,14 @@ def _integrated_gradients(cp: CausalPass, request: LayerRequest, layers: LayerSe
     totals = torch.zeros(len(acts_x), cp.n_targets, dtype=torch.float32)
     with cp.progress_bar(len(groups) * len(chunks) * -(-n_steps // steps), "layer integrated_gradients"):
         for group in groups:
-            sub = LayerSet([layers.modules[i] for i in group], labels=[layers.labels[i] for i in group])
+            sub = LayerSet([layers.modules[i] for i in group], labels=[layers.labels[i] for i in group],
+                           first_only=layers.first_only)
             for chunk in chunks:
-                def per_target(t: torch.Tensor) -> torch.Tensor:  # one copy of the prefix per target of the chunk
-                    return t[: chunk.length].expand(chunk.size, -1, -1).contiguous()
+                def per_target(t: torch.Tensor, span=(0, None)) -> torch.Tensor:  # one copy of the prefix per target
+                    return t[: chunk.length - span[0]].expand(chunk.size, -1, -1).contiguous()
 
-                ends = (tuple(per_target(acts_x[i]) for i in group), tuple(per_target(acts_b[i]) for i in group))
+                ends = (tuple(per_target(acts_x[i], spans[i]) for i in group),
+                        tuple(per_target(acts_b[i], spans[i]) for i in group))
                 x = cp.embeds[: chunk.length]
                 if request.path == "inputs":
                     gradient_fn = _shared_point_gradients(

@@ -275,8 +275,9 @@ class ScoreBoard:
         self.values = torch.full(shape, float("nan"), dtype=torch.float32)
 
     def put(self, chunk: Chunk, attributions: torch.Tensor) -> None:
-        """Unreduced ``[T_chunk, L, D]`` attributions of the chunk's targets over its prefix."""
-        inputs = self.embeds[: chunk.length].float().expand_as(attributions)
+        """Unreduced ``[T_chunk, L, D]`` attributions of the chunk's targets over its prefix (the
+        first ``L`` of the board's rows)."""
+        inputs = self.embeds[: attributions.shape[1]].float().expand_as(attributions)
         values = attributions if self.aggregate == "none" else self._reduce(attributions, self.aggregate, inputs)
         self.put_values(chunk, values)
 

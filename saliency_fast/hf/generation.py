@@ -102,8 +102,6 @@ def attribute_generation(
     model, tokenizer = explainer.model, explainer.tokenizer
     # n_prompt: the leading tokens that are not targets (encoder-decoder: the source and the start token)
     if seq2seq.is_encoder_decoder(model):
-        if layer_request is not None:
-            raise ValueError("layer attribution (layer=, layers=) is not available for encoder-decoder models yet")
         pair = seq2seq.sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
         ids, n_source = pair.ids, len(pair.source)
         n_prompt = n_source + 1
@@ -190,7 +188,9 @@ def attribute_generation(
         )
         tokens, ids, special_list = tokens[n_source:], ids[n_source:], special_list[n_source:]
         scores, mask = scores[:, n_source:], mask[:, n_source:]
-        layer_scores = None if layer_scores is None else layer_scores[..., n_source:]  # attention: the target side
+        if layer_scores is not None:
+            source["source_layer_scores"] = layer_scores[..., :n_source]
+            layer_scores = layer_scores[..., n_source:]
         n_prompt -= n_source
     metadata = explainer.base_metadata("generate", spec.name, target, None if spec.per_token else aggregate, resolved)
     metadata.update(metadata_extra)

@@ -38,7 +38,19 @@ _IG_OPTIONS = {"n_steps": "n_steps", "quadrature": "method", "internal_batch_siz
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the model's transformer blocks, in order: the first ``nn.ModuleList``
-    with one entry per hidden layer (``config.num_hidden_layers``), or without a config the longest."""
+    with one entry per hidden layer (``config.num_hidden_layers``), or without a config the longest.
+    An encoder-decoder model's are its encoder's blocks, then its decoder's."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        names = {id(m): name for name, m in model.named_modules()}
+        found = []
+        for part in (model.get_encoder(), model.get_decoder()):
+            # the outermost list of modules (T5's blocks hold lists of sub-layers of their own)
+            lists = [(name.count("."), m) for name, m in part.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+            if lists:
+                blocks = min(lists, key=lambda item: (item[0], -len(item[1])))[1]
+                found += [(f"{names[id(blocks)]}.{i}", block) for i, block in enumerate(blocks)]
+        if found:
+            return found
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if isinstance(n_layers, int):
@@ -84,7 +96,8 @@ def _resolve_one(model: nn.Module, item, what: str) -> tuple[str, nn.Module]:
         k = int(item)
         if not -len(blocks) <= k < len(blocks):
             raise ValueError(f"{what}={k} is out of range: the model has {len(blocks)} blocks (0 .. {len(blocks) - 1})")
-        return f"layer {k % len(blocks)}", blocks[k][1]
+        seq2seq = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+        return blocks[k][0] if seq2seq else f"layer {k % len(blocks)}", blocks[k][1]
     if isinstance(item, str):
         try:
             module = model.get_submodule(item)
@@ -162,7 +175,7 @@ class LayerRequest:
         return {"layers": list(self.labels), **({"layer_path": self.path} if self.is_path_method else {})}
 
     def layer_set(self) -> layer_methods.LayerSet:
-        return layer_methods.LayerSet(self.modules, labels=self.labels)
+        return layer_methods.LayerSet(self.modules, labels=self.labels, first_only=True)
 
     def attribute(self, forward, embeds: torch.Tensor, baselines: torch.Tensor | None, args: tuple,
                   method_kwargs: dict, aggregate: str, internal_batch_size: int | None):

@@ -95,6 +95,10 @@ class CausalLMScorer:
         return self.model(inputs_embeds=embeds, use_cache=False).logits[:, positions]
 
 
+    def row_span(self, module: nn.Module, n_tokens: int) -> tuple[int, int]:
+        """The rows of the sequence a block's output covers: all of them."""
+        return 0, n_tokens
+
     def attention_rows(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Attention paid by each of ``positions`` to every token (heads averaged), ``[T, layers, L]``."""
         out = self.model(inputs_embeds=embeds[:1], output_attentions=True, use_cache=False)

@@ -178,6 +178,15 @@ class Seq2SeqScorer:
         s = self.n_source
         return self.model(inputs_embeds=embeds[:, :s], decoder_inputs_embeds=embeds[:, s:], use_cache=False, **kwargs)
 
+    def row_span(self, module: nn.Module, n_tokens: int) -> tuple[int, int]:
+        """The rows a module's output covers: the source for the encoder's, the target for the decoder's."""
+        if any(module is m for m in self.model.get_encoder().modules()):
+            return 0, self.n_source
+        if any(module is m for m in self.model.get_decoder().modules()):
+            return self.n_source, n_tokens
+        raise ValueError(f"layer attribution of an encoder-decoder model needs modules of its encoder or decoder, "
+                         f"got a {type(module).__name__}")
+
     def logits_at(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self._forward(embeds).logits[:, positions - self.n_source]
 

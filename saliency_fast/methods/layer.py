@@ -82,9 +82,9 @@ def _check_bool(name: str, value) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
-def _floating_items(value, label: str, on_input: bool):
-    """The floating tensors of a layer's output (or positional inputs) and a function that puts
-    replacements for them back in their places."""
+def _floating_items(value, label: str, on_input: bool, first_only: bool = False):
+    """The floating tensors of a layer's output (or positional inputs), only the first with
+    ``first_only``, and a function that puts replacements for them back in their places."""
     if isinstance(value, torch.Tensor):
         items, is_tensor = (value,), True
     elif isinstance(value, (tuple, list)):
@@ -96,6 +96,8 @@ def _floating_items(value, label: str, on_input: bool):
     if not places:
         what = "positional inputs" if on_input else "output"
         raise ValueError(f"{label} has no floating-point tensor in its {what} to attribute to")
+    if first_only:
+        places = places[:1]
 
     def rebuild(tensors: _common.Tensors):
         if is_tensor:
@@ -119,9 +121,9 @@ class LayerTap:
     """
 
     def __init__(self, modules: Sequence[nn.Module], labels: Sequence[str], on_input: bool = False,
-                 replacements: Activations | None = None):
+                 replacements: Activations | None = None, first_only: bool = False):
         self.modules, self.labels, self.on_input = list(modules), list(labels), on_input
-        self.replacements = replacements
+        self.replacements, self.first_only = replacements, first_only
         self.values: list[_common.Tensors | None] = [None] * len(self.modules)
         self._handles: list = []
 
@@ -144,7 +146,7 @@ class LayerTap:
         if self.values[i] is not None:
             raise ValueError(f"{label} ran more than once in one forward pass; layer attribution needs a module "
                              "that runs once per forward")
-        tensors, rebuild = _floating_items(value, label, self.on_input)
+        tensors, rebuild = _floating_items(value, label, self.on_input, self.first_only)
         if self.replacements is not None:
             new = self.replacements[i]
             for old, replacement in zip(tensors, new):
@@ -217,18 +219,21 @@ def _gradients_wrt(selected: torch.Tensor, wrt: _common.Tensors, grad_kwargs: di
 
 
 class LayerSet:
-    """The attributed modules with what reads and writes their activations."""
+    """The attributed modules with what reads and writes their activations (``first_only``: only
+    the first floating tensor of each, as a Hugging Face block's hidden states before the extras
+    it returns, such as T5's position bias)."""
 
-    def __init__(self, modules: Sequence[nn.Module], on_input: bool = False, labels: Sequence[str] | None = None):
+    def __init__(self, modules: Sequence[nn.Module], on_input: bool = False, labels: Sequence[str] | None = None,
+                 first_only: bool = False):
         self.modules = list(modules)
-        self.on_input = on_input
+        self.on_input, self.first_only = on_input, first_only
         self.labels = list(labels) if labels is not None else [
             f"layer {type(m).__name__}" if len(self.modules) == 1 else f"layer[{i}] ({type(m).__name__})"
             for i, m in enumerate(self.modules)
         ]
 
     def tap(self, replacements: Activations | None = None) -> LayerTap:
-        return LayerTap(self.modules, self.labels, self.on_input, replacements)
+        return LayerTap(self.modules, self.labels, self.on_input, replacements, self.first_only)
 
     def activations(self, forward_func, inputs: _common.Tensors, args) -> Activations:
         """Each layer's activations for ``inputs``, at full precision, without gradients."""
