@@ -25,6 +25,8 @@ _EXPORTS = {
     "LayerIntegratedGradients": "saliency_fast.methods.layer",
     "LayerGradientXActivation": "saliency_fast.methods.layer",
     "LayerSaliency": "saliency_fast.methods.layer",
+    "AttnLRP": "saliency_fast.methods.lrp",
+    "lrp_rules": "saliency_fast.methods.lrp",
     "aggregate": "saliency_fast.methods.aggregation",
     "normalize": "saliency_fast.methods.aggregation",
     "Explainer": "saliency_fast.hf.explainer",

@@ -101,6 +101,8 @@ class CausalPass:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     target_batch_size: int = 16
     progress: bool = False
+    # False: autograd always (the hand-written pass would bypass rules put on the model's modules, LRP's)
+    hand_written_pass: bool = True
     _bar: tqdm | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
@@ -119,7 +121,7 @@ class CausalPass:
     def hand_written(self, n_points: int) -> gpt2_gradients.GPT2Gradients | None:
         """The hand-written pass (:mod:`saliency_fast.hf.gpt2_gradients`) for ``n_points`` points over
         the sequence, where the model has one; None where autograd runs."""
-        if not self.scorer.splits:
+        if not self.scorer.splits or not self.hand_written_pass:
             return None
         return gpt2_gradients.for_model(self.scorer.model, n_points, self.prefix_length, self.dtype)
 
@@ -336,15 +338,20 @@ def _slice(batch: tuple[int, int]) -> slice:
     return slice(batch[0], batch[0] + batch[1])
 
 
-def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False) -> None:
-    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix."""
+def saliency(cp: CausalPass, board: ScoreBoard, times_input: bool = False, desc: str | None = None) -> torch.Tensor:
+    """Gradient (``times_input``: gradient x input) of every target w.r.t. its prefix; returns each
+    target's sum of attributions ``[T]`` (float32, CPU)."""
     x = cp.embeds[: cp.prefix_length]
     gradients = PointGradients(cp, [1], lambda k: x.unsqueeze(0))
     chunks = gradients.chunks()
-    with cp.progress_bar(len(chunks), "input_x_gradient" if times_input else "saliency"):
+    sums = torch.zeros(cp.n_targets, dtype=torch.float32)
+    with cp.progress_bar(len(chunks), desc or ("input_x_gradient" if times_input else "saliency")):
         for chunk in chunks:
             grads = gradients(chunk, 0)[:, 0].float()
-            board.put(chunk, grads * x[: chunk.length].float() if times_input else grads)
+            attributions = grads * x[: chunk.length].float() if times_input else grads
+            sums[chunk.start : chunk.end] = attributions.sum((1, 2)).cpu()
+            board.put(chunk, attributions)
+    return sums
 
 
 @dataclasses.dataclass

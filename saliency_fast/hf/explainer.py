@@ -311,6 +311,16 @@ class Explainer:
         modules in ``keep``): see :func:`saliency_fast.methods._common.gradient_mode`."""
         return _common.gradient_mode(self.model, keep)
 
+    def lrp_mode(self, spec: method_registry.MethodSpec):
+        """The LRP rules of ``spec`` on the model (:func:`saliency_fast.methods.lrp.lrp_rules`) for an
+        ``lrp`` method, else a context giving None. Entered before :meth:`gradient_mode`, whose fused
+        activations then leave the rules' activations as they are."""
+        if spec.family != "lrp":
+            return contextlib.nullcontext()
+        from saliency_fast.methods import lrp
+
+        return lrp.lrp_rules(self.model, spec.name)
+
     def predict(self, task: tasks.Task, units: list[tasks.Unit]) -> list[torch.Tensor]:
         """The task's outputs for every unit, without gradients (length-bucketed batches)."""
         found: list[torch.Tensor | None] = [None] * len(units)
@@ -355,7 +365,7 @@ class Explainer:
         buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
         show = len(buckets) > 1 if progress is None else bool(progress)
         forward = functools.partial(_score_forward, task, kind)
-        with self.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()):
+        with self.lrp_mode(spec) as rules, self.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()):
             for bucket in tqdm(buckets, desc=f"{spec.name}", unit="batch", disable=not show):
                 batch_rows = [rows[r] for r in bucket]
                 batch = self._pad([units[r.unit] for r in batch_rows])
@@ -369,6 +379,8 @@ class Explainer:
                 else:
                     out = self._gradient_batch(spec, forward, batch, batch_rows, keep, positions, baseline, aggregate,
                                                method_kwargs, layer_request)
+                if rules is not None:
+                    rules.check_attention_seen()
                 for b, r in enumerate(bucket):
                     scores = batch.crop(out.scores, b).float().cpu().clone()
                     scores[batch.crop(keep, b).cpu()] = float("nan")
@@ -378,6 +390,8 @@ class Explainer:
                         None if out.completeness_error is None else float(out.completeness_error[b]),
                         None if out.n_steps is None else int(out.n_steps[b]),
                         layers,
+                        None if out.conservation is None else (float(out.conservation[0][b]),
+                                                               float(out.conservation[1][b])),
                     )
         return found
 
@@ -412,7 +426,10 @@ class Explainer:
             scores = attr[..., 0]
         else:
             scores = attr if aggregate == "none" else saliency_fast.aggregate(attr, aggregate, inputs=embeds)
-        return _Attributed(scores, out.completeness_error, out.n_steps)
+        conservation = None
+        if out.scores is not None:  # LRP: the sum of relevance over the real tokens against the score
+            conservation = ((attr * batch.real().unsqueeze(-1)).sum((1, 2)).float(), out.scores)
+        return _Attributed(scores, out.completeness_error, out.n_steps, conservation=conservation)
 
     def _embedding_matrix(self) -> torch.Tensor:
         """The rows the forward receives: the table itself, unless the module transforms it (scaled
@@ -466,6 +483,9 @@ class Explainer:
         metadata["n_steps"] = (n_steps[0] if len(n_steps) == 1 else [f.n_steps for f in found]) \
             if spec.reports_completeness else None
         metadata["completeness_error"] = [f.completeness_error for f in found] if spec.reports_completeness else None
+        if spec.family == "lrp":
+            metadata["conservation"] = conservation_metadata([f.conservation[0] for f in found],
+                                                             [f.conservation[1] for f in found])
         metadata.update(group.metadata)
         if layer_request is not None:
             metadata.update(layer_request.metadata())
@@ -494,6 +514,7 @@ class _Attributed:
     completeness_error: torch.Tensor | float | None = None  # |sum(attr) - (F(x) - F(baseline))| per row
     n_steps: torch.Tensor | int | None = None  # gradient evaluations per row
     layers: torch.Tensor | None = None  # attention: [B, n_layers, S] / one row [n_layers, n_tokens]
+    conservation: tuple | None = None  # LRP: (sum of relevance, attributed score), [B] each / floats per row
 
 
 def _score_forward(task, kind, inputs_embeds, attention_mask, token_type_ids, position_ids, index, position, extra):
@@ -513,6 +534,12 @@ def _stack_extra(extras: list[torch.Tensor | None], device) -> torch.Tensor | No
     for b, extra in enumerate(extras):
         out[b, : extra.shape[-1]] = extra
     return out.to(device)
+
+
+def conservation_metadata(relevance: list[float], scores: list[float]) -> dict:
+    """LRP's conservation, one entry per target: the sum of relevance over every input token and
+    the attributed score (the target's logit by default), as lists."""
+    return {"relevance_sum": [float(r) for r in relevance], "score": [float(s) for s in scores]}
 
 
 def check_attention_layers(layers) -> None:

@@ -42,7 +42,7 @@ from saliency_fast.methods._common import check_autocast_dtype
 ENGINE_KWARGS = frozenset({"dtype", "lm_head", "max_batch_tokens", "target_batch_size", "progress"})
 # Gradient methods the single pass runs; the others named by the registry are not available here.
 _SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "discretized_integrated_gradients",
-              "smoothgrad", "vargrad", "occlusion", "attention")
+              "smoothgrad", "vargrad", "occlusion", "attention", "attnlrp", "cp_lrp")
 # Largest [n_generated, n_tokens, D] result aggregate="none" may build.
 _MAX_UNREDUCED_BYTES = 4 * 2**30
 _IG_DEFAULTS = {"n_steps": 50, "quadrature": "gausslegendre", "rtol": 0.01, "atol": 0.0, "min_steps": 3, "max_steps": 127}
@@ -71,8 +71,8 @@ def attribute_generation(
         generated_text: the full text (prompt + continuation) to force; it must tokenize to the
             prompt's tokens followed by at least one more token. Encoder-decoder: the target text alone.
         method: ``saliency``, ``input_x_gradient``, ``integrated_gradients``,
-            ``discretized_integrated_gradients``, ``smoothgrad``, ``vargrad``, ``occlusion`` or
-            ``attention``.
+            ``discretized_integrated_gradients``, ``smoothgrad``, ``vargrad``, ``occlusion``,
+            ``attention``, ``attnlrp`` or ``cp_lrp`` (relevance by the AttnLRP / CP-LRP rules).
         target: the attributed score of each generated token: ``logit``, ``prob``, ``logprob``
             or ``loss`` (cross-entropy with the generated token as label).
         aggregate: ``none``, ``sum``, ``l2``, ``abs_sum`` or ``dot`` over the embedding dim
@@ -142,17 +142,21 @@ def attribute_generation(
         max_batch_tokens=options["max_batch_tokens"],
         target_batch_size=options["target_batch_size"],
         progress=options["progress"],
+        hand_written_pass=spec.family != "lrp",
     )
     board = causal_pass.ScoreBoard(n_targets, embeds, None if spec.per_token else aggregate, _aggregate)
     metadata_extra = {"n_steps": None, "completeness_error": None}
     layer_scores = None
     rows_bound = max(1, options["max_batch_tokens"] // cp.prefix_length)  # points x targets in a backward
-    with explainer.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()), \
+    with explainer.lrp_mode(spec) as rules, \
+            explainer.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()), \
             lean_backward.gradient_pass_mode(options["dtype"], device, rows_bound, cp.prefix_length, batched=True):
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 
             layer_scores, metadata_extra = causal_layers.attribute(layer_request, cp, board, baseline_embeds, kwargs)
+        elif spec.family == "lrp":
+            metadata_extra = _relevance(cp, board, spec.name, rules)
         elif spec.name in ("saliency", "input_x_gradient"):
             causal_pass.saliency(cp, board, times_input=spec.name == "input_x_gradient")
         elif spec.name == "integrated_gradients":
@@ -334,6 +338,19 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
         "n_steps": n_steps if rule.levels is None else found.n_steps.tolist(),
         "completeness_error": found.delta.abs().tolist(),
     }
+
+
+def _relevance(cp, board, name: str, rules) -> dict:
+    """AttnLRP / CP-LRP (the rules are on the model): input x gradient in the single causal pass, every
+    target in its batched backward; conservation per target in the metadata."""
+    from saliency_fast.hf.explainer import conservation_metadata
+
+    sums = causal_pass.saliency(cp, board, times_input=True, desc=name)
+    rules.check_attention_seen()
+    with torch.no_grad():
+        scores = cp.scores(cp.embeds[: cp.prefix_length].unsqueeze(0))[0]
+    return {"n_steps": None, "completeness_error": None,
+            "conservation": conservation_metadata(sums.tolist(), scores.tolist())}
 
 
 def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline: baselines.Baseline, kwargs: dict) -> dict:

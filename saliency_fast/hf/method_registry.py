@@ -26,7 +26,7 @@ _NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "std
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str
-    family: str  # gradient | path | noise | perturbation | attention | discretized | sequential
+    family: str  # gradient | path | noise | perturbation | attention | discretized | sequential | lrp
     uses_baseline: bool  # reads the baseline embeddings
     per_token: bool  # one number per token, copied over the embedding dim (perturbations)
     reports_completeness: bool  # path methods: sum of attributions vs F(x) - F(baseline)
@@ -48,6 +48,9 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("vargrad", "noise", False, False, False, _NOISE_KWARGS),
         MethodSpec("occlusion", "perturbation", True, True, False, frozenset({"perturbations_per_eval", "dtype"})),
         MethodSpec("attention", "attention", False, True, False, frozenset({"layers"})),
+        # input x gradient under the AttnLRP / CP-LRP rules (saliency_fast.methods.lrp), which the caller applies
+        MethodSpec("attnlrp", "lrp", False, False, False, frozenset({"dtype"})),
+        MethodSpec("cp_lrp", "lrp", False, False, False, frozenset({"dtype"})),
     )
 }
 METHOD_CHOICES = tuple(METHODS)
@@ -71,6 +74,7 @@ class MethodOutput:
     attributions: torch.Tensor  # [B, S, D]
     completeness_error: torch.Tensor | None = None  # [B] |sum(attr) - (F(x) - F(baseline))|
     n_steps: torch.Tensor | None = None  # [B] gradient evaluations per row (path methods)
+    scores: torch.Tensor | None = None  # [B] the attributed output F(x) (LRP: what relevance conserves)
 
 
 def _method_class(name: str):
@@ -109,6 +113,14 @@ def attribute_embeddings(
         extra = {"abs": False} if spec.name == "saliency" else {}
         attr = cls(forward, dtype=dtype).attribute(inputs, additional_forward_args=additional_forward_args, **extra)
         return MethodOutput(attr)
+    if spec.family == "lrp":
+        # the rules are on the model, applied by the caller (saliency_fast.methods.lrp.lrp_rules)
+        from saliency_fast.methods import _common, lrp
+
+        (relevance,), scores = lrp.relevance_and_scores(
+            forward, (inputs,), _common.Target.parse(None, len(inputs)), additional_forward_args, dtype
+        )
+        return MethodOutput(relevance, scores=scores)
     if spec.family == "noise":
         return _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype)
     if spec.family == "perturbation":

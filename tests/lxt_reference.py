@@ -1,0 +1,116 @@
+"""lxt 2.1's AttnLRP / CP-LRP rules, written out independently of saliency_fast, for parity tests.
+
+lxt 2.1 (https://github.com/rachtibat/LRP-eXplains-Transformers, PyPI ``lxt==2.1``) predates
+transformers 5: ``import lxt.efficient`` fails here (its BERT patch imports
+``find_pruneable_heads_and_indices``, gone from ``transformers.pytorch_utils``), and its attention
+patch replaces the modeling file's ``ALL_ATTENTION_FUNCTIONS`` with a plain dict, which has no
+``get_interface``. So this module applies lxt's rules the way lxt does, by class-level patches, but
+written here from lxt's definitions (``lxt/efficient/rules.py``, ``patches.py``, ``models/llama.py``,
+``models/qwen2.py``):
+
+- ``identity_rule_implicit``: ``fn(x)`` forward, backward ``grad * fn(x) / (x + 1e-10)``;
+- ``divide_gradient``: identity forward, backward ``grad / factor``;
+- ``rms_norm_forward``: ``weight * (x * stop_gradient(rsqrt(mean(x^2) + eps)))`` in float32;
+- ``gated_mlp_forward`` (AttnLRP): ``down(divide_gradient(identity_rule(act, gate(x)) * up(x), 2))``;
+  ``cp_gated_mlp_forward`` (CP-LRP): ``down(act(stop_gradient(gate(x))) * up(x))``;
+- attention (AttnLRP): query and key gradients divided by 4, value by 2, around the eager attention;
+  (CP-LRP): query and key detached.
+
+It differs from saliency_fast's mechanism on purpose: class-level patches of the family's classes and
+of its module-global ``eager_attention_forward`` (the model runs with eager attention), against our
+module swaps and ``AttentionInterface`` wrapper over SDPA. Generation relevance is lxt's loop: one
+forward and one backward per generated token, on the token's prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import torch
+
+
+class _Identity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, x):
+        out = fn(x)
+        ctx.save_for_backward(out / (x + 1e-10))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, ctx.saved_tensors[0] * grad
+
+
+class _Divide(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / ctx.factor, None
+
+
+def _rms_norm(self, hidden_states):
+    dtype = hidden_states.dtype
+    hidden_states = hidden_states.to(torch.float32)
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon).detach()
+    return self.weight * hidden_states.to(dtype)
+
+
+def _gated_mlp(self, x):
+    gate = _Identity.apply(self.act_fn, self.gate_proj(x))
+    return self.down_proj(_Divide.apply(gate * self.up_proj(x), 2))
+
+
+def _cp_gated_mlp(self, x):
+    return self.down_proj(self.act_fn(self.gate_proj(x).detach()) * self.up_proj(x))
+
+
+def _wrap_attention(eager, rule):
+    def attention(module, query, key, value, *args, **kwargs):
+        if rule == "cp_lrp":
+            query, key = query.detach(), key.detach()
+        else:
+            query, key, value = _Divide.apply(query, 4), _Divide.apply(key, 4), _Divide.apply(value, 2)
+        kwargs["dropout"] = 0.0
+        return eager(module, query, key, value, *args, **kwargs)
+
+    return attention
+
+
+@contextlib.contextmanager
+def lxt_rules(model, family: str, rule: str):
+    """lxt's patch map for ``family`` (``llama``, ``qwen2``) and ``rule`` on ``model``'s classes,
+    with eager attention; everything restored on exit."""
+    modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
+    mlp, norm = getattr(modeling, f"{prefix}MLP"), getattr(modeling, f"{prefix}RMSNorm")
+    saved = (mlp.forward, norm.forward, modeling.eager_attention_forward, model.config._attn_implementation)
+    mlp.forward = _cp_gated_mlp if rule == "cp_lrp" else _gated_mlp
+    norm.forward = _rms_norm
+    modeling.eager_attention_forward = _wrap_attention(saved[2], rule)
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        mlp.forward, norm.forward, modeling.eager_attention_forward = saved[:3]
+        model.set_attn_implementation(saved[3])
+
+
+def generation_relevance(model, ids: list[int], n_prompt: int, family: str, rule: str) -> torch.Tensor:
+    """lxt's generation loop: for each generated token ``t``, one forward over ``ids[:t]`` and one
+    backward of the logit of ``ids[t]`` at the last position; relevance summed over the embedding
+    dim. ``[n_generated, n_tokens]``, NaN at and after each target."""
+    embedding = model.get_input_embeddings()
+    out = torch.full((len(ids) - n_prompt, len(ids)), float("nan"), dtype=torch.float64)
+    with lxt_rules(model, family, rule):
+        for row, t in enumerate(range(n_prompt, len(ids))):
+            embeds = embedding(torch.tensor([ids[:t]])).detach().requires_grad_(True)
+            logit = model(inputs_embeds=embeds, use_cache=False).logits[0, -1, ids[t]]
+            logit.backward()
+            out[row, :t] = (embeds * embeds.grad).sum(-1)[0].detach().double()
+    return out

@@ -1,0 +1,230 @@
+"""AttnLRP / CP-LRP (saliency_fast.methods.lrp): parity with lxt's rules, the rule context, the
+Explainer and generation paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import saliency_fast
+from saliency_fast.methods import lrp
+from lxt_reference import generation_relevance, lxt_rules
+from tiny_models import tiny_bert, tiny_gpt2, word_tokenizer, bert_tokenizer
+
+RULES = ("attnlrp", "cp_lrp")
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+}
+OTHER_FAMILIES = {
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+}
+PROMPT = "the movie was w5 w17 w3"
+FULL = "the movie was w5 w17 w3 very good w40 and w8 not w60"
+
+
+def tiny_decoder(family: str, seed: int = 0, **overrides):
+    config_cls, model_cls = {**FAMILIES, **OTHER_FAMILIES}[family]
+    tok = word_tokenizer(200)
+    kwargs = dict(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if family == "gemma":
+        kwargs["head_dim"] = 8
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**kwargs)).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a wrong norm rule cannot hide
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model, tok
+
+
+def rel_error(ours: torch.Tensor, expected: torch.Tensor) -> float:
+    assert torch.equal(torch.isnan(ours), torch.isnan(expected))
+    ours, expected = torch.nan_to_num(ours.double()), torch.nan_to_num(expected.double())
+    return float((ours - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rule", RULES)
+def test_generation_equals_lxt_rules_per_token_loop(family, rule):
+    model, tok = tiny_decoder(family)
+    explainer = saliency_fast.Explainer(model, tok)
+    result = explainer.attribute_generation(PROMPT, generated_text=FULL, method=rule, aggregate="sum",
+                                            progress=False)
+    n_prompt = result.metadata["n_prompt_tokens"]
+    expected = generation_relevance(model, result.token_ids, n_prompt, family, rule)
+    assert rel_error(result.scores, expected) <= 1e-4
+    # the reference differs from plain input x gradient, so the parity is not a coincidence
+    plain = explainer.attribute_generation(PROMPT, generated_text=FULL, method="input_x_gradient", aggregate="sum",
+                                           progress=False)
+    assert rel_error(plain.scores, expected) > 1e-2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rule", RULES)
+def test_captum_style_class_equals_lxt_rules(family, rule):
+    model, _ = tiny_decoder(family, seed=1)
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (2, 9))).detach()
+
+    def last_logits(e):
+        return model(inputs_embeds=e, use_cache=False).logits[:, -1]
+
+    ours, delta = saliency_fast.AttnLRP(model, last_logits, rule=rule).attribute(
+        embeds, target=7, return_convergence_delta=True)
+    leaf = embeds.clone().requires_grad_(True)
+    with lxt_rules(model, family, rule):
+        last_logits(leaf)[:, 7].sum().backward()
+    expected = leaf * leaf.grad
+    assert rel_error(ours, expected) <= 1e-4
+    with torch.no_grad():
+        logits = last_logits(embeds)[:, 7]
+    torch.testing.assert_close(delta, ours.sum((1, 2)) - logits, rtol=1e-5, atol=1e-6)
+
+
+def test_cp_lrp_conserves_the_logit_of_a_bias_free_llama():
+    """With the gradient stopped at the softmax and the gate, every remaining op is linear in the
+    input with the detached factors held fixed, so relevance sums exactly to the logit."""
+    model, tok = tiny_decoder("llama")
+    result = saliency_fast.Explainer(model, tok).attribute_generation(
+        PROMPT, generated_text=FULL, method="cp_lrp", aggregate="sum", progress=False)
+    found = result.metadata["conservation"]
+    torch.testing.assert_close(torch.tensor(found["relevance_sum"]), torch.tensor(found["score"]),
+                               rtol=1e-4, atol=1e-5)
+    assert len(found["score"]) == len(result.targets)
+    torch.testing.assert_close(torch.nansum(result.scores, 1), torch.tensor(found["relevance_sum"]),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3", "gemma"])
+def test_other_families_run_with_rules_and_cp_lrp_conserves(family):
+    model, tok = tiny_decoder(family)
+    explainer = saliency_fast.Explainer(model, tok)
+    for rule in RULES:
+        result = explainer.attribute_generation(PROMPT, generated_text=FULL, method=rule, aggregate="sum",
+                                                progress=False)
+        assert torch.isfinite(result.scores[result.mask]).all()
+    found = result.metadata["conservation"]  # cp_lrp, last
+    torch.testing.assert_close(torch.tensor(found["relevance_sum"]), torch.tensor(found["score"]),
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_gpt2_generation_runs_autograd_under_rules_and_differs_from_input_x_gradient():
+    model, tok = tiny_gpt2()
+    explainer = saliency_fast.Explainer(model, tok)
+    kwargs = dict(generated_text=FULL, aggregate="sum", progress=False)
+    relevance = explainer.attribute_generation(PROMPT, method="attnlrp", **kwargs)
+    plain = explainer.attribute_generation(PROMPT, method="input_x_gradient", **kwargs)
+    assert rel_error(relevance.scores, plain.scores) > 1e-2
+    # the one-token prefix loop with the rules applied by hand gives the same rows
+    ids, n_prompt = relevance.token_ids, relevance.metadata["n_prompt_tokens"]
+    with lrp.lrp_rules(model, "attnlrp"):
+        for row, t in enumerate(range(n_prompt, len(ids))):
+            embeds = model.get_input_embeddings()(torch.tensor([ids[:t]])).detach().requires_grad_(True)
+            model(inputs_embeds=embeds).logits[0, -1, ids[t]].backward()
+            expected = (embeds * embeds.grad).sum(-1)[0]
+            torch.testing.assert_close(relevance.scores[row, :t], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_classification_on_bert_reports_conservation_and_matches_the_class():
+    model = tiny_bert()
+    explainer = saliency_fast.Explainer(model, bert_tokenizer())
+    texts = ["a great movie", "not good at all, really"]
+    results = explainer.attribute(texts, method="attnlrp", aggregate="sum", target=1)
+    ids = bert_tokenizer()(texts[1], return_tensors="pt")
+    embeds = model.get_input_embeddings()(ids["input_ids"]).detach()
+
+    def forward(e):
+        return model(inputs_embeds=e, attention_mask=ids["attention_mask"]).logits
+
+    expected, delta = lrp.AttnLRP(model, forward).attribute(embeds, target=1, return_convergence_delta=True)
+    kept = results[1].mask[0]
+    torch.testing.assert_close(results[1].scores[0][kept], expected.sum(-1)[0][kept], rtol=1e-4, atol=1e-6)
+    conservation = results[1].metadata["conservation"]
+    torch.testing.assert_close(conservation["relevance_sum"][0], float(expected.sum()), rtol=1e-4, atol=1e-6)
+    assert conservation["relevance_sum"][0] - conservation["score"][0] == pytest.approx(float(delta[0]), abs=1e-5)
+
+
+def test_rules_change_gradients_and_leave_forward_values_alone():
+    model, _ = tiny_decoder("llama")
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 6))).detach()
+    with torch.no_grad():
+        before = model(inputs_embeds=embeds).logits
+    with lrp.lrp_rules(model, "attnlrp"), torch.no_grad():
+        during = model(inputs_embeds=embeds).logits
+    torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-6)
+
+
+def _structure(model):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return [(n, type(m)) for n, m in model.named_modules()], dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+
+
+def test_the_model_is_restored_on_exit_and_on_error():
+    model, _ = tiny_decoder("llama")
+    before = _structure(model)
+    with lrp.lrp_rules(model, "attnlrp"):
+        assert _structure(model) != before
+    assert _structure(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with lrp.lrp_rules(model, "cp_lrp"):
+            raise RuntimeError("boom")
+    assert _structure(model) == before
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 4))).detach()
+    with pytest.raises(ValueError):  # an error inside the method's own forward
+        lrp.AttnLRP(model, lambda e: model(inputs_embeds=e).logits[:, -1]).attribute(embeds, target=10**6)
+    assert _structure(model) == before
+
+
+def test_nested_rules_on_one_model_are_refused_and_leave_no_trace():
+    model, _ = tiny_decoder("llama")
+    before = _structure(model)
+    with lrp.lrp_rules(model, "attnlrp"):
+        with pytest.raises(RuntimeError, match="already applied"):
+            with lrp.lrp_rules(model, "attnlrp"):
+                pass
+    assert _structure(model) == before
+
+
+def test_other_models_are_untouched_while_rules_are_on():
+    model, _ = tiny_decoder("llama")
+    other, _ = tiny_decoder("llama", seed=3)
+    embeds = other.get_input_embeddings()(torch.randint(0, 200, (1, 5))).detach()
+    plain = saliency_fast.InputXGradient(lambda e: other(inputs_embeds=e).logits[:, -1]).attribute(embeds, target=3)
+    with lrp.lrp_rules(model, "attnlrp"):
+        during = saliency_fast.InputXGradient(lambda e: other(inputs_embeds=e).logits[:, -1]).attribute(embeds,
+                                                                                                       target=3)
+    torch.testing.assert_close(during, plain)
+
+
+def test_a_norm_without_a_known_scale_is_an_error():
+    class OddNorm(torch.nn.Module):  # its class name says norm, its scale is a division by abs-mean
+        def forward(self, x):
+            return x / x.abs().mean(-1, keepdim=True)
+
+    OddNorm.__name__ = "OddRMSNorm"
+    model, _ = tiny_decoder("llama")
+    model.model.norm = OddNorm()
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 4))).detach()
+    with pytest.raises(NotImplementedError, match="OddRMSNorm"):
+        lrp.AttnLRP(model, lambda e: model(inputs_embeds=e).logits[:, -1]).attribute(embeds, target=1)
+
+
+def test_a_model_without_interface_attention_is_an_error():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
+    with pytest.raises(NotImplementedError, match="AttentionInterface"):
+        lrp.AttnLRP(model).attribute(torch.randn(3, 4), target=0)
+
+
+def test_bad_rule_is_a_clear_error():
+    model, _ = tiny_decoder("llama")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        lrp.lrp_rules(model, "lrp")
+    with pytest.raises(TypeError, match="model must be"):
+        lrp.AttnLRP(lambda x: x)
