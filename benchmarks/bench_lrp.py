@@ -1,0 +1,109 @@
+"""AttnLRP on generation: saliency_fast's single causal pass vs lxt's loop of one forward + backward per token.
+
+Model: a Llama-architecture decoder at GPT-2-small scale (12 layers, hidden 768, 12 query / 4
+key-value heads, SwiGLU MLP of 2,048, 32,000-token vocabulary), random init, float32, with a
+word-level tokenizer. Case: a 16-token prompt and 16 forced tokens; the relevance of every
+generated token over its prefix (the logit of the token, lxt's usual target).
+
+Peer: lxt 2.1's rules in lxt's loop, as lxt's documentation runs generation attribution: for each
+generated token one forward over its prefix (full logits) and one backward of its logit. lxt 2.1
+itself does not import under transformers 5 (see ``tests/lxt_reference.py``), so the peer applies
+lxt's rule functions as written out there (class-level patches, eager attention), and says so.
+
+Ours: ``Explainer.attribute_generation(method="attnlrp")``: every target in the batched backward of
+the single causal pass. Outputs are compared (max |ours - lxt| / max |lxt| over the
+[generated, tokens] relevance matrix, summed over the embedding dim); runs are interleaved (peer
+and us taking turns) and the median taken.
+
+    python benchmarks/bench_lrp.py            # 16 + 16, 3 timed runs each
+    python benchmarks/bench_lrp.py --quick    # 1 timed run each
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from bench_generation import interleaved_wall_and_cpu, rel_error  # noqa: E402
+
+
+def build(seed: int = 0):
+    import transformers
+    from tiny_models import word_tokenizer
+
+    config = transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+        num_key_value_heads=4, max_position_embeddings=1024,
+    )
+    tok = word_tokenizer(config.vocab_size)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval(), tok
+
+
+def texts(n_prompt: int, n_new: int, vocab_words: int, seed: int = 0) -> tuple[str, str]:
+    """A prompt of random in-vocabulary words and the prompt + ``n_new`` more (no unknown tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    words = [f"w{int(i)}" for i in torch.randint(0, vocab_words, (n_prompt + n_new,), generator=gen)]
+    return " ".join(words[:n_prompt]), " ".join(words)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one timed run each")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rule", default="attnlrp", choices=["attnlrp", "cp_lrp"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else args.repeats
+
+    import saliency_fast
+    from lxt_reference import generation_relevance
+
+    model, tok = build()
+    explainer = saliency_fast.Explainer(model, tok)
+    prompt, full = texts(16, 16, model.config.vocab_size - 100)
+    ids = explainer.attribute_generation(prompt, generated_text=full, method="saliency", progress=False).token_ids
+    n_prompt = len(ids) - 16
+    outputs = {}
+
+    def run_lxt():
+        outputs["lxt"] = generation_relevance(model, ids, n_prompt, "llama", args.rule)
+
+    def run_ours():
+        outputs["ours"] = explainer.attribute_generation(
+            prompt, generated_text=full, method=args.rule, aggregate="sum", progress=False).scores
+
+    timings = interleaved_wall_and_cpu({"lxt": run_lxt, "ours": run_ours}, {"lxt": repeats, "ours": repeats},
+                                       {"lxt": 1, "ours": 1})
+    (t_lxt, c_lxt), (t_ours, c_ours) = timings["lxt"], timings["ours"]
+    error = rel_error(outputs["ours"], outputs["lxt"])
+    print(f"threads={torch.get_num_threads()} model=Llama 12x768, 12q/4kv heads, SwiGLU 2048, vocab 32k, random init; "
+          f"16+16 tokens, rule={args.rule}, float32; peer: lxt 2.1's rules applied as written out in "
+          "tests/lxt_reference.py (lxt 2.1 does not import under transformers 5)")
+    print(f"lxt loop {t_lxt:.2f} s (cpu {c_lxt:.2f}), ours {t_ours:.2f} s (cpu {c_ours:.2f}), "
+          f"ratio {t_lxt / t_ours:.1f}x, max rel diff {error:.2e}")
+    rows = [{"workload": f"generation 16+16 tokens, {args.rule}, Llama 12x768", "peer": "lxt 2.1 rules, loop float32",
+             "peer_s": t_lxt, "ours_s": t_ours, "ratio": t_lxt / t_ours, "max_diff": error, "floor_s": None,
+             "peer_dtype": "float32", "ours_dtype": "float32", "peer_runs": repeats, "ours_runs": repeats,
+             "peer_warmup": 1, "ours_warmup": 1, "threads": torch.get_num_threads()}]
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
