@@ -162,6 +162,7 @@ class Explainer:
         choices=None,
         reference=None,
         labels=None,
+        contrast_targets=None,
         progress: bool | None = None,
         **method_kwargs,
     ):
@@ -179,10 +180,12 @@ class Explainer:
             aggregate: how the embedding dim becomes one score: ``l2`` (default), ``sum``,
                 ``abs_sum``, ``dot`` (attribution . embedding) or ``none`` (keep it).
             score: the scalar attributed: for heads ``logit`` (default), ``prob``, ``logprob``,
-                ``loss``; for zero-shot ``margin`` (default) or ``cosine``; ``cosine`` for similarity.
+                ``loss``; for a classifier also ``contrast_prob_diff`` / ``contrast_logit_diff``, the
+                target's probability / logit minus that of ``contrast_targets``; for zero-shot ``margin`` (default) or ``cosine``; ``cosine`` for similarity.
             choices: multiple choice: the choices (one list, or one list per prompt).
             reference: similarity: the reference text (or one per text).
             labels: zero-shot: label names for this call.
+            contrast_targets: a contrastive score's competing class (index or label name).
             progress: show a progress bar (default: when there is more than one batch).
             method_kwargs: the method's options (``n_steps``, ``quadrature``, ``nt_samples``, ...).
         """
@@ -200,6 +203,7 @@ class Explainer:
         kind = task.score_choices[0] if score is None else score
         if kind not in task.score_choices:
             raise ValueError(f"score must be one of {task.score_choices} for task {task.name!r}, got {score!r}")
+        task.set_contrast(contrast_targets, kind)
         units = task.encode(items)
         rows, groups = task.plan(units, self.predict(task, units), target)
         attributed = self._attribute_rows(task, units, rows, spec, kind, resolved, aggregate, method_kwargs, progress,
@@ -486,6 +490,8 @@ class Explainer:
         if spec.family == "lrp":
             metadata["conservation"] = conservation_metadata([f.conservation[0] for f in found],
                                                              [f.conservation[1] for f in found])
+        if task.contrast is not None:
+            metadata["contrast_target"] = task.contrast[1]
         metadata.update(group.metadata)
         if layer_request is not None:
             metadata.update(layer_request.metadata())

@@ -35,7 +35,7 @@ from saliency_fast.hf import baselines, causal_pass, method_registry, model_io, 
 from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
-from saliency_fast.hf.targets import check_target_fn
+from saliency_fast.hf.targets import CONTRAST_CHOICES, check_target_fn, is_contrastive
 from saliency_fast.methods import lean_backward
 from saliency_fast.methods._common import check_autocast_dtype
 
@@ -74,7 +74,10 @@ def attribute_generation(
             ``discretized_integrated_gradients``, ``smoothgrad``, ``vargrad``, ``occlusion``,
             ``attention``, ``attnlrp`` or ``cp_lrp`` (relevance by the AttnLRP / CP-LRP rules).
         target: the attributed score of each generated token: ``logit``, ``prob``, ``logprob``
-            or ``loss`` (cross-entropy with the generated token as label).
+            or ``loss`` (cross-entropy with the generated token as label); ``contrast_prob_diff`` /
+            ``contrast_logit_diff``: its probability / logit minus that of the token at the same
+            position of ``contrast_targets`` (a keyword argument: the full contrastive text, prompt
+            + alternative continuation), as inseq's contrastive step functions.
         aggregate: ``none``, ``sum``, ``l2``, ``abs_sum`` or ``dot`` over the embedding dim
             (not used by ``occlusion`` and ``attention``, which give one number per token).
         baseline: ``pad``, ``mask``, ``unk``, ``eos``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``
@@ -92,7 +95,9 @@ def attribute_generation(
         per generated token, NaN and mask False at and after each row's target position.
     """
     engine = {k: kwargs.pop(k) for k in ENGINE_KWARGS & kwargs.keys()}
+    contrast_targets = kwargs.pop("contrast_targets", None)
     spec = _check_arguments(prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs)
+    _check_contrast(target, contrast_targets)
     layer_request = LayerRequest.pop(explainer.model, spec, kwargs, aggregate)  # layer=, layers=, layer_path=
     resolved = explainer.baseline_for(spec, baseline)
     if spec.family == "attention":
@@ -117,6 +122,11 @@ def attribute_generation(
     keep = special if explainer.exclude_special_tokens else torch.zeros_like(special)
     n_tokens, n_targets = len(ids), len(ids) - n_prompt
     _check_baseline_rows(resolved, n_tokens)
+    target_ids = input_ids[n_prompt:]
+    contrast_ids = None
+    if contrast_targets is not None:
+        contrast_ids = contrast_token_ids(tokenizer, contrast_targets, n_tokens)
+        target_ids = torch.stack([target_ids, torch.tensor(contrast_ids[n_prompt:], device=device)], dim=-1)
     if aggregate == "none" and not spec.per_token and spec.family != "attention":
         size = n_targets * n_tokens * explainer.embedding.embedding_dim * 4
         if size > _MAX_UNREDUCED_BYTES:
@@ -136,7 +146,7 @@ def attribute_generation(
         scorer=scorer,
         embeds=embeds,
         positions=torch.arange(n_prompt - 1, n_tokens - 1, device=device),
-        token_ids=input_ids[n_prompt:],
+        token_ids=target_ids,
         target=target,
         dtype=options["dtype"],
         max_batch_tokens=options["max_batch_tokens"],
@@ -200,6 +210,8 @@ def attribute_generation(
     metadata.update(metadata_extra)
     if layer_request is not None:
         metadata.update(layer_request.metadata())
+    if contrast_ids is not None:  # the competing token of each target
+        metadata["contrast_targets"] = model_io.token_texts(tokenizer, contrast_ids[n_prompt:])
     metadata.update(
         n_prompt_tokens=n_prompt,
         generated_text=tokenizer.decode(ids, skip_special_tokens=False),
@@ -248,7 +260,29 @@ def _check_arguments(prompt, max_new_tokens, generated_text, method, target, agg
     return spec
 
 
+def _check_contrast(target: str, contrast_targets) -> None:
+    if is_contrastive(target) and contrast_targets is None:
+        raise ValueError(f"target {target!r} needs contrast_targets: the full contrastive text (prompt + alternative "
+                         "continuation), aligned token by token with the generated text")
+    if contrast_targets is not None and not is_contrastive(target):
+        raise ValueError(f"contrast_targets applies to the targets {CONTRAST_CHOICES}, not target={target!r}")
+    if contrast_targets is not None and not isinstance(contrast_targets, str):
+        raise TypeError(f"contrast_targets must be a string (prompt + alternative continuation), "
+                        f"got {type(contrast_targets).__name__}")
+
+
 # ----------------------------------------------------------------------------------- tokens
+
+
+def contrast_token_ids(tokenizer, contrast_text: str, n_tokens: int) -> list[int]:
+    """The contrastive text's first ``n_tokens`` ids: token ``t`` competes with the sequence's token
+    ``t`` (inseq's default 1:1 alignment of ``contrast_targets``)."""
+    ids = encode(tokenizer, contrast_text)
+    if len(ids) < n_tokens:
+        raise ValueError(f"contrast_targets has {len(ids)} tokens, fewer than the {n_tokens} of prompt + generated "
+                         "text: it is aligned token by token, so it needs at least as many")
+    return ids[:n_tokens]
+
 
 
 def sequence_ids(model, tokenizer, prompt: str, max_new_tokens: int | None, generated_text: str | None):

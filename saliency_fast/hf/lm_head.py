@@ -67,7 +67,7 @@ class CausalLMScorer:
         if self._splits:
             return self.head_scores(self.hidden(embeds)[:, positions], token_ids, target)
         logits = self.logits_at(embeds, positions)
-        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        index = token_ids.to(logits.device).expand(*logits.shape[:-1], *token_ids.shape[1:])  # [T, 2]: contrastive
         return target_fns.score_from_logits(logits, index, target).float()
 
     def hidden(self, embeds: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,7 +85,7 @@ class CausalLMScorer:
         if target == "logit":
             return _row_logits(head, hidden, token_ids)
         logits = head(hidden)
-        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        index = token_ids.to(logits.device).expand(*logits.shape[:-1], *token_ids.shape[1:])
         return target_fns.score_from_logits(logits, index, target).float()
 
     def logits_at(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,11 @@ generation. A target function turns logits and a class/token index into one scor
 - ``loss``: the cross-entropy with that class as the label (``-logprob``), so attributions say
   what lowers the loss when they are negative.
 
+Contrastive targets (Yin & Neubig, 2022, as inseq's ``contrast_prob_diff`` / ``contrast_logits_diff``
+step functions define them) score a class/token against a competing one read from the same
+output: ``contrast_prob_diff`` is ``p(class) - p(contrast)``, ``contrast_logit_diff`` is
+``logit(class) - logit(contrast)``; their index has a trailing dim of 2 (class, contrast).
+
 The softmax-based targets are computed in float32 whatever the model's dtype, because their
 normaliser (log-sum-exp over every class) is where half precision overflows first.
 """
@@ -20,13 +25,19 @@ import numbers
 import torch
 
 TARGET_CHOICES = ("logit", "prob", "logprob", "loss")
+CONTRAST_CHOICES = ("contrast_prob_diff", "contrast_logit_diff")
 
 
 def check_target_fn(kind, name: str = "target") -> str:
-    """``kind`` if it is one of :data:`TARGET_CHOICES`, else a ``ValueError`` naming ``name``."""
-    if not isinstance(kind, str) or kind not in TARGET_CHOICES:
-        raise ValueError(f"{name} must be one of {TARGET_CHOICES}, got {kind!r}")
+    """``kind`` if it is one of :data:`TARGET_CHOICES` or :data:`CONTRAST_CHOICES`, else a
+    ``ValueError`` naming ``name``."""
+    if not isinstance(kind, str) or kind not in TARGET_CHOICES + CONTRAST_CHOICES:
+        raise ValueError(f"{name} must be one of {TARGET_CHOICES + CONTRAST_CHOICES}, got {kind!r}")
     return kind
+
+
+def is_contrastive(kind) -> bool:
+    return kind in CONTRAST_CHOICES
 
 
 def score_from_parts(target_logit: torch.Tensor, log_normalizer: torch.Tensor | None, kind: str) -> torch.Tensor:
@@ -36,6 +47,8 @@ def score_from_parts(target_logit: torch.Tensor, log_normalizer: torch.Tensor | 
     normaliser separately; :func:`score_from_logits` is the same thing for a full logit tensor.
     """
     check_target_fn(kind)
+    if is_contrastive(kind):
+        raise ValueError(f"target {kind!r} reads two classes: use score_from_logits with a (class, contrast) index")
     if kind == "logit":
         return target_logit
     if log_normalizer is None:
@@ -47,8 +60,14 @@ def score_from_parts(target_logit: torch.Tensor, log_normalizer: torch.Tensor | 
 
 
 def score_from_logits(logits: torch.Tensor, index: torch.Tensor, kind: str) -> torch.Tensor:
-    """Score of class ``index`` (long ``[...]``) in ``logits`` (``[..., C]``): a tensor ``[...]``."""
+    """Score of class ``index`` (long ``[...]``; ``[..., 2]`` (class, contrast) for a contrastive
+    kind) in ``logits`` (``[..., C]``): a tensor ``[...]``."""
     check_target_fn(kind)
+    if is_contrastive(kind):
+        if index.shape[-1] != 2:
+            raise ValueError(f"target {kind!r} needs a (class, contrast) index pair, got shape {tuple(index.shape)}")
+        base = "prob" if kind == "contrast_prob_diff" else "logit"
+        return score_from_logits(logits, index[..., 0], base) - score_from_logits(logits, index[..., 1], base)
     picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
     lse = None if kind == "logit" else torch.logsumexp(logits.float(), dim=-1)
     return score_from_parts(picked, lse, kind)

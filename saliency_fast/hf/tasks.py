@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from saliency_fast.hf import last_token, model_io, words
 from saliency_fast.hf.batching import PaddedBatch
-from saliency_fast.hf.targets import TARGET_CHOICES, class_labels, resolve_class, score_from_logits
+from saliency_fast.hf.targets import (CONTRAST_CHOICES, TARGET_CHOICES, class_labels, is_contrastive, resolve_class,
+                                      score_from_logits)
 
 TASK_CHOICES = ("auto", "classify", "tagging", "multiple_choice", "similarity", "zero-shot", "generate")
 
@@ -75,6 +76,17 @@ class Task:
         self.explainer = explainer
         self.model = explainer.model
         self.tokenizer = explainer.tokenizer
+        self.contrast: tuple[int, str] | None = None  # (index, label) of a contrastive score's competing class
+
+    def set_contrast(self, contrast_targets, kind: str) -> None:
+        """Check ``contrast_targets`` against the score ``kind``; the competing class of a contrastive
+        score (classification only)."""
+        if is_contrastive(kind) and contrast_targets is None:
+            raise ValueError(f"score {kind!r} needs contrast_targets: the competing class (index or label)")
+        if contrast_targets is not None and not is_contrastive(kind):
+            raise ValueError(f"contrast_targets applies to the scores {CONTRAST_CHOICES}, not score={kind!r}")
+        if contrast_targets is not None:
+            raise ValueError(f"contrast_targets applies to task 'classify', not {self.name!r}")
 
     # -- inputs
 
@@ -139,6 +151,20 @@ class ClassifyTask(Task):
     mask (see :mod:`saliency_fast.hf.last_token`): any padding, and no pad id needed."""
 
     name = "classify"
+    score_choices = TARGET_CHOICES + CONTRAST_CHOICES
+
+    def set_contrast(self, contrast_targets, kind: str) -> None:
+        if contrast_targets is None or not is_contrastive(kind):
+            super().set_contrast(contrast_targets, kind)
+            return
+        labels = class_labels(self.model)
+        index = resolve_class(contrast_targets, labels, name="contrast_targets")
+        self.contrast = (index, labels[index])
+
+    def score(self, outputs, index, position, extra, kind):
+        if is_contrastive(kind):
+            index = torch.stack([index, torch.full_like(index, self.contrast[0])], dim=-1)
+        return score_from_logits(outputs, index, kind)
 
     def run_model(self, inputs_embeds, attention_mask, token_type_ids=None, position_ids=None, **kwargs):
         if not self.explainer.decoder_only:
