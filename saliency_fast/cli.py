@@ -65,7 +65,7 @@ def _add_explain_parser(sub) -> None:
                         help="what the model does (default: auto, from the model class; zero-shot for the default model)")
     parser.add_argument("--method", default="saliency",
                         help="saliency, input_x_gradient, integrated_gradients, smoothgrad, vargrad, occlusion, "
-                        "attention, discretized_integrated_gradients, sequential_integrated_gradients")
+                        "attention, discretized_integrated_gradients, sequential_integrated_gradients, attnlrp, cp_lrp")
     parser.add_argument("--target", help="class index or label name (default: the prediction); for --task generate "
                         "the function of each generated token attributed: logit (default), prob, logprob, loss")
     parser.add_argument("--score", help="the scalar attributed: logit, prob, logprob, loss (classification heads); "
