@@ -6,11 +6,13 @@ transformers 5: ``import lxt.efficient`` fails here (its BERT patch imports
 patch replaces the modeling file's ``ALL_ATTENTION_FUNCTIONS`` with a plain dict, which has no
 ``get_interface``. So this module applies lxt's rules the way lxt does, by class-level patches, but
 written here from lxt's definitions (``lxt/efficient/rules.py``, ``patches.py``, ``models/llama.py``,
-``models/qwen2.py``):
+``models/qwen2.py``, ``models/gpt2.py``):
 
 - ``identity_rule_implicit``: ``fn(x)`` forward, backward ``grad * fn(x) / (x + 1e-10)``;
 - ``divide_gradient``: identity forward, backward ``grad / factor``;
 - ``rms_norm_forward``: ``weight * (x * stop_gradient(rsqrt(mean(x^2) + eps)))`` in float32;
+- ``layer_norm_forward``: ``(x - mean) / stop_gradient(sqrt(var + eps)) * weight + bias``;
+- GPT-2's ``mlp_forward``: ``c_proj(identity_rule(act, c_fc(x)))`` (both rule sets);
 - ``gated_mlp_forward`` (AttnLRP): ``down(divide_gradient(identity_rule(act, gate(x)) * up(x), 2))``;
   ``cp_gated_mlp_forward`` (CP-LRP): ``down(act(stop_gradient(gate(x))) * up(x))``;
 - attention (AttnLRP): query and key gradients divided by 4, value by 2, around the eager attention;
@@ -61,6 +63,21 @@ def _rms_norm(self, hidden_states):
     return self.weight * hidden_states.to(dtype)
 
 
+def _layer_norm(self, x):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    y = (x - mean) / (var + self.eps).sqrt().detach()
+    if self.weight is not None:
+        y = y * self.weight
+    if self.bias is not None:
+        y = y + self.bias
+    return y
+
+
+def _gpt2_mlp(self, hidden_states):
+    return self.c_proj(_Identity.apply(self.act, self.c_fc(hidden_states)))
+
+
 def _gated_mlp(self, x):
     gate = _Identity.apply(self.act_fn, self.gate_proj(x))
     return self.down_proj(_Divide.apply(gate * self.up_proj(x), 2))
@@ -82,22 +99,33 @@ def _wrap_attention(eager, rule):
     return attention
 
 
+def _patch_map(modeling, family: str, rule: str) -> dict:
+    """class -> its forward under ``rule``, as lxt's ``models/<family>.py`` maps them."""
+    if family == "gpt2":  # lxt: the same MLP and LayerNorm patches for both rules
+        return {modeling.GPT2MLP: _gpt2_mlp, torch.nn.LayerNorm: _layer_norm}
+    prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
+    return {getattr(modeling, f"{prefix}MLP"): _cp_gated_mlp if rule == "cp_lrp" else _gated_mlp,
+            getattr(modeling, f"{prefix}RMSNorm"): _rms_norm}
+
+
 @contextlib.contextmanager
 def lxt_rules(model, family: str, rule: str):
-    """lxt's patch map for ``family`` (``llama``, ``qwen2``) and ``rule`` on ``model``'s classes,
-    with eager attention; everything restored on exit."""
+    """lxt's patch map for ``family`` (``llama``, ``qwen2``, ``gpt2``) and ``rule`` on ``model``'s
+    classes, with eager attention; everything restored on exit."""
     modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-    prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
-    mlp, norm = getattr(modeling, f"{prefix}MLP"), getattr(modeling, f"{prefix}RMSNorm")
-    saved = (mlp.forward, norm.forward, modeling.eager_attention_forward, model.config._attn_implementation)
-    mlp.forward = _cp_gated_mlp if rule == "cp_lrp" else _gated_mlp
-    norm.forward = _rms_norm
+    patches = _patch_map(modeling, family, rule)
+    saved = ({cls: cls.forward for cls in patches}, None, modeling.eager_attention_forward,
+             model.config._attn_implementation)
+    for cls, forward in patches.items():
+        cls.forward = forward
     modeling.eager_attention_forward = _wrap_attention(saved[2], rule)
     model.set_attn_implementation("eager")
     try:
         yield
     finally:
-        mlp.forward, norm.forward, modeling.eager_attention_forward = saved[:3]
+        for cls, forward in saved[0].items():
+            cls.forward = forward
+        modeling.eager_attention_forward = saved[2]
         model.set_attn_implementation(saved[3])
 
 

@@ -29,7 +29,6 @@ which no attention went through the interface, is an error, never plain gradient
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 
