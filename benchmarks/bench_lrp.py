@@ -22,7 +22,6 @@ and us taking turns) and the median taken.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -36,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench_generation import interleaved_wall_and_cpu, rel_error  # noqa: E402
+from benchmarks._results import row, write_rows  # noqa: E402
+from benchmarks._timing import interleaved  # noqa: E402
+from bench_generation import rel_error  # noqa: E402
 
 
 def build(seed: int = 0):
@@ -88,22 +89,19 @@ def main() -> None:
         outputs["ours"] = explainer.attribute_generation(
             prompt, generated_text=full, method=args.rule, aggregate="sum", progress=False).scores
 
-    timings = interleaved_wall_and_cpu({"lxt": run_lxt, "ours": run_ours}, {"lxt": repeats, "ours": repeats},
-                                       {"lxt": 1, "ours": 1})
-    (t_lxt, c_lxt), (t_ours, c_ours) = timings["lxt"], timings["ours"]
+    timings = interleaved({"lxt": run_lxt, "ours": run_ours}, runs=repeats, warmup=1)
+    peer, ours = timings["lxt"], timings["ours"]
     error = rel_error(outputs["ours"], outputs["lxt"])
     print(f"threads={torch.get_num_threads()} model=Llama 12x768, 12q/4kv heads, SwiGLU 2048, vocab 32k, random init; "
           f"16+16 tokens, rule={args.rule}, float32; peer: lxt 2.1's rules applied as written out in "
           "tests/lxt_reference.py (lxt 2.1 does not import under transformers 5)")
-    print(f"lxt loop {t_lxt:.2f} s (cpu {c_lxt:.2f}), ours {t_ours:.2f} s (cpu {c_ours:.2f}), "
-          f"ratio {t_lxt / t_ours:.1f}x, max rel diff {error:.2e}")
-    rows = [{"workload": f"generation 16+16 tokens, {args.rule}, Llama 12x768", "peer": "lxt 2.1 rules, loop float32",
-             "peer_s": t_lxt, "ours_s": t_ours, "ratio": t_lxt / t_ours, "max_diff": error, "floor_s": None,
-             "peer_dtype": "float32", "ours_dtype": "float32", "peer_runs": repeats, "ours_runs": repeats,
-             "peer_warmup": 1, "ours_warmup": 1, "threads": torch.get_num_threads()}]
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
-
+    print(f"lxt loop {peer.median:.2f} s (cpu {peer.cpu_median:.2f}), ours {ours.median:.2f} s "
+          f"(cpu {ours.cpu_median:.2f}), ratio {peer.median / ours.median:.1f}x "
+          f"(cpu {peer.cpu_median / ours.cpu_median:.1f}x), max rel diff {error:.2e}")
+    rows = [row(f"generation 16+16 tokens, {args.rule}, Llama 12x768 (12q/4kv, SwiGLU 2048, 32k vocab)",
+                "lxt 2.1 rules (as tests/lxt_reference.py), loop of forward + backward per token", peer, ours,
+                max_diff=error, peer_dtype="float32", ours_dtype="float32", floor_s=None)]
+    write_rows(args.json, rows)
 
 if __name__ == "__main__":
     main()
