@@ -229,3 +229,24 @@ def test_bad_rule_is_a_clear_error():
         lrp.lrp_rules(model, "lrp")
     with pytest.raises(TypeError, match="model must be"):
         lrp.AttnLRP(lambda x: x)
+
+
+def test_encoder_decoder_rules_reach_source_target_and_t5_gated_mlp():
+    """flan-T5-style (gated-GELU MLP, RMS norm, no biases): CP-LRP conserves each target's logit over
+    source and target prefix together, which needs the rules on the encoder, the decoder, the
+    cross-attention and the gate; BART (biases, LayerNorm) runs with both rule sets."""
+    from tiny_models import tiny_seq2seq
+
+    model, tok = tiny_seq2seq("t5", feed_forward_proj="gated-gelu")
+    explainer = saliency_fast.Explainer(model, tok, exclude_special_tokens=False)  # EOS's relevance shown too
+    kwargs = dict(generated_text="le film est bon", aggregate="sum", progress=False)
+    result = explainer.attribute_generation("the movie was good", method="cp_lrp", **kwargs)
+    found = result.metadata["conservation"]
+    torch.testing.assert_close(torch.tensor(found["relevance_sum"]), torch.tensor(found["score"]),
+                               rtol=1e-4, atol=1e-5)
+    total = torch.nansum(result.source_scores, 1) + torch.nansum(result.scores, 1)
+    torch.testing.assert_close(total, torch.tensor(found["relevance_sum"]), rtol=1e-4, atol=1e-5)
+    model, tok = tiny_seq2seq("bart")
+    for rule in RULES:
+        result = saliency_fast.Explainer(model, tok).attribute_generation("the movie was good", method=rule, **kwargs)
+        assert torch.isfinite(result.scores[result.mask]).all()

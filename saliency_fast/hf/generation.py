@@ -107,6 +107,8 @@ def attribute_generation(
     model, tokenizer = explainer.model, explainer.tokenizer
     # n_prompt: the leading tokens that are not targets (encoder-decoder: the source and the start token)
     if seq2seq.is_encoder_decoder(model):
+        if contrast_targets is not None:
+            raise ValueError("contrastive targets (contrast_targets=) are not available for encoder-decoder models yet")
         pair = seq2seq.sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
         ids, n_source = pair.ids, len(pair.source)
         n_prompt = n_source + 1

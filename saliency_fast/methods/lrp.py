@@ -19,7 +19,8 @@ none) and at the gate of a gated MLP; normalisations and activations as above.
 everything back on exit, also on error. It works on the modules a family is built from rather than
 on one model class: activation modules (transformers' ``ACT2FN`` and torch's), normalisation modules
 (``nn.LayerNorm``, any ``*RMSNorm`` / ``*LayerNorm`` computing its scale with ``rsqrt``/``sqrt``),
-gated MLPs (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``) and attention through
+gated MLPs (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``; T5's ``wi_0``, ``wi_1``, ``wo``,
+``act``) and attention through
 transformers' ``AttentionInterface`` (every family that registers its attention there: GPT-2, BERT,
 Llama, Mistral, Qwen2/3, Gemma, ...). A normalisation whose scale cannot be found, or a forward in
 which no attention went through the interface, is an error, never plain gradients in disguise.
@@ -99,20 +100,26 @@ class _IdentityRuleActivation(nn.Module):
         return self.inner(x)
 
 
+# (gate, up, down, activation) attribute names of gated MLPs: Llama-style (Llama, Mistral, Qwen2/3,
+# Gemma, OLMo 2, ...) and T5's gated-GELU feed-forward (flan-T5)
+GATED_MLP_NAMES = (("gate_proj", "up_proj", "down_proj", "act_fn"), ("wi_0", "wi_1", "wo", "act"))
+
+
 class _GatedMLPRule(nn.Module):
     """``down(act(gate(x)) * up(x))``: AttnLRP halves the product's gradient (its activation already
-    carries the identity rule); CP-LRP passes none through the gate."""
+    carries the identity rule); CP-LRP passes none through the gate. The module's dropout is not run
+    (attribution runs in eval mode, where it is the identity)."""
 
-    def __init__(self, inner: nn.Module, rule: str):
+    def __init__(self, inner: nn.Module, rule: str, names: tuple[str, str, str, str]):
         super().__init__()
         self.inner, self.rule = inner, rule
+        self.gate, self.up, self.down, self.act = (getattr(inner, n) for n in names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mlp = self.inner
-        gate = mlp.gate_proj(x)
+        gate = self.gate(x)
         if self.rule == "cp_lrp":
-            return mlp.down_proj(mlp.act_fn(gate.detach()) * mlp.up_proj(x))
-        return mlp.down_proj(divide_gradient(mlp.act_fn(gate) * mlp.up_proj(x), 2.0))
+            return self.down(self.act(gate.detach()) * self.up(x))
+        return self.down(divide_gradient(self.act(gate) * self.up(x), 2.0))
 
 
 class _ConstantScale(TorchFunctionMode):
@@ -206,8 +213,9 @@ def _is_norm(module: nn.Module) -> bool:
     )
 
 
-def _is_gated_mlp(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, n, None), nn.Module) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+def _gated_mlp_names(module: nn.Module) -> tuple[str, str, str, str] | None:
+    return next((names for names in GATED_MLP_NAMES
+                 if all(isinstance(getattr(module, n, None), nn.Module) for n in names)), None)
 
 
 def _swap(model: nn.Module, matches, wrap) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -324,7 +332,8 @@ class LRPRules:
     def __enter__(self) -> LRPRules:
         try:
             self._swapped += _swap(self.model, _is_activation, _unwrapped_identity_rule)
-            self._swapped += _swap(self.model, _is_gated_mlp, lambda m: _GatedMLPRule(m, self.rule))
+            self._swapped += _swap(self.model, lambda m: _gated_mlp_names(m) is not None,
+                                   lambda m: _GatedMLPRule(m, self.rule, _gated_mlp_names(m)))
             self._swapped += _swap(self.model, _is_norm, _NormRule)
             with _LOCK:
                 for interface, name in _attention_interfaces(self.model):
