@@ -250,3 +250,18 @@ def test_encoder_decoder_rules_reach_source_target_and_t5_gated_mlp():
     for rule in RULES:
         result = saliency_fast.Explainer(model, tok).attribute_generation("the movie was good", method=rule, **kwargs)
         assert torch.isfinite(result.scores[result.mask]).all()
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_decoder("llama", attention_dropout=0.5)[0],  # in the attention call
+                                   lambda: tiny_gpt2(resid_pdrop=0.5, embd_pdrop=0.5)[0]])  # nn.Dropout modules
+def test_dropout_is_off_under_the_rules_even_in_train_mode(build):
+    model = build()
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 6))).detach()
+
+    def relevance():
+        return lrp.AttnLRP(model, lambda e: model(inputs_embeds=e).logits[:, -1]).attribute(embeds, target=4)
+
+    expected = relevance()
+    model.train()
+    torch.testing.assert_close(relevance(), expected)
+    torch.testing.assert_close(relevance(), expected)

@@ -187,6 +187,18 @@ class _NormRule(nn.Module):
         return out
 
 
+class _NoDropout(nn.Module):
+    """A dropout module's place under the rules: the identity (its ``p`` stays readable: models pass
+    it to their attention call, where the wrapper sets it to 0)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.p = inner, inner.p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 # ------------------------------------------------------------------------------- module discovery
 
 
@@ -335,6 +347,8 @@ class LRPRules:
             self._swapped += _swap(self.model, lambda m: _gated_mlp_names(m) is not None,
                                    lambda m: _GatedMLPRule(m, self.rule, _gated_mlp_names(m)))
             self._swapped += _swap(self.model, _is_norm, _NormRule)
+            # as lxt: no dropout under the rules, also for a model left in train mode
+            self._swapped += _swap(self.model, lambda m: isinstance(m, nn.modules.dropout._DropoutNd), _NoDropout)
             with _LOCK:
                 for interface, name in _attention_interfaces(self.model):
                     _install(interface, name)
