@@ -1,6 +1,6 @@
 """Faithfulness of AttnLRP / CP-LRP against IG, input x gradient and saliency on the real MiniLM.
 
-Model: the embedded all-MiniLM-L6-v2 (``saliency_fast.hf.default_model``) as a zero-shot sentiment
+Model: the embedded all-MiniLM-L6-v2 (``saliency_fast.hf.default_model()``) as a zero-shot sentiment
 classifier (labels ``positive`` / ``negative``, template ``"This text is {}."``), over the 72 short
 reviews below (36 positive, 36 negative, written for this table). Each method attributes the
 zero-shot margin of the predicted label (the Explainer's default score); token scores are the
@@ -95,14 +95,14 @@ def zero_shot_predict_proba(explainer):
 def table(threads: int) -> list[dict]:
     import saliency_fast
     from saliency_fast import metrics
-    from saliency_fast.hf import model_io
-    from saliency_fast.hf.default_model import default_model
+    from saliency_fast.hf import baselines
+    from saliency_fast.hf import default_model
 
     torch.set_num_threads(threads)
     model, tokenizer = default_model()
     explainer = saliency_fast.Explainer(model, tokenizer, task="zero-shot", labels=LABELS)
     predict_proba = zero_shot_predict_proba(explainer)
-    baseline_id = model_io.baseline_token_id(tokenizer, "pad")
+    baseline_id = baselines.token_id(tokenizer, "pad")
     ks = tuple(sorted(set(metrics.AOPC_KS) | {metrics.DEFAULT_K}))
     rows = []
     for name, kwargs in METHODS.items():

@@ -26,7 +26,7 @@ PROMPT = "the movie was w5 w17 w3"
 FULL = "the movie was w5 w17 w3 very good w40 and w8 not w60"
 
 
-def tiny_decoder(family: str, seed: int = 0, **overrides):
+def lrp_decoder(family: str, seed: int = 0, **overrides):
     config_cls, model_cls = {**FAMILIES, **OTHER_FAMILIES}[family]
     tok = word_tokenizer(200)
     kwargs = dict(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -53,7 +53,7 @@ def rel_error(ours: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("rule", RULES)
 def test_generation_equals_lxt_rules_per_token_loop(family, rule):
-    model, tok = tiny_decoder(family)
+    model, tok = lrp_decoder(family)
     explainer = saliency_fast.Explainer(model, tok)
     result = explainer.attribute_generation(PROMPT, generated_text=FULL, method=rule, aggregate="sum",
                                             progress=False)
@@ -69,7 +69,7 @@ def test_generation_equals_lxt_rules_per_token_loop(family, rule):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("rule", RULES)
 def test_captum_style_class_equals_lxt_rules(family, rule):
-    model, _ = tiny_decoder(family, seed=1)
+    model, _ = lrp_decoder(family, seed=1)
     embeds = model.get_input_embeddings()(torch.randint(0, 200, (2, 9))).detach()
 
     def last_logits(e):
@@ -90,7 +90,7 @@ def test_captum_style_class_equals_lxt_rules(family, rule):
 def test_cp_lrp_conserves_the_logit_of_a_bias_free_llama():
     """With the gradient stopped at the softmax and the gate, every remaining op is linear in the
     input with the detached factors held fixed, so relevance sums exactly to the logit."""
-    model, tok = tiny_decoder("llama")
+    model, tok = lrp_decoder("llama")
     result = saliency_fast.Explainer(model, tok).attribute_generation(
         PROMPT, generated_text=FULL, method="cp_lrp", aggregate="sum", progress=False)
     found = result.metadata["conservation"]
@@ -103,7 +103,7 @@ def test_cp_lrp_conserves_the_logit_of_a_bias_free_llama():
 
 @pytest.mark.parametrize("family", ["mistral", "qwen3", "gemma"])
 def test_other_families_run_with_rules_and_cp_lrp_conserves(family):
-    model, tok = tiny_decoder(family)
+    model, tok = lrp_decoder(family)
     explainer = saliency_fast.Explainer(model, tok)
     for rule in RULES:
         result = explainer.attribute_generation(PROMPT, generated_text=FULL, method=rule, aggregate="sum",
@@ -152,7 +152,7 @@ def test_classification_on_bert_reports_conservation_and_matches_the_class():
 
 
 def test_rules_change_gradients_and_leave_forward_values_alone():
-    model, _ = tiny_decoder("llama")
+    model, _ = lrp_decoder("llama")
     embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 6))).detach()
     with torch.no_grad():
         before = model(inputs_embeds=embeds).logits
@@ -168,7 +168,7 @@ def _structure(model):
 
 
 def test_the_model_is_restored_on_exit_and_on_error():
-    model, _ = tiny_decoder("llama")
+    model, _ = lrp_decoder("llama")
     before = _structure(model)
     with lrp.lrp_rules(model, "attnlrp"):
         assert _structure(model) != before
@@ -184,7 +184,7 @@ def test_the_model_is_restored_on_exit_and_on_error():
 
 
 def test_nested_rules_on_one_model_are_refused_and_leave_no_trace():
-    model, _ = tiny_decoder("llama")
+    model, _ = lrp_decoder("llama")
     before = _structure(model)
     with lrp.lrp_rules(model, "attnlrp"):
         with pytest.raises(RuntimeError, match="already applied"):
@@ -194,8 +194,8 @@ def test_nested_rules_on_one_model_are_refused_and_leave_no_trace():
 
 
 def test_other_models_are_untouched_while_rules_are_on():
-    model, _ = tiny_decoder("llama")
-    other, _ = tiny_decoder("llama", seed=3)
+    model, _ = lrp_decoder("llama")
+    other, _ = lrp_decoder("llama", seed=3)
     embeds = other.get_input_embeddings()(torch.randint(0, 200, (1, 5))).detach()
     plain = saliency_fast.InputXGradient(lambda e: other(inputs_embeds=e).logits[:, -1]).attribute(embeds, target=3)
     with lrp.lrp_rules(model, "attnlrp"):
@@ -210,7 +210,7 @@ def test_a_norm_without_a_known_scale_is_an_error():
             return x / x.abs().mean(-1, keepdim=True)
 
     OddNorm.__name__ = "OddRMSNorm"
-    model, _ = tiny_decoder("llama")
+    model, _ = lrp_decoder("llama")
     model.model.norm = OddNorm()
     embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 4))).detach()
     with pytest.raises(NotImplementedError, match="OddRMSNorm"):
@@ -224,7 +224,7 @@ def test_a_model_without_interface_attention_is_an_error():
 
 
 def test_bad_rule_is_a_clear_error():
-    model, _ = tiny_decoder("llama")
+    model, _ = lrp_decoder("llama")
     with pytest.raises(ValueError, match="rule must be one of"):
         lrp.lrp_rules(model, "lrp")
     with pytest.raises(TypeError, match="model must be"):
@@ -252,7 +252,7 @@ def test_encoder_decoder_rules_reach_source_target_and_t5_gated_mlp():
         assert torch.isfinite(result.scores[result.mask]).all()
 
 
-@pytest.mark.parametrize("build", [lambda: tiny_decoder("llama", attention_dropout=0.5)[0],  # in the attention call
+@pytest.mark.parametrize("build", [lambda: lrp_decoder("llama", attention_dropout=0.5)[0],  # in the attention call
                                    lambda: tiny_gpt2(resid_pdrop=0.5, embd_pdrop=0.5)[0]])  # nn.Dropout modules
 def test_dropout_is_off_under_the_rules_even_in_train_mode(build):
     model = build()
