@@ -265,3 +265,14 @@ def test_dropout_is_off_under_the_rules_even_in_train_mode(build):
     model.train()
     torch.testing.assert_close(relevance(), expected)
     torch.testing.assert_close(relevance(), expected)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_eager_attention_gets_the_rules_as_sdpa_does(rule):
+    model, _ = lrp_decoder("llama")
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 6))).detach()
+    method = lrp.AttnLRP(model, lambda e: model(inputs_embeds=e).logits[:, -1], rule=rule)
+    sdpa = method.attribute(embeds, target=4)
+    model.set_attn_implementation("eager")
+    torch.testing.assert_close(method.attribute(embeds, target=4), sdpa, rtol=1e-5, atol=1e-7)
+    assert rel_error(saliency_fast.InputXGradient(method.forward_func).attribute(embeds, target=4), sdpa) > 1e-2
