@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from saliency_fast.jobs.cli import add_parser as add_batch_parser
 
     add_batch_parser(sub)
+    from saliency_fast.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "handler"):  # sub-commands registered by their own modules
         return args.handler(args)

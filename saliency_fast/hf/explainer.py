@@ -217,6 +217,20 @@ class Explainer:
         outputs = [found if all_choices else found[0] for found in per_example.values()]
         return outputs[0] if single else outputs
 
+    def predictions(self, texts, *, choices=None, reference=None, labels=None):
+        """What the model predicts for each text, without gradients: the ``prediction`` and the
+        scores behind it (``label_probs``, ``label_similarity``, ``similarity``), as the
+        metadata of :meth:`attribute`'s results holds them; a dict per text (one for a string)."""
+        if self.task == "generate":
+            raise ValueError("this Explainer's task is 'generate': its prediction is a generation, not a label")
+        items, single = model_io.check_texts(texts)
+        task = self._make_task(choices=choices, reference=reference, labels=labels)
+        units = task.encode(items)
+        _, groups = task.plan(units, self.predict(task, units), None)
+        found = {units[group.unit].example: dict(group.metadata) for group in groups}
+        outputs = [found[example] for example in sorted(found)]
+        return outputs[0] if single else outputs
+
     def attribute_generation(
         self,
         prompt: str,
