@@ -40,7 +40,7 @@ def create_app(config: ServeConfig, backend) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
-        if config.token is not None and request.url.path not in OPEN_PATHS and not _authorized(request, config.token):
+        if config.token is not None and request.scope["path"] not in OPEN_PATHS and not _authorized(request, config.token):
             response = _error(ServeError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}))
         else:
             response = await call_next(request)
@@ -48,7 +48,7 @@ def create_app(config: ServeConfig, backend) -> FastAPI:
         endpoint = getattr(route, "path", "unmatched")
         seconds = time.perf_counter() - started
         metrics.observe(endpoint, response.status_code, seconds)
-        log.info("%s %s -> %d in %.1f ms", request.method, escape_for_log(request.url.path), response.status_code,
+        log.info("%s %s -> %d in %.1f ms", request.method, escape_for_log(request.scope["path"]), response.status_code,
                  1000 * seconds)
         return response
 

@@ -85,10 +85,10 @@ class ServedModel:
     def _problems(self, instances: list) -> list[ServeError | None]:
         """Why each instance cannot be attributed (None: it can), decided before any model call."""
         wanted = GenerationInstance if self.generates else str
-        shape = ('{"prompt", "generated_text" or "max_new_tokens"}' if self.generates else "a text")
+        takes = ('instances {"prompt", "generated_text" or "max_new_tokens"}, not plain texts' if self.generates
+                 else "texts as instances, not generation objects")
         problems: list[ServeError | None] = [
-            None if isinstance(instance, wanted) else
-            ServeError(400, f"this model ({self.explainer.task}) takes instances of the form {shape}")
+            None if isinstance(instance, wanted) else ServeError(400, f"this model ({self.explainer.task}) takes {takes}")
             for instance in instances
         ]
         texts = [(i, x.prompt if self.generates else x) for i, x in enumerate(instances) if problems[i] is None]
