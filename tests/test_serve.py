@@ -25,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 
 from saliency_fast import cli  # noqa: E402
 from saliency_fast.hf.explainer import Explainer  # noqa: E402
-from saliency_fast.serve.app import escape_for_log  # noqa: E402
+from saliency_fast.serve.logs import escape_for_log  # noqa: E402
 from saliency_fast.serve.config import ServeConfig  # noqa: E402
 from saliency_fast.serve.local import bind, local_app, uvicorn_server  # noqa: E402
 from saliency_fast.serve.model import ServedModel  # noqa: E402
@@ -295,26 +295,26 @@ def start_cli(*args: str, env=None) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"the server did not start (exit {process.wait()})")
 
 
-def test_sigterm_drains_requests_in_flight_then_exits(model_dir, tmp_path):
+def test_sigterm_drains_requests_in_flight_then_exits(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("t0ken\n")
-    process, url = start_cli("--model", str(model_dir), "--max-wait-ms", "1500", "--max-batch-size", "64",
-                             "--token-file", str(token_file))
+    # no --model: the embedded all-MiniLM-L6-v2
+    process, url = start_cli("--max-wait-ms", "1500", "--max-batch-size", "64", "--token-file", str(token_file))
     headers = {"Authorization": "Bearer t0ken"}
     try:
-        assert httpx.get(url + "/v1/models", headers=headers).json() == {"models": [model_dir.name]}
+        assert httpx.get(url + "/v1/models", headers=headers).json() == {"models": ["all-MiniLM-L6-v2"]}
         httpx.get(url + "/v1/models/evil%0A2026%20INFO%20forged%1B%5B31m", headers=headers)  # decoded: \n, ESC
 
         async def in_flight():
             async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client:
                 request = asyncio.create_task(
-                    client.post(f"/v1/models/{model_dir.name}:explain", json={"instances": ["a great movie"]}))
+                    client.post("/v1/models/all-MiniLM-L6-v2:explain", json={"instances": ["a great movie"]}))
                 await asyncio.sleep(0.5)  # the request waits in the batcher (max-wait 1.5 s)
                 process.send_signal(signal.SIGTERM)
                 return await request
 
         answer = asyncio.run(in_flight())
-        assert answer.status_code == 200 and answer.json()["explanations"][0]["tokens"][1] == "a"
+        assert answer.status_code == 200 and answer.json()["explanations"][0]["tokens"][1:4] == ["a", "great", "movie"]
         # uvicorn re-raises the signal it caught once shut down: exit by SIGTERM, after the drain
         assert process.wait(30) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
@@ -325,6 +325,23 @@ def test_sigterm_drains_requests_in_flight_then_exits(model_dir, tmp_path):
         log = process.stderr.read()
     assert "Application shutdown complete" in log
     assert "\x1b" not in log and "\n2026 INFO forged" not in log and "evil\\n2026 INFO forged\\x1b[31m" in log
+
+
+def test_a_model_failure_is_a_500_for_its_caller_and_an_escaped_log_line(served, monkeypatch, caplog):
+    call = served._call
+
+    def failing(operation, instances, parameters):
+        if any("boom" in text for text in instances):
+            raise RuntimeError("boom \x1b[31m\nforged line")
+        return call(operation, instances, parameters)
+
+    monkeypatch.setattr(served, "_call", failing)
+    with running(served, max_batch_size=8, max_wait_ms=300) as url:
+        answers = post_all(url, [{"instances": ["boom"]}, {"instances": ["a great movie"]}])
+    assert [a.status_code for a in answers] == [500, 200]
+    assert answers[0].json()["error"] == "the model failed on this instance (RuntimeError)"
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "saliency_fast.serve")
+    assert "boom \\x1b[31m\\nforged line" in logged and "\x1b" not in logged
 
 
 def test_serve_command_refuses_bad_options(tmp_path, capsys):

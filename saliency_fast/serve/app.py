@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import logging
 import time
 
 from fastapi import FastAPI, Request
@@ -18,11 +17,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from saliency_fast.serve.config import ServeConfig
+from saliency_fast.serve.logs import escape_for_log, log, log_failure
 from saliency_fast.serve.protocol import ServeError, parse_request
 
-log = logging.getLogger("saliency_fast.serve")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # probes carry no token
-LOGGED_CHARS = 200
 
 
 def create_app(config: ServeConfig, backend) -> FastAPI:
@@ -43,7 +41,11 @@ def create_app(config: ServeConfig, backend) -> FastAPI:
         if config.token is not None and request.scope["path"] not in OPEN_PATHS and not _authorized(request, config.token):
             response = _error(ServeError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}))
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # noqa: BLE001 - a bug: the caller gets JSON, the log the story
+                log_failure(f"{request.method} {escape_for_log(request.scope['path'])} failed", exc)
+                response = _error(ServeError(500, "internal error"))
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         seconds = time.perf_counter() - started
@@ -106,12 +108,6 @@ def create_app(config: ServeConfig, backend) -> FastAPI:
         return {"ready": True}
 
     return app
-
-
-def escape_for_log(text: str) -> str:
-    """User-supplied text as one printable ASCII line (control characters and non-ASCII escaped), cut short."""
-    escaped = text[: LOGGED_CHARS].encode("unicode_escape").decode("ascii")
-    return escaped + ("..." if len(text) > LOGGED_CHARS else "")
 
 
 def _authorized(request: Request, token: str) -> bool:

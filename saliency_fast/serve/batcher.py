@@ -12,14 +12,13 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import logging
 
+from saliency_fast.serve.logs import log_failure
 from saliency_fast.serve.metrics import ServeMetrics
 from saliency_fast.serve.model import ServedModel
 from saliency_fast.serve.protocol import ExplainParameters, ServeError
 
 RETRY_AFTER_SECONDS = 1
-log = logging.getLogger("saliency_fast.serve")
 
 
 @dataclasses.dataclass
@@ -115,7 +114,7 @@ class DynamicBatcher:
                     self._worker, self.model.run, first.operation, [i.instance for i in items], first.parameters,
                 )
             except Exception as exc:  # noqa: BLE001 - ServedModel.run answers per instance; this is a bug
-                log.exception("batch failed: %s", type(exc).__name__)
+                log_failure("batch failed", exc)
                 outcomes = [ServeError(500, "internal error")] * len(items)
             for item, outcome in zip(items, outcomes):
                 if not item.future.done():

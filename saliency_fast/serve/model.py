@@ -9,15 +9,13 @@ the culprits fail and the others' results are those of a batched call.
 
 from __future__ import annotations
 
-import logging
-
 from saliency_fast.hf import generation, model_io
 from saliency_fast.serve.config import ServeConfig
+from saliency_fast.serve.logs import log_failure
 from saliency_fast.serve.protocol import ExplainParameters, GenerationInstance, ServeError
 
 OPERATIONS = ("explain", "predict")
 SERVED_TASKS = ("classify", "tagging", "similarity", "zero-shot", "generate")
-log = logging.getLogger("saliency_fast.serve")
 
 
 class ServedModel:
@@ -110,7 +108,7 @@ class ServedModel:
             details = {"limit": self.limit} if "accepts at most" in str(exc) else {}
             return ServeError(422, str(exc), **details)
         except Exception as exc:  # noqa: BLE001 - one caller's failure must not reach the others
-            log.exception("model call failed: %s", type(exc).__name__)
+            log_failure("model call failed", exc)
             return ServeError(500, f"the model failed on this instance ({type(exc).__name__})")
 
     def _call(self, operation: str, instances: list, parameters: ExplainParameters | None) -> list[dict]:

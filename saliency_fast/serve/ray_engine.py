@@ -25,7 +25,6 @@ from saliency_fast.serve.model import ServedModel
 from saliency_fast.serve.protocol import ServeError
 
 APP_NAME = "saliency-fast"
-log = logging.getLogger("saliency_fast.serve")
 
 
 @serve.deployment
