@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from tiny_models import bert_tokenizer, tiny_bert, tiny_gpt2
+from tiny_models import bert_tokenizer, save_tiny_classifier, tiny_bert, tiny_gpt2
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -45,10 +45,7 @@ def served():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_classifier")
-    tiny_bert("classification").save_pretrained(path)
-    bert_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny_classifier"))
 
 
 @contextlib.contextmanager

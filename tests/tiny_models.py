@@ -65,6 +65,13 @@ def tiny_bert(head: str = "classification", seed: int = 0, **overrides):
     return cls(bert_config(**overrides)).eval()
 
 
+def save_tiny_classifier(path: pathlib.Path) -> pathlib.Path:
+    """``tiny_bert("classification")`` and the BERT tokenizer saved as a model directory."""
+    tiny_bert("classification").save_pretrained(path)
+    bert_tokenizer().save_pretrained(path)
+    return path
+
+
 def tiny_gpt2(seed: int = 0, vocab_size: int = 200, **overrides):
     torch.manual_seed(seed)
     tok = word_tokenizer(vocab_size)

@@ -21,6 +21,7 @@ from saliency_fast.serve.logs import escape_for_log, log, log_failure
 from saliency_fast.serve.protocol import ServeError, parse_request
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # probes carry no token
+RESPONSE_FIELDS = (("predictions", "prediction"), ("explanations", "explanation"), ("details", "details"))
 
 
 def create_app(config: ServeConfig, backend) -> FastAPI:
@@ -79,19 +80,18 @@ def create_app(config: ServeConfig, backend) -> FastAPI:
         check_name(name)
         return {"name": backend.name, "ready": backend.ready}
 
-    @app.post("/v1/models/{name}:predict")
-    async def predict(name: str, request: Request):
+    async def operate(name: str, request: Request, operation: str) -> dict:
         check_name(name)
         parsed = parse_request(await _body(request, config.max_body_bytes))
-        outcomes = await backend.submit("predict", parsed.instances, parsed.parameters)
-        return _answer(outcomes, ("predictions", "prediction"), ("details", "details"))
+        return _answer(await backend.submit(operation, parsed.instances, parsed.parameters))
+
+    @app.post("/v1/models/{name}:predict")
+    async def predict(name: str, request: Request):
+        return await operate(name, request, "predict")
 
     @app.post("/v1/models/{name}:explain")
     async def explain(name: str, request: Request):
-        check_name(name)
-        parsed = parse_request(await _body(request, config.max_body_bytes))
-        outcomes = await backend.submit("explain", parsed.instances, parsed.parameters)
-        return _answer(outcomes, ("predictions", "prediction"), ("explanations", "explanation"))
+        return await operate(name, request, "explain")
 
     @app.get("/metrics")
     async def prometheus():
@@ -132,12 +132,13 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _answer(outcomes: list, *fields: tuple[str, str]) -> dict:
-    """The response of a request: its first failed instance's error, else each field over the instances."""
+def _answer(outcomes: list) -> dict:
+    """The response of a request: its first failed instance's error, else each field its outcomes have
+    (``predictions`` always; ``explanations`` for explain, ``details`` for predict)."""
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, ServeError):
             raise ServeError(outcome.status, outcome.message, outcome.headers, instance=index, **outcome.details)
-    return {name: [o[key] for o in outcomes] for name, key in fields if all(key in o for o in outcomes)}
+    return {name: [o[key] for o in outcomes] for name, key in RESPONSE_FIELDS if all(key in o for o in outcomes)}
 
 
 def _error(exc: ServeError) -> JSONResponse:
