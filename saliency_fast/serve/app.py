@@ -39,19 +39,20 @@ def create_app(config: ServeConfig, backend) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
-        if config.token is not None and request.scope["path"] not in OPEN_PATHS and not _authorized(request, config.token):
+        path = request.scope["path"]
+        if config.token is not None and path not in OPEN_PATHS and not _authorized(request, config.token):
             response = _error(ServeError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}))
         else:
             try:
                 response = await call_next(request)
             except Exception as exc:  # noqa: BLE001 - a bug: the caller gets JSON, the log the story
-                log_failure(f"{request.method} {escape_for_log(request.scope['path'])} failed", exc)
+                log_failure(f"{escape_for_log(request.method)} {escape_for_log(path)} failed", exc)
                 response = _error(ServeError(500, "internal error"))
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         seconds = time.perf_counter() - started
         metrics.observe(endpoint, response.status_code, seconds)
-        log.info("%s %s -> %d in %.1f ms", request.method, escape_for_log(request.scope["path"]), response.status_code,
+        log.info("%s %s -> %d in %.1f ms", escape_for_log(request.method), escape_for_log(path), response.status_code,
                  1000 * seconds)
         return response
 

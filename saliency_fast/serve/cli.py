@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", help="a local Hugging Face model directory (default: the embedded all-MiniLM-L6-v2)")
     parser.add_argument("--name", help="the model's name in the URLs (default: the directory name)")
-    parser.add_argument("--task", choices=[t for t in EXPLAIN_TASKS], default="auto",
+    parser.add_argument("--task", choices=EXPLAIN_TASKS, default="auto",
                         help="what the model does (default: auto, from the model class)")
     parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels")
     parser.add_argument("--reference", help="similarity: the reference text")

@@ -86,8 +86,8 @@ class ServedModel:
         takes = ('instances {"prompt", "generated_text" or "max_new_tokens"}, not plain texts' if self.generates
                  else "texts as instances, not generation objects")
         problems: list[ServeError | None] = [
-            None if isinstance(instance, wanted) else ServeError(400, f"this model ({self.explainer.task}) takes {takes}")
-            for instance in instances
+            None if isinstance(instance, wanted)
+            else ServeError(400, f"this model ({self.explainer.task}) takes {takes}") for instance in instances
         ]
         texts = [(i, x.prompt if self.generates else x) for i, x in enumerate(instances) if problems[i] is None]
         if texts and self.limit is not None:
