@@ -280,23 +280,29 @@ def test_generation_instances_take_a_prompt_and_a_continuation():
 # ------------------------------------------------------------------------- the command, SIGTERM
 
 
-def start_cli(*args: str, env=None) -> tuple[subprocess.Popen, str]:
+def start_cli(*args: str) -> tuple[subprocess.Popen, str, list[str]]:
+    """``saliency-fast serve ARGS`` in a child process: ``(process, its URL, its stderr lines so far)``;
+    a thread keeps reading stderr, so a chatty server never blocks on a full pipe."""
     process = subprocess.Popen(
         [sys.executable, "-m", "saliency_fast", "serve", "--port", "0", *args], cwd=REPO, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
+        text=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )
+    lines: list[str] = []
     for line in process.stderr:
+        lines.append(line)
         found = re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+)", line)
         if found:
-            return process, found.group(1)
-    raise AssertionError(f"the server did not start (exit {process.wait()})")
+            threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+            return process, found.group(1), lines
+    raise AssertionError(f"the server did not start (exit {process.wait()}): {''.join(lines[-20:])}")
 
 
 def test_sigterm_drains_requests_in_flight_then_exits(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("t0ken\n")
     # no --model: the embedded all-MiniLM-L6-v2
-    process, url = start_cli("--max-wait-ms", "1500", "--max-batch-size", "64", "--token-file", str(token_file))
+    process, url, lines = start_cli("--max-wait-ms", "1500", "--max-batch-size", "64", "--token-file",
+                                    str(token_file))
     headers = {"Authorization": "Bearer t0ken"}
     try:
         assert httpx.get(url + "/v1/models", headers=headers).json() == {"models": ["all-MiniLM-L6-v2"]}
@@ -319,7 +325,9 @@ def test_sigterm_drains_requests_in_flight_then_exits(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-        log = process.stderr.read()
+        process.wait(30)
+    time.sleep(0.5)  # the reader thread takes the last lines
+    log = "".join(lines)
     assert "Application shutdown complete" in log
     assert "\x1b" not in log and "\n2026 INFO forged" not in log and "evil\\n2026 INFO forged\\x1b[31m" in log
 
@@ -353,32 +361,43 @@ def test_serve_command_refuses_bad_options(tmp_path, capsys):
 # ---------------------------------------------------------------------------------- Ray engine
 
 
-def test_ray_engine_batches_and_answers_as_the_local_engine(model_dir):
-    ray = pytest.importorskip("ray")
-    serve = pytest.importorskip("ray.serve")
-    from saliency_fast.serve.ray_engine import deploy
-
+def test_ray_engine_batches_answers_as_the_local_engine_and_drains_on_sigterm(model_dir, tmp_path):
+    pytest.importorskip("ray.serve")
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()  # Ray Serve's proxy binds it itself
+    (tmp_path / "token").write_text("tok")
     explainer = Explainer.from_pretrained(model_dir)
     direct = [explainer.attribute(t) for t in TEXTS[:4]]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    process, url, _ = start_cli("--engine", "ray", "--port", str(port), "--model", str(model_dir),
+                                "--max-batch-size", "8", "--max-wait-ms", "1000", "--token-file", str(tmp_path / "token"))
+    headers = {"Authorization": "Bearer tok"}
+    path = f"/v1/models/{model_dir.name}:explain"
     try:
-        deploy(ServeConfig(model=str(model_dir), port=port, max_batch_size=8, max_wait_ms=300, token="tok"))
-        url = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": "Bearer tok"}
         answers = post_all(url, [{"instances": [t]} for t in TEXTS[:4]] + [b"{", {"instances": [TOO_LONG]}],
-                           headers, path=f"/v1/models/{model_dir.name}:explain")
+                           headers, path=path)
         names = httpx.get(url + "/v1/models", headers=headers).json()
         calls = metric(url, "saliency_serve_batch_size_count", headers)
         unauthorized = httpx.get(url + "/v1/models").status_code
+
+        async def in_flight():
+            async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client:
+                request = asyncio.create_task(client.post(path, json={"instances": [TEXTS[0]]}))
+                await asyncio.sleep(0.5)  # the request waits in @serve.batch (max-wait 1 s)
+                process.send_signal(signal.SIGTERM)
+                return await request
+
+        drained = asyncio.run(in_flight())
+        assert process.wait(120) == 0
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
     assert [a.status_code for a in answers] == [200] * 4 + [400, 422]
     assert answers[-1].json()["limit"] == 128
     assert names == {"models": [model_dir.name]} and unauthorized == 401
-    assert calls < 4
+    assert calls < 4  # the four texts shared Explainer calls
     for answer, result in zip(answers, direct):
         assert_scores_equal(answer.json()["explanations"][0], result)
+    assert drained.status_code == 200
+    assert_scores_equal(drained.json()["explanations"][0], direct[0])

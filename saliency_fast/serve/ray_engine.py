@@ -112,6 +112,7 @@ def deploy(config: ServeConfig) -> None:
     # the ingress holds every waiting instance; each model replica, a batch at work and the next one forming
     model = SaliencyModel.options(
         num_replicas=config.replicas, max_ongoing_requests=2 * config.max_batch_size,
+        graceful_shutdown_timeout_s=config.drain_seconds,
         ray_actor_options={"num_gpus": 1 if torch.cuda.is_available() and config.device in (None, "cuda") else 0},
     ).bind(config)
     ingress = serve.deployment(SaliencyIngress).options(
@@ -124,7 +125,7 @@ def deploy(config: ServeConfig) -> None:
 
 def run_ray(config: ServeConfig, log_level: str = "info") -> None:
     """Start (or join, with ``RAY_ADDRESS``) a Ray cluster, deploy, and serve until SIGTERM/SIGINT;
-    then Ray Serve drains requests in flight (``drain_seconds``) and shuts down."""
+    then the replicas drain the requests in flight (``drain_seconds``) and Ray Serve shuts down."""
     import ray
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr)
@@ -139,6 +140,9 @@ def run_ray(config: ServeConfig, log_level: str = "info") -> None:
         print(f"serving {config.model_name} on http://{config.host}:{config.port} (engine ray, "
               f"{config.replicas} replica{'s' if config.replicas > 1 else ''})", file=sys.stderr, flush=True)
         stop.wait()
+        # deleting the app first lets its replicas finish the requests they hold (each waits up to
+        # drain_seconds) while the proxy still answers their callers; shutdown() alone drops them
+        serve.delete(APP_NAME)
     finally:
         serve.shutdown()
         ray.shutdown()
