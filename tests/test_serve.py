@@ -166,6 +166,17 @@ def test_one_callers_bad_text_fails_that_caller_alone(served):
         assert_scores_equal(answer.json()["explanations"][0], result)
 
 
+def test_explainer_predictions_are_what_attribute_reports(served):
+    zero_shot = Explainer(tiny_bert("base"), bert_tokenizer(), task="zero-shot", labels=["good", "bad", "meh"])
+    for explainer in (served.explainer, zero_shot):
+        predicted = explainer.predictions(TEXTS[:3])
+        for found, result in zip(predicted, explainer.attribute(TEXTS[:3])):
+            assert found["prediction"] == result.metadata["prediction"] == result.targets[0]
+            scores = "label_probs" if explainer.task == "classify" else "label_similarity"
+            assert found[scores] == pytest.approx(result.metadata[scores], abs=1e-6)
+    assert served.explainer.predictions("a movie")["prediction"] in served.explainer.model.config.id2label.values()
+
+
 # ------------------------------------------------------------------------------ limits, errors
 
 
