@@ -40,7 +40,7 @@ class ServedModel:
             "batch_size": config.max_batch_size,
         }
         if config.model is None:
-            from saliency_fast.hf.default_model import default_model
+            from saliency_fast.hf import default_model
 
             explainer = Explainer(*default_model(), **kwargs)
         else:

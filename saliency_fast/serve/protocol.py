@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saliency_fast.hf.explainer import AGGREGATE_CHOICES
 from saliency_fast.hf.method_registry import METHOD_CHOICES
-from saliency_fast.hf.model_io import BASELINE_CHOICES
+from saliency_fast.hf.baselines import BASELINE_CHOICES
 
 # Bounds that keep one request from holding the model for minutes (a path method's cost grows with n_steps).
 MAX_N_STEPS = 1024
