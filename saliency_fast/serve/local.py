@@ -7,6 +7,7 @@ finish (up to ``drain_seconds``), then runs the app's shutdown (the batcher stop
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 
@@ -60,6 +61,9 @@ def run_local(config: ServeConfig, model: ServedModel | None = None, log_level: 
     host, port = sock.getsockname()[:2]
     print(f"serving {config.model_name} on http://{_url_host(host)}:{port} (engine local)", file=sys.stderr,
           flush=True)
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: with this
+    # one the process then ends normally (status 0, "drained"), not killed by the signal
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn_server(app, config, log_level).run(sockets=[sock])
 
 
