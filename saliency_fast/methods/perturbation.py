@@ -83,7 +83,7 @@ class FeatureAblation(_common.AttributionMethod):
     def _feature_attribute(self, inputs, baselines, target, additional_forward_args, feature_mask,
                            perturbations_per_eval, show_progress, futures: bool):
         inputs, is_tuple = _common.format_inputs(inputs, require_float=False, same_batch=False)
-        masks = _format_feature_mask(feature_mask, inputs, is_tuple)
+        masks = format_feature_mask(feature_mask, inputs, is_tuple)
         ids = torch.unique(torch.cat([m.reshape(-1).cpu() for m in masks]))
         dims = [(1,) * m.dim() for m in masks]
 
@@ -138,8 +138,7 @@ class FeatureAblation(_common.AttributionMethod):
 
     def _evaluate(self, inputs, target: _common.Target, args, rows: int, futures: bool):
         """The targeted outputs of one forward (a future of them when ``futures``)."""
-        with torch.inference_mode(), _common.autocast(self.dtype, inputs[0].device):
-            output = _common.run_forward(self.forward_func, inputs, args)
+        output = _inference_forward(self.forward_func, self.dtype, inputs, args)
         if isinstance(output, torch.Future) != futures:
             raise _common.ArgumentError(
                 "forward_func returned a torch.futures.Future: call attribute_future, not attribute" if not futures
@@ -149,6 +148,20 @@ class FeatureAblation(_common.AttributionMethod):
         if futures:
             return output.then(lambda done: _targeted_output(target, done.value(), rows))
         return _targeted_output(target, output, rows)
+
+
+def _inference_forward(forward_func, dtype, inputs, args):
+    with torch.inference_mode(), _common.autocast(dtype, inputs[0].device):
+        return _common.run_forward(forward_func, inputs, args)
+
+
+def targeted_outputs(forward_func, dtype, inputs, target: _common.Target, args, rows: int) -> torch.Tensor:
+    """The targeted outputs of one forward under ``torch.inference_mode`` (``dtype``: autocast):
+    ``(rows,)``, or ``(1,)`` when the forward aggregates the batch into one value."""
+    selected = _targeted_output(target, _inference_forward(forward_func, dtype, inputs, args), rows)
+    if selected.numel() == 1 and (selected.dim() == 0 or selected.shape[0] != rows or rows == 1):
+        return selected.reshape(1)
+    return _common.scalar_per_row(selected, rows)
 
 
 def _targeted_output(target: _common.Target, output, rows: int) -> torch.Tensor:
@@ -267,7 +280,7 @@ class Occlusion(FeatureAblation):
         return _common.format_output(is_tuple, result)
 
 
-def _format_feature_mask(feature_mask, inputs: _common.Tensors, is_tuple: bool) -> _common.Tensors:
+def format_feature_mask(feature_mask, inputs: _common.Tensors, is_tuple: bool) -> _common.Tensors:
     if feature_mask is None:  # every element its own feature, numbered across the inputs
         masks, offset = [], 0
         for x in inputs:
