@@ -83,7 +83,7 @@ class SkLearnLasso(_SurrogateModel):
         try:
             linear_model = importlib.import_module("sklearn.linear_model")
         except ImportError as error:  # pragma: no cover - scikit-learn is a requirement
-            raise ImportError("Lime's default surrogate model needs scikit-learn: pip install scikit-learn") from error
+            raise ImportError("Lime's default surrogate model needs scikit-learn: pip install scikit-learn (or saliency_fast[lime])") from error
         rows = []
         for xe, ye, we in zip(x, y, weights):
             model = linear_model.Lasso(alpha=self.alpha, **self.kwargs)
