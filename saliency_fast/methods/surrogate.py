@@ -13,8 +13,10 @@ subsets of its features (the rest set to the baseline). What makes them fast:
   samples at once; the surrogate of every example is fitted at once (:mod:`.linear_models`).
 
 The subsets are drawn from torch's global RNG in captum's order (example by example; LIME as
-Bernoulli(0.5) draws, KernelSHAP as a subset size and a Gaussian ranking per sample), so with the
-same seed the samples, and so the attributions, are captum's.
+Bernoulli(0.5) draws, KernelSHAP as a subset size and a Gaussian ranking per sample, and the one
+number captum's surrogate fit takes between examples), so with the same seed the samples, and so
+the attributions, are captum's. A captum ``Model`` passed as ``interpretable_model`` may draw
+random numbers as it fits: then examples are explained one after the other, as captum does.
 """
 
 from __future__ import annotations
@@ -247,8 +249,18 @@ class Lime(LimeBase):
         formatted, is_tuple = _common.format_inputs(inputs, require_float=False)
         problem = _Problem(self, formatted, is_tuple, baselines, target, additional_forward_args, feature_mask,
                            perturbations_per_eval)
-        samples = [self._draw_samples(problem, u, n_samples) for u in range(problem.n_units)]
-        coefs = problem.fit(samples, perturbations_per_eval, show_progress)
+        if callable(getattr(self.interpretable_model, "fit_many", None)):  # ours: every example at once
+            samples = []
+            for unit in range(problem.n_units):
+                samples.append(self._draw_samples(problem, unit, n_samples))
+                _skip_like_captum_fit()
+            coefs = problem.fit(list(range(problem.n_units)), samples, perturbations_per_eval, show_progress)
+        else:  # a captum Model may draw random numbers as it fits: examples one after the other, as captum
+            coefs = torch.cat([
+                problem.fit([unit], [self._draw_samples(problem, unit, n_samples)], perturbations_per_eval,
+                            show_progress)
+                for unit in range(problem.n_units)
+            ])
         if not return_input_shape:
             return coefs
         return _common.format_output(is_tuple, problem.spread(coefs))
@@ -394,18 +406,20 @@ class _Problem:
             out.append(torch.where(kept, x[units], b[units]))
         return tuple(out)
 
-    def fit(self, samples: list[torch.Tensor], perturbations_per_eval: int, show_progress: bool) -> torch.Tensor:
-        """The surrogate coefficients ``(n_units, n_features)``."""
+    def fit(self, units: list[int], samples: list[torch.Tensor], perturbations_per_eval: int,
+            show_progress: bool) -> torch.Tensor:
+        """The surrogate coefficients ``(len(units), n_features)`` of the units ``units`` from their
+        ``samples``; up to ``perturbations_per_eval`` samples of each unit go through one forward."""
         distinct = [torch.unique(s, dim=0, return_inverse=True) for s in samples]
-        units = torch.cat([torch.full((len(d),), u, dtype=torch.long) for u, (d, _) in enumerate(distinct)])
+        job_units = torch.cat([torch.full((len(d),), u, dtype=torch.long) for u, (d, _) in zip(units, distinct)])
         rows = torch.cat([d for d, _ in distinct])
-        outputs, weights = self._evaluate(units, rows, perturbations_per_eval * self.n_units, show_progress)
+        outputs, weights = self._evaluate(job_units, rows, perturbations_per_eval * len(units), show_progress)
         offsets = [0]
         for d, _ in distinct:
             offsets.append(offsets[-1] + len(d))
         xs, ys, ws = [], [], []
-        for u, (s, (_, inverse)) in enumerate(zip(samples, distinct)):
-            index = inverse + offsets[u]
+        for i, (s, (_, inverse)) in enumerate(zip(samples, distinct)):
+            index = inverse + offsets[i]
             xs.append(s.float())
             ys.append(outputs[index])
             ws.append(weights[index])
@@ -450,6 +464,12 @@ class _Problem:
             values = torch.gather(coefs.float(), 1, m.reshape(n, -1)).reshape(m.shape)
             out.append(values if self.per_example else values[0][0:1])
         return tuple(out)
+
+
+def _skip_like_captum_fit() -> None:
+    """Take the one number captum's surrogate fit takes from torch's global RNG (iterating a
+    ``DataLoader`` draws its base seed), so the next example's samples are the ones captum draws."""
+    torch.empty((), dtype=torch.int64).random_()
 
 
 def _tensor_bools(baselines):
