@@ -433,6 +433,7 @@ class Explainer:
             baseline_token_id=None if baseline is None else baseline.token_id,
             special_token_ids=self._constant_token_ids(),
             internal_batch_size=method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
+            model=self.model,
         )
         attr = out.attributions.detach()
         if not bool(torch.isfinite(attr[batch.real()]).all()):

@@ -13,6 +13,9 @@ import dataclasses
 import importlib
 
 import torch
+from torch import nn
+
+from saliency_fast.hf import token_level_methods
 
 # ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
 _IG_KWARGS = frozenset(
@@ -21,12 +24,15 @@ _IG_KWARGS = frozenset(
 # layer attribution (saliency_fast.hf.layers): the Explainer and the generation engine take them out first
 _LAYER_KWARGS = frozenset({"layer", "layers", "layer_path"})
 _NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed", "dtype"})
+# LIME / KernelSHAP over tokens: ``seed`` seeds torch's RNG for the call (captum's samples for that seed)
+_SURROGATE_KWARGS = frozenset({"n_samples", "perturbations_per_eval", "seed", "dtype"})
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str
     family: str  # gradient | path | noise | perturbation | attention | discretized | sequential | lrp
+    #              | surrogate | gradient_shap | deeplift | grad_cam
     uses_baseline: bool  # reads the baseline embeddings
     per_token: bool  # one number per token, copied over the embedding dim (perturbations)
     reports_completeness: bool  # path methods: sum of attributions vs F(x) - F(baseline)
@@ -51,6 +57,12 @@ METHODS: dict[str, MethodSpec] = {
         # input x gradient under the AttnLRP / CP-LRP rules (saliency_fast.methods.lrp), which the caller applies
         MethodSpec("attnlrp", "lrp", False, False, False, frozenset({"dtype"})),
         MethodSpec("cp_lrp", "lrp", False, False, False, frozenset({"dtype"})),
+        MethodSpec("lime", "surrogate", True, True, False, _SURROGATE_KWARGS),
+        MethodSpec("kernel_shap", "surrogate", True, True, False, _SURROGATE_KWARGS),
+        MethodSpec("gradient_shap", "gradient_shap", True, False, False,
+                   frozenset({"n_samples", "stdevs", "seed", "dtype"})),
+        MethodSpec("deeplift", "deeplift", True, False, False, frozenset({"dtype"})),
+        MethodSpec("grad_cam", "grad_cam", False, True, False, frozenset({"cam_layer", "dtype"})),
     )
 }
 METHOD_CHOICES = tuple(METHODS)
@@ -96,6 +108,7 @@ def attribute_embeddings(
     baseline_token_id: int | None = None,
     special_token_ids: list[int] | None = None,
     internal_batch_size: int | None = None,
+    model: nn.Module | None = None,
 ) -> MethodOutput:
     """Attributions ``[B, S, D]`` of ``forward(inputs, *additional_forward_args) -> [B]``.
 
@@ -103,7 +116,8 @@ def attribute_embeddings(
     they already equal the baseline, and sequential IG makes no copy for them. DIG needs the
     token ids, the embedding matrix (whose rows ``inputs`` are), the baseline token and the ids
     that keep a constant path (``special_token_ids``, padding included). ``n_steps`` in the
-    output counts gradient evaluations per row.
+    output counts gradient evaluations per row. ``model`` is the module ``forward`` runs: DeepLIFT
+    puts its rules on its modules, Grad-CAM reads one of its blocks.
     """
     check_method_kwargs(spec, method_kwargs)
     kwargs = dict(method_kwargs)
@@ -133,6 +147,9 @@ def attribute_embeddings(
             ),
         )
         return MethodOutput(attr)
+    if spec.family in ("surrogate", "gradient_shap", "deeplift", "grad_cam"):
+        return token_level_methods.attribute(spec.name, forward, inputs, baselines, additional_forward_args, kwargs,
+                                              dtype, model=model, internal_batch_size=internal_batch_size)
     kwargs.setdefault("internal_batch_size", internal_batch_size)
     if spec.family == "path":
         return _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs, dtype)

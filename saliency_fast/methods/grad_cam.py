@@ -21,22 +21,32 @@ class LayerGradCam(_LayerMethod):
     """
 
     def attribute(self, inputs, target=None, additional_forward_args=None, attribute_to_layer_input: bool = False,
-                  relu_attributions: bool = False, attr_dim_summation: bool = True, grad_kwargs=None):
-        """Per layer output tensor, the Grad-CAM map (a tuple for layers with several outputs)."""
+                  relu_attributions: bool = False, attr_dim_summation: bool = True, grad_kwargs=None, *,
+                  channels_last: bool = False):
+        """Per layer output tensor, the Grad-CAM map (a tuple for layers with several outputs).
+
+        ``channels_last`` (ours): the channels are the last dim, as in transformers' ``[batch,
+        tokens, hidden]``: the weights are the gradient's mean over the dims between batch and
+        channels (the tokens), the map is summed over the last dim, ``[batch, tokens, 1]``."""
         _check_bool("relu_attributions", relu_attributions)
         _check_bool("attr_dim_summation", attr_dim_summation)
+        _check_bool("channels_last", channels_last)
         if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
             raise TypeError(f"grad_kwargs must be a dict or None, got {type(grad_kwargs).__name__}")
         grads, acts = self._layer_gradients(inputs, target, additional_forward_args, attribute_to_layer_input)
         maps = []
         for layer_grads, layer_acts in zip(grads, acts):
-            maps.append(tuple(_cam(g, a, relu_attributions, attr_dim_summation) for g, a in zip(layer_grads, layer_acts)))
+            maps.append(tuple(
+                _cam(g, a, relu_attributions, attr_dim_summation, channels_last) for g, a in zip(layer_grads, layer_acts)
+            ))
         return self._format_result(maps)
 
 
-def _cam(grad: torch.Tensor, act: torch.Tensor, relu: bool, summed: bool) -> torch.Tensor:
-    weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+def _cam(grad: torch.Tensor, act: torch.Tensor, relu: bool, summed: bool, channels_last: bool) -> torch.Tensor:
+    channel = grad.dim() - 1 if channels_last else 1
+    spatial = tuple(d for d in range(1, grad.dim()) if d != channel)
+    weights = grad.mean(dim=spatial, keepdim=True) if grad.dim() > 2 else grad
     cam = weights * act
     if summed:
-        cam = cam.sum(1, keepdim=True)
+        cam = cam.sum(channel, keepdim=True)
     return torch.relu(cam) if relu else cam

@@ -8,7 +8,9 @@ subsets of its features (the rest set to the baseline). What makes them fast:
   ``perturbations_per_eval`` samples of every example go through one forward, under
   ``torch.inference_mode``;
 - a subset drawn twice for one example is evaluated once (KernelSHAP draws many repeats: its
-  subset sizes concentrate on 1 and ``n_features - 1``);
+  subset sizes concentrate on 1 and ``n_features - 1``), and so are subsets that differ only in
+  features whose removal changes nothing (elements already equal to the baseline: padding,
+  special tokens, feature ids an example does not have);
 - the random subsets, the perturbed inputs and the default similarity kernels are built for all
   samples at once; the surrogate of every example is fitted at once (:mod:`.linear_models`).
 
@@ -282,6 +284,10 @@ class Lime(LimeBase):
                 break
         return torch.cat([r.reshape(1, -1) for r in rows]).to(device).long()
 
+    def weights_from_inputs(self) -> bool:
+        """Whether the similarity weights depend on the perturbed inputs alone (not on the sample)."""
+        return isinstance(self.similarity_func, _ExpKernel)
+
     def similarities(self, problem: _Problem, units: torch.Tensor, samples: torch.Tensor, perturbed) -> torch.Tensor:
         """Similarity weights ``(n,)`` of the perturbed inputs ``perturbed`` (per input, ``(n, *unit
         shape)``) of examples ``units`` made by ``samples``."""
@@ -336,6 +342,9 @@ class KernelShap(Lime):
             threshold = torch.kthvalue(ranks, n - k).values.item()
             rows.append((ranks > threshold).long())
         return torch.cat(rows).to(problem.inputs[0].device)
+
+    def weights_from_inputs(self) -> bool:
+        return False
 
     def similarities(self, problem: _Problem, units: torch.Tensor, samples: torch.Tensor, perturbed) -> torch.Tensor:
         kept = samples.sum(1)
@@ -410,7 +419,9 @@ class _Problem:
             show_progress: bool) -> torch.Tensor:
         """The surrogate coefficients ``(len(units), n_features)`` of the units ``units`` from their
         ``samples``; up to ``perturbations_per_eval`` samples of each unit go through one forward."""
-        distinct = [torch.unique(s, dim=0, return_inverse=True) for s in samples]
+        # a feature whose elements all equal their baseline (padding, special tokens, ids absent from
+        # an example) changes nothing: samples that differ only there share one forward
+        distinct = [torch.unique(s | self.null_features(u), dim=0, return_inverse=True) for u, s in zip(units, samples)]
         job_units = torch.cat([torch.full((len(d),), u, dtype=torch.long) for u, (d, _) in zip(units, distinct)])
         rows = torch.cat([d for d, _ in distinct])
         outputs, weights = self._evaluate(job_units, rows, perturbations_per_eval * len(units), show_progress)
@@ -418,20 +429,32 @@ class _Problem:
         for d, _ in distinct:
             offsets.append(offsets[-1] + len(d))
         xs, ys, ws = [], [], []
-        for i, (s, (_, inverse)) in enumerate(zip(samples, distinct)):
+        for i, (unit, s, (_, inverse)) in enumerate(zip(units, samples, distinct)):
             index = inverse + offsets[i]
             xs.append(s.float())
             ys.append(outputs[index])
-            ws.append(weights[index])
+            if weights is not None:
+                ws.append(weights[index])
+            else:  # weights of the samples themselves (they may differ where the inputs do not)
+                at = torch.full((len(s),), unit, dtype=torch.long, device=s.device)
+                ws.append(self.method.similarities(self, at, s, self.perturbed(at, s)).to(outputs.device))
         model = self.method.interpretable_model
         device = self.inputs[0].device
         if callable(getattr(model, "fit_many", None)) and len({len(s) for s in samples}) == 1:
             return model.fit_many(torch.stack(xs), torch.stack(ys), torch.stack(ws)).to(device)
         return torch.stack([_fit(model, x, y, w).reshape(-1).float() for x, y, w in zip(xs, ys, ws)]).to(device)
 
+    def null_features(self, unit: int) -> torch.Tensor:
+        """``(n_features,)`` 0/1: the features of ``unit`` whose removal changes no element."""
+        changed = torch.zeros(self.n_features, device=self.inputs[0].device)
+        for x, b, m in zip(self.unit_x, self.unit_b, self.unit_m):
+            differs = (x[unit] != b[unit]).reshape(-1).to(changed.dtype)
+            changed.index_add_(0, m[unit].reshape(-1), differs)
+        return (changed == 0).long()
+
     def _evaluate(self, units, rows, per_forward: int, show_progress: bool):
-        """Targeted outputs and similarity weights of the (unit, sample) pairs, ``per_forward`` rows
-        to a forward pass."""
+        """Targeted outputs of the (unit, sample) pairs, ``per_forward`` rows to a forward pass, and
+        their similarity weights when those depend on the inputs alone (else None)."""
         method = self.method
         outputs, weights = [], []
         starts = range(0, len(units), per_forward)
@@ -451,9 +474,11 @@ class _Problem:
                     self.inputs[0].shape[0],
                 )
             outputs.append(out.reshape(-1).float())
-            weights.append(method.similarities(self, chunk_units, chunk_rows, perturbed).to(out.device))
+            if method.weights_from_inputs():
+                weights.append(method.similarities(self, chunk_units, chunk_rows, perturbed).to(out.device))
         # outside inference mode: surrogate models that train with autograd may keep them
-        return torch.cat(outputs).clone().to(self.inputs[0].device), torch.cat(weights).clone().to(self.inputs[0].device)
+        device = self.inputs[0].device
+        return torch.cat(outputs).clone().to(device), (torch.cat(weights).clone().to(device) if weights else None)
 
     def spread(self, coefs: torch.Tensor) -> _common.Tensors:
         """Each element gets its feature's coefficient (float32, shaped like the inputs; one row
