@@ -57,7 +57,7 @@ METHODS: dict[str, MethodSpec] = {
         # input x gradient under the AttnLRP / CP-LRP rules (saliency_fast.methods.lrp), which the caller applies
         MethodSpec("attnlrp", "lrp", False, False, False, frozenset({"dtype"})),
         MethodSpec("cp_lrp", "lrp", False, False, False, frozenset({"dtype"})),
-        MethodSpec("lime", "surrogate", True, True, False, _SURROGATE_KWARGS),
+        MethodSpec("lime", "surrogate", True, True, False, _SURROGATE_KWARGS | {"alpha"}),
         MethodSpec("kernel_shap", "surrogate", True, True, False, _SURROGATE_KWARGS),
         MethodSpec("gradient_shap", "gradient_shap", True, False, False,
                    frozenset({"n_samples", "stdevs", "seed", "dtype"})),

@@ -8,7 +8,8 @@ over word embeddings:
   tokens and padding equal their baseline, so removing them changes nothing and they get no score.
   ``n_samples`` (default 100), ``perturbations_per_eval`` (samples of each text per forward),
   ``seed`` (an int: torch's RNG is seeded for the call and restored after; the samples are then
-  captum's for that seed). One score per token.
+  captum's for that seed); LIME's surrogate is a weighted Lasso with penalty ``alpha`` (default
+  1e-4), KernelSHAP's weighted least squares. One score per token.
 - ``gradient_shap``: the expected gradient x (input - baseline) at ``n_samples`` (default 5)
   random points between each text's baseline and its embeddings (Gaussian noise ``stdevs``,
   default 0); ``seed`` seeds torch's and numpy's RNGs for the call.
@@ -29,8 +30,12 @@ from torch import nn
 import saliency_fast
 from saliency_fast.methods import noise_tunnel
 from saliency_fast.methods.gradient_shap import InputBaselineXGradient
+from saliency_fast.methods.linear_models import SkLearnLasso
 
 DEFAULT_SURROGATE_SAMPLES = 100
+# scores here are logits, probabilities or cosine margins whose changes are often below 0.1: captum's
+# default Lasso penalty (0.01) zeroes most tokens there
+DEFAULT_LASSO_ALPHA = 1e-4
 
 
 class _ForwardModule(nn.Module):
@@ -104,9 +109,12 @@ def _surrogate(name, forward, inputs, baselines, args, kwargs, dtype, internal_b
     n_examples, n_tokens = inputs.shape[:2]
     feature_mask = torch.arange(n_tokens, device=inputs.device).view(1, n_tokens, 1)
     per_eval = kwargs.get("perturbations_per_eval", max(1, (internal_batch_size or 1) // n_examples))
-    cls = saliency_fast.Lime if name == "lime" else saliency_fast.KernelShap
+    if name == "lime":
+        method = saliency_fast.Lime(forward, SkLearnLasso(alpha=kwargs.get("alpha", DEFAULT_LASSO_ALPHA)), dtype=dtype)
+    else:
+        method = saliency_fast.KernelShap(forward, dtype=dtype)
     with _seeded(kwargs.get("seed")):
-        return cls(forward, dtype=dtype).attribute(
+        return method.attribute(
             inputs, baselines=baselines, additional_forward_args=args, feature_mask=feature_mask,
             n_samples=kwargs.get("n_samples", DEFAULT_SURROGATE_SAMPLES), perturbations_per_eval=per_eval,
         )

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saliency_fast.methods import _common, noise_tunnel
+from saliency_fast.methods import _common, lean_backward, noise_tunnel
 from saliency_fast.methods.gradient import GradientAttribution
 from saliency_fast.methods.integrated_gradients import completeness_sums
 
@@ -41,7 +41,8 @@ _POOLS = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 
 def rule_of(module: nn.Module) -> str | None:
     """``"rescale"``, ``"softmax"``, ``"maxpool"`` or None (plain gradient) for a module."""
-    if isinstance(module, ELEMENTWISE) or type(module).__module__ == "transformers.activations":
+    if (isinstance(module, ELEMENTWISE) or type(module).__module__ == "transformers.activations"
+            or lean_backward.activation_pair(module) is not None):  # also our fused wrappers of them
         return "rescale"
     if isinstance(module, nn.Softmax):
         return "softmax"
