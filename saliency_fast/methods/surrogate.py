@@ -15,8 +15,8 @@ subsets of its features (the rest set to the baseline). What makes them fast:
   samples at once; the surrogate of every example is fitted at once (:mod:`.linear_models`).
 
 The subsets are drawn from torch's global RNG in captum's order (example by example; LIME as
-Bernoulli(0.5) draws, KernelSHAP as a subset size and a Gaussian ranking per sample, and the one
-number captum's surrogate fit takes between examples), so with the same seed the samples, and so
+Bernoulli(0.5) draws, KernelSHAP as a subset size and a Gaussian ranking per sample, and the
+numbers captum's surrogate fit takes between examples), so with the same seed the samples, and so
 the attributions, are captum's. A captum ``Model`` passed as ``interpretable_model`` may draw
 random numbers as it fits: then examples are explained one after the other, as captum does.
 """
@@ -255,7 +255,7 @@ class Lime(LimeBase):
             samples = []
             for unit in range(problem.n_units):
                 samples.append(self._draw_samples(problem, unit, n_samples))
-                _skip_like_captum_fit()
+                _skip_like_captum_fit(problem.n_features)
             coefs = problem.fit(list(range(problem.n_units)), samples, perturbations_per_eval, show_progress)
         else:  # a captum Model may draw random numbers as it fits: examples one after the other, as captum
             coefs = torch.cat([
@@ -491,10 +491,12 @@ class _Problem:
         return tuple(out)
 
 
-def _skip_like_captum_fit() -> None:
-    """Take the one number captum's surrogate fit takes from torch's global RNG (iterating a
-    ``DataLoader`` draws its base seed), so the next example's samples are the ones captum draws."""
+def _skip_like_captum_fit(n_features: int) -> None:
+    """Take from torch's global RNG what captum's sklearn surrogate fit takes (iterating its
+    ``DataLoader`` draws a base seed; the fitted coefficients go into a new ``nn.Linear``, whose
+    initialisation draws), so the next example's samples are the ones captum draws."""
     torch.empty((), dtype=torch.int64).random_()
+    torch.nn.Linear(n_features, 1)
 
 
 def _tensor_bools(baselines):

@@ -1,0 +1,151 @@
+"""LIME and KernelSHAP: saliency_fast against captum on the embedded all-MiniLM-L6-v2.
+
+    python benchmarks/bench_perturbation.py            # 8 texts, 100 samples per text
+    python benchmarks/bench_perturbation.py --quick    # 8 texts, 30 samples
+
+The workload is the README's zero-shot sentiment (cosine margin of the text embedding to the
+label prompts "positive" / "negative", the Explainer's forward over word embeddings) for 8 short
+texts, one interpretable feature per token, removed tokens set to the pad token's embedding
+(special tokens and padding keep theirs). Both libraries get the same call: the 8 texts as one
+padded batch, ``target``, ``feature_mask``, ``baselines``, ``n_samples`` and the same seed, so they
+draw the same samples and fit the same surrogates (LIME: sklearn's Lasso, alpha 1e-4; KernelSHAP:
+weighted least squares); the attributions are checked equal before timing.
+
+captum explains the examples one after the other, ``perturbations_per_eval`` samples of one text
+per forward; ours puts that many samples of every text in one forward, evaluates a subset drawn
+twice (or differing only in tokens whose removal changes nothing) once, and fits all surrogates
+at once. Two captum rows: at its default ``perturbations_per_eval=1``, and at ours.
+
+Timing: one thread (``torch.set_num_threads(1)``), the contenders take turns run by run (so a
+shared machine's drift hits all), median of the runs after one warm-up each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import pathlib
+import subprocess
+import sys
+
+import captum.attr
+import torch
+from captum._utils.models.linear_model import SkLearnLasso as CaptumLasso
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import saliency_fast  # noqa: E402
+from benchmarks._timing import median_time  # noqa: E402
+from saliency_fast.hf import explainer as explainer_module  # noqa: E402
+from saliency_fast.hf.default_model import default_model  # noqa: E402
+from saliency_fast.methods.linear_models import SkLearnLasso  # noqa: E402
+
+TEXTS = [
+    "A wonderful, heartfelt film.",
+    "This movie was incredibly bad, I hated every second of it.",
+    "The acting was fine but the plot dragged.",
+    "Absolutely loved the soundtrack.",
+    "Boring, predictable and far too long.",
+    "A clever script and a superb cast.",
+    "I want those two hours back.",
+    "Not great, not terrible.",
+]
+ALPHA = 1e-4  # the Explainer's LIME penalty: captum's 0.01 zeroes most tokens on cosine margins
+
+
+def workload(n_texts: int):
+    """The forward over word embeddings, the padded batch, its baselines and per-token features."""
+    explainer = saliency_fast.Explainer(*default_model(), task="zero-shot", labels=["positive", "negative"])
+    task = explainer._make_task(choices=None, reference=None, labels=None)
+    units = task.encode(TEXTS[:n_texts])
+    rows, _ = task.plan(units, explainer.predict(task, units), None)
+    batch = explainer._pad(units)
+    special = batch.place([u.special for u in units], torch.zeros(batch.input_ids.shape, dtype=torch.bool))
+    keep = ~batch.real() | special
+    embeds = explainer.embedding(batch.input_ids).detach()
+    baselines = explainer._baselines(batch, "pad", keep).detach()
+    index = torch.tensor([r.index for r in rows])
+    args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, torch.zeros_like(index), None)
+    forward = functools.partial(explainer_module._score_forward, task, "margin")
+    n_tokens = embeds.shape[1]
+    feature_mask = torch.arange(n_tokens).view(1, n_tokens, 1)
+    return forward, embeds, baselines, args, feature_mask
+
+
+def contenders(method: str, forward, per_eval: int):
+    if method == "lime":
+        return {
+            "ours": saliency_fast.Lime(forward, SkLearnLasso(alpha=ALPHA)),
+            "captum": captum.attr.Lime(forward, CaptumLasso(alpha=ALPHA)),
+        }
+    return {"ours": saliency_fast.KernelShap(forward), "captum": captum.attr.KernelShap(forward)}
+
+
+def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int) -> list[dict]:
+    forward, embeds, baselines, args, feature_mask = workload(n_texts)
+    methods = contenders(method, forward, per_eval)
+
+    def call(name: str, ppe: int):
+        def go():
+            torch.manual_seed(0)
+            return methods[name].attribute(
+                embeds, baselines=baselines, additional_forward_args=args, feature_mask=feature_mask,
+                n_samples=n_samples, perturbations_per_eval=ppe,
+            )
+        return go
+
+    calls = {"ours": call("ours", per_eval), f"captum ppe={per_eval}": call("captum", per_eval),
+             "captum ppe=1": call("captum", 1)}
+    results = {name: fn() for name, fn in calls.items()}  # warm-up, and the outputs to compare
+    reference = results["captum ppe=1"]
+    scale = float(reference.abs().max())
+    diffs = {name: float((out - reference).abs().max()) / scale for name, out in results.items()}
+    for name, diff in diffs.items():
+        if diff > 1e-3:
+            raise AssertionError(f"{method}: {name} differs from captum by {diff:.2e} of the largest attribution")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):  # interleaved
+        for name, fn in calls.items():
+            times[name].append(median_time(fn, repeats=1, warmup=0))
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    rows = []
+    for peer in (f"captum ppe={per_eval}", "captum ppe=1"):
+        rows.append({
+            "workload": f"MiniLM zero-shot {method} {n_texts} texts x {n_samples} samples, ours ppe={per_eval}",
+            "peer": f"captum 0.9 {method} ({peer.split(' ', 1)[1]})",
+            "peer_s": median[peer], "ours_s": median["ours"], "ratio": median[peer] / median["ours"],
+            "max_diff": diffs["ours"], "floor_s": None,
+            "peer_dtype": "float32", "ours_dtype": "float32", "peer_runs": runs, "ours_runs": runs,
+            "peer_warmup": 1, "ours_warmup": 1, "threads": torch.get_num_threads(),
+            "date": datetime.date.today().isoformat(), "commit": commit,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 samples per text, 2 runs")
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--texts", type=int, default=8)
+    parser.add_argument("--per-eval", type=int, default=50, help="perturbations_per_eval (ours and captum's row)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    samples, runs = (30, 2) if args.quick else (args.samples, args.runs)
+    rows = []
+    for method in ("lime", "kernel_shap"):
+        for row in run(method, samples, args.per_eval, runs, args.texts):
+            rows.append(row)
+            print(f"{row['workload']:<60} vs {row['peer']:<32} captum {row['peer_s']:7.2f} s  ours "
+                  f"{row['ours_s']:7.2f} s  {row['ratio']:5.2f}x  max diff {row['max_diff']:.1e}", flush=True)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
