@@ -66,7 +66,7 @@ def workload(n_texts: int):
     special = batch.place([u.special for u in units], torch.zeros(batch.input_ids.shape, dtype=torch.bool))
     keep = ~batch.real() | special
     embeds = explainer.embedding(batch.input_ids).detach()
-    baselines = explainer._baselines(batch, "pad", keep).detach()
+    baselines = explainer._baselines(batch, explainer.resolve_baseline("pad"), keep).detach()
     index = torch.tensor([r.index for r in rows])
     args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, torch.zeros_like(index), None)
     forward = functools.partial(explainer_module._score_forward, task, "margin")

@@ -1,7 +1,8 @@
 """Baselines: the token (or zero vector) a path method starts from, on any real tokenizer.
 
 Only the methods that read a baseline resolve one (integrated, discretized and sequential IG,
-occlusion); saliency, input x gradient, SmoothGrad, VarGrad and attention never look at it.
+occlusion, LIME, KernelSHAP, GradientSHAP, DeepLIFT); saliency, input x gradient, SmoothGrad,
+VarGrad, Grad-CAM and attention never look at it.
 
 Real tokenizers often lack the default token: GPT-2's has no pad token (its unk is its eos),
 Llama-3's has neither pad nor unk. A requested kind the tokenizer lacks falls back along

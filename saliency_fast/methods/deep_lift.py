@@ -30,7 +30,7 @@ from torch import nn
 
 from saliency_fast.methods import _common, lean_backward, noise_tunnel
 from saliency_fast.methods.gradient import GradientAttribution
-from saliency_fast.methods.integrated_gradients import completeness_sums
+from saliency_fast.methods.integrated_gradients import IntegratedGradients
 
 ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
@@ -66,34 +66,33 @@ def _rescale(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(small, y, y.detach() + (x - x.detach()) * ratio)
 
 
-class _SoftmaxRule(torch.autograd.Function):
+class _Rule(torch.autograd.Function):
+    """``y`` itself forward; a subclass's ``backward`` gives the gradient w.r.t. the module's
+    input ``x`` (``setting``: the module's parameter the rule needs)."""
+
     @staticmethod
-    def forward(ctx, x, y, dim, eps):
+    def forward(ctx, x, y, setting, eps):
         ctx.save_for_backward(x.detach(), y.detach())
-        ctx.dim, ctx.eps = dim, eps
+        ctx.setting, ctx.eps = setting, eps
         return y.detach().clone()
 
+
+class _SoftmaxRule(_Rule):
     @staticmethod
     def backward(ctx, grad):
         x, y = ctx.saved_tensors
-        local = y * (grad - (grad * y).sum(ctx.dim, keepdim=True))
+        local = y * (grad - (grad * y).sum(ctx.setting, keepdim=True))
         dx, dy = _halves_delta(x), _halves_delta(y)
         small = dx.abs() < ctx.eps
         unnormalized = torch.where(small, local, grad * dy / torch.where(small, torch.ones_like(dx), dx))
         return unnormalized - unnormalized.sum() / unnormalized.numel(), None, None, None
 
 
-class _MaxPoolRule(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, y, module, eps):
-        ctx.save_for_backward(x.detach(), y.detach())
-        ctx.module, ctx.eps = module, eps
-        return y.detach().clone()
-
+class _MaxPoolRule(_Rule):
     @staticmethod
     def backward(ctx, grad):
         x, y = ctx.saved_tensors
-        m = ctx.module
+        m = ctx.setting
         pool = getattr(F, f"max_pool{_POOLS[type(m)]}d")
         _, index = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
 
@@ -192,18 +191,10 @@ class DeepLift(GradientAttribution):
         return result, self.compute_convergence_delta(result, baselines, _common.format_output(is_tuple, inputs),
                                                       target, additional_forward_args)
 
-    def compute_convergence_delta(self, attributions, start_point, end_point, target=None,
-                                  additional_forward_args=None) -> torch.Tensor:
-        """``sum(attributions) - (F(end_point) - F(start_point))`` per example."""
-        end_point, is_tuple = _common.format_inputs(end_point)
-        start_point = _common.format_baselines(start_point, end_point, is_tuple)
-        attributions = attributions if isinstance(attributions, tuple) else (attributions,)
-        n = end_point[0].shape[0]
-        target = _common.Target.parse(target, n)
-        args = _common.format_additional_forward_args(additional_forward_args, n)
-        change = (_common.forward_values(self.model, end_point, target, args)
-                  - _common.forward_values(self.model, start_point, target, args))
-        return completeness_sums(attributions, end_point, start_point, self.multiplies_by_inputs) - change
+    # captum's helper, ``sum(attributions) - (F(end_point) - F(start_point))`` per example: the same
+    # as for IG (F runs without the rules, under inference mode)
+    compute_convergence_delta = IntegratedGradients.compute_convergence_delta
+    _total_change = IntegratedGradients._total_change
 
     def attribute_future(self):
         raise NotImplementedError(f"{type(self).__name__} does not support attribution of future samples.")
@@ -228,13 +219,13 @@ class DeepLiftShap(DeepLift):
         formatted, is_tuple = _common.format_inputs(inputs)
         items = baselines if isinstance(baselines, tuple) else (baselines,)
         if len(items) != len(formatted) or not all(isinstance(b, torch.Tensor) and b.dim() > 0 for b in items):
-            raise TypeError(
+            raise _common.ArgumentError(
                 f"baselines must be one tensor of baseline rows per input ({len(formatted)}), or a function returning "
                 f"them, got {tuple(type(b).__name__ for b in items)}"
             )
         n, m = formatted[0].shape[0], items[0].shape[0]
         if any(b.shape[0] != m for b in items):
-            raise ValueError("baselines must all have the same number of rows")
+            raise _common.ArgumentError("baselines must all have the same number of rows")
         expanded_inputs = tuple(x.repeat_interleave(m, dim=0) for x in formatted)
         expanded_baselines = tuple(b.repeat(n, *([1] * (b.dim() - 1))) for b in items)
         kwargs = noise_tunnel._expand_kwargs(

@@ -76,8 +76,10 @@ class GradientShap(_common.AttributionMethod):
             baselines = baselines(inputs) if inspect.signature(baselines).parameters else baselines()
         items = baselines if isinstance(baselines, tuple) else (baselines,)
         if not all(isinstance(b, torch.Tensor) and b.dim() > 0 for b in items):
-            raise TypeError("baselines must be a tensor (or a tuple of tensors) of baseline rows, or a function "
-                            f"returning them, got {type(items[0]).__name__}")
+            raise _common.ArgumentError(
+                "baselines must be a tensor (or a tuple of tensors) of baseline rows, or a function returning them, "
+                f"got {type(items[0]).__name__}"
+            )
         _common.check_positive_int("n_samples", n_samples)
         formatted, is_tuple = _common.format_inputs(inputs)
         stdevs = noise_tunnel._format_stdevs(stdevs, len(formatted))
@@ -99,7 +101,16 @@ class GradientShap(_common.AttributionMethod):
 
     def compute_convergence_delta(self, attributions, start_point, end_point, target=None,
                                   additional_forward_args=None) -> torch.Tensor:
-        """``sum(attributions) - (F(end_point) - F(start_point))`` per example."""
+        """``sum(attributions) - (F(end_point) - F(start_point))`` per example; ``start_point`` holds
+        one baseline per example (or one for all), not the baseline distribution."""
+        ends = end_point if isinstance(end_point, tuple) else (end_point,)
+        starts = start_point if isinstance(start_point, tuple) else (start_point,)
+        for s, e in zip(starts, ends):
+            if isinstance(s, torch.Tensor) and isinstance(e, torch.Tensor) and s.dim() == e.dim() \
+                    and s.shape[0] not in (1, e.shape[0]):
+                raise _common.ArgumentError(
+                    f"start_point has {s.shape[0]} rows but end_point {e.shape[0]}: pass one baseline per example"
+                )
         return self._inner.compute_convergence_delta(attributions, start_point, end_point, target,
                                                      additional_forward_args)
 

@@ -9,7 +9,6 @@
 from inspect import signature
 from typing import Callable, List, Optional, Tuple, Union
 
-import pytest
 import torch
 from saliency_fast import DeepLift, DeepLiftShap  # vendoring: was captum.attr._core.deep_lift
 from saliency_fast import IntegratedGradients  # vendoring: was captum.attr._core.integrated_gradients
@@ -210,7 +209,6 @@ class Test(BaseTest):
         model = ReLUDeepLiftModel()
         self._deeplift_assert(model, DeepLiftShap(model), inputs, baselines)
 
-    @pytest.mark.xfail(strict=True, reason="saliency_fast raises TypeError/ValueError naming the argument for bad baselines, captum an AssertionError (README: Where we differ from the peers, on purpose)")
     def test_relu_deepliftshap_baselines_as_func(self) -> None:
         model = ReLULinearModel(inplace=True)
         x1 = torch.tensor([[-10.0, 1.0, -5.0]])

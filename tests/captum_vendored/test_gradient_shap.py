@@ -10,7 +10,6 @@ from typing import cast, Tuple
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 import torch
 from captum._utils.typing import Tensor
 from saliency_fast import GradientShap  # vendoring: was captum.attr._core.gradient_shap
@@ -128,7 +127,6 @@ class Test(BaseTest):
             attributions[1],
         )
 
-    @pytest.mark.xfail(strict=True, reason="saliency_fast raises TypeError/ValueError naming the argument for bad baselines, captum an AssertionError (README: Where we differ from the peers, on purpose)")
     def test_classification_baselines_as_function(self) -> None:
         num_in = 40
         inputs = torch.arange(0.0, num_in * 2.0).reshape(2, num_in)
@@ -181,7 +179,6 @@ class Test(BaseTest):
                 return_convergence_delta=True,
             )
 
-    @pytest.mark.xfail(strict=True, reason="saliency_fast raises TypeError/ValueError naming the argument for bad baselines, captum an AssertionError (README: Where we differ from the peers, on purpose)")
     def test_classification(self) -> None:
         num_in = 40
         inputs = torch.arange(0.0, num_in * 2.0).reshape(2, num_in)

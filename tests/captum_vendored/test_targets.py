@@ -13,7 +13,7 @@ import torch
 from captum._utils.common import _format_additional_forward_args
 from captum.attr._core.feature_permutation import FeaturePermutation
 from saliency_fast import IntegratedGradients  # vendoring: was captum.attr._core.integrated_gradients
-from captum.attr._core.lime import Lime
+from saliency_fast import Lime  # vendoring: was captum.attr._core.lime
 from saliency_fast import NoiseTunnel  # vendoring: was captum.attr._core.noise_tunnel
 from captum.attr._utils.attribution import Attribution, InternalAttribution
 from captum.testing.attr.helpers.gen_test_utils import (
