@@ -16,18 +16,17 @@ per forward; ours puts that many samples of every text in one forward, evaluates
 twice (or differing only in tokens whose removal changes nothing) once, and fits all surrogates
 at once. Two captum rows: at its default ``perturbations_per_eval=1``, and at ours.
 
-Timing: one thread (``torch.set_num_threads(1)``), the contenders take turns run by run (so a
-shared machine's drift hits all), median of the runs after one warm-up each.
+Timing: one thread (``torch.set_num_threads(1)``), :func:`benchmarks._timing.interleaved` (the
+contenders take turns run by run, so a shared machine's drift hits all), median of the runs after
+one warm-up each (the call whose outputs are compared).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import functools
-import json
 import pathlib
-import subprocess
 import sys
 
 import captum.attr
@@ -38,9 +37,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import saliency_fast  # noqa: E402
-from benchmarks._timing import median_time  # noqa: E402
+from benchmarks import _results  # noqa: E402
+from benchmarks._timing import interleaved  # noqa: E402
 from saliency_fast.hf import explainer as explainer_module  # noqa: E402
-from saliency_fast.hf.default_model import default_model  # noqa: E402
+from saliency_fast.hf import default_model  # noqa: E402
 from saliency_fast.methods.linear_models import SkLearnLasso  # noqa: E402
 
 TEXTS = [
@@ -106,24 +106,14 @@ def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int) -> 
     for name, diff in diffs.items():
         if diff > 1e-3:
             raise AssertionError(f"{method}: {name} differs from captum by {diff:.2e} of the largest attribution")
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(runs):  # interleaved
-        for name, fn in calls.items():
-            times[name].append(median_time(fn, repeats=1, warmup=0))
-    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    rows = []
-    for peer in (f"captum ppe={per_eval}", "captum ppe=1"):
-        rows.append({
-            "workload": f"MiniLM zero-shot {method} {n_texts} texts x {n_samples} samples, ours ppe={per_eval}",
-            "peer": f"captum 0.9 {method} ({peer.split(' ', 1)[1]})",
-            "peer_s": median[peer], "ours_s": median["ours"], "ratio": median[peer] / median["ours"],
-            "max_diff": diffs["ours"], "floor_s": None,
-            "peer_dtype": "float32", "ours_dtype": "float32", "peer_runs": runs, "ours_runs": runs,
-            "peer_warmup": 1, "ours_warmup": 1, "threads": torch.get_num_threads(),
-            "date": datetime.date.today().isoformat(), "commit": commit,
-        })
-    return rows
+    timings = interleaved(calls, runs=runs, warmup=0)  # the call above was each one's warm-up
+    timings = {name: dataclasses.replace(t, warmup=1) for name, t in timings.items()}
+    workload_name = f"MiniLM zero-shot {method}, {n_texts} texts x {n_samples} samples, ours ppe={per_eval}"
+    return [
+        _results.row(workload_name, f"captum 0.9.0 {method} ({peer.split(' ', 1)[1]})", timings[peer],
+                     timings["ours"], max_diff=diffs["ours"], peer_dtype="float32", ours_dtype="float32", floor_s=None)
+        for peer in (f"captum ppe={per_eval}", "captum ppe=1")
+    ]
 
 
 def main() -> None:
@@ -133,6 +123,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=8)
     parser.add_argument("--per-eval", type=int, default=50, help="perturbations_per_eval (ours and captum's row)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="measured on the CPU only so far")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -143,8 +134,7 @@ def main() -> None:
             rows.append(row)
             print(f"{row['workload']:<60} vs {row['peer']:<32} captum {row['peer_s']:7.2f} s  ours "
                   f"{row['ours_s']:7.2f} s  {row['ratio']:5.2f}x  max diff {row['max_diff']:.1e}", flush=True)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+    _results.write_rows(args.json, rows)
 
 
 if __name__ == "__main__":
