@@ -333,7 +333,7 @@ def classifier():
         ({"texts": []}, TypeError, "texts must be a string or a non-empty list"),
         ({"texts": ["ok", 3]}, TypeError, r"texts\[1\] must be a string"),
         ({"texts": "word " * 200}, ValueError, "202 tokens long but the model accepts at most 128"),
-        ({"method": "lime"}, ValueError, "method must be one of"),
+        ({"method": "magic"}, ValueError, "method must be one of"),  # lime exists now
         ({"target": 3}, ValueError, r"target=3 is out of range: expected a class index in 0..2"),
         ({"target": "happy"}, ValueError, "target='happy' is not a known class"),
         ({"target": 1.5}, TypeError, "target must be a class index"),
