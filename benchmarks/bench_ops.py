@@ -73,6 +73,12 @@ class Inputs:
         self.dtype = dtype
 
 
+def shares(t: dict) -> tuple[float, float]:
+    """The floor's time over ours: by wall-clock medians, and by this process's CPU-time medians
+    (which time spent waiting for a core on a busy machine does not inflate)."""
+    return t["floor"].median / t["ours"].median, t["floor"].cpu_median / t["ours"].cpu_median
+
+
 def accumulate_row(inp: Inputs, reduce: str, runs: int, warmup: int, device: str, label: str) -> dict:
     grads, x, b, w = inp.grads, inp.x, inp.baseline, inp.weights
     w_cast = w.to(inp.dtype)
@@ -82,16 +88,17 @@ def accumulate_row(inp: Inputs, reduce: str, runs: int, warmup: int, device: str
     exact = reduce_plain(torch.tensordot(w.double(), grads.double(), dims=1) * (x - b).double(), reduce)
     ours_out, peer_out = ours(), peer()
     t = interleaved({"ours": ours, "peer": peer, "floor": floor}, runs=runs, warmup=warmup, device=device)
-    share = t["floor"].median / t["ours"].median
+    share, cpu_share = shares(t)
     print(f"ig_accumulate {label:8} {reduce:7} threads {torch.get_num_threads()}: ours {t['ours'].median * 1e3:7.2f} ms"
           f"  peer {t['peer'].median * 1e3:7.2f} ms  sum {t['floor'].median * 1e3:7.2f} ms"
-          f"  ratio {t['peer'].median / t['ours'].median:5.2f}x  read share {100 * share:4.0f} %"
-          f"  ({gbps(grads.numel() * grads.element_size(), t['ours'].median):.1f} GB/s)", flush=True)
+          f"  ratio {t['peer'].median / t['ours'].median:5.2f}x  read share {100 * share:4.0f} % (CPU time "
+          f"{100 * cpu_share:3.0f} %)  ({gbps(grads.numel() * grads.element_size(), t['ours'].median):.1f} GB/s)",
+          flush=True)
     return row(f"ig_accumulate {label} reduce={reduce}, {grads.shape[0]} steps x {tuple(x.shape)} ({device}); "
                f"plain-sum read share {100 * share:.0f} %",
                "plain PyTorch: tensordot(weights, grads), * (x - b), reduce", t["peer"], t["ours"],
                max_diff=rel_diff(ours_out, peer_out), peer_dtype=label, ours_dtype=label, floor_s=t["floor"].median,
-               accuracy=f"read share {100 * share:.0f} % of grads.sum(); vs float64: ours {rel_diff(ours_out, exact):.1e}, "
+               accuracy=f"read share {100 * share:.0f} % of grads.sum() (CPU time {100 * cpu_share:.0f} %); vs float64: ours {rel_diff(ours_out, exact):.1e}, "
                         f"peer {rel_diff(peer_out, exact):.1e}", device=device)
 
 
@@ -118,15 +125,15 @@ def interpolate_rows(inp: Inputs, runs: int, warmup: int, device: str, label: st
     for case, (ours, peer, floor, peer_name, floor_name) in cases.items():
         ours_out, peer_out = ours().clone(), peer().clone()
         t = interleaved({"ours": ours, "peer": peer, "floor": floor}, runs=runs, warmup=warmup, device=device)
-        share = t["floor"].median / t["ours"].median
+        share, cpu_share = shares(t)
         print(f"ig_interpolate {label:8} {case:21} threads {torch.get_num_threads()}: ours "
               f"{t['ours'].median * 1e3:7.2f} ms  peer {t['peer'].median * 1e3:7.2f} ms  {floor_name} "
               f"{t['floor'].median * 1e3:7.2f} ms  ratio {t['peer'].median / t['ours'].median:5.2f}x"
-              f"  write share {100 * share:4.0f} %", flush=True)
+              f"  write share {100 * share:4.0f} % (CPU time {100 * cpu_share:3.0f} %)", flush=True)
         rows.append(row(
             f"ig_interpolate {label} {case}, {alphas.numel()} steps x {tuple(x.shape)} ({device})", f"plain PyTorch: {peer_name}", t["peer"], t["ours"],
             max_diff=rel_diff(ours_out, peer_out), peer_dtype=label, ours_dtype=label, floor_s=t["floor"].median,
-            accuracy=f"write share {100 * share:.0f} % of {floor_name}; vs float64: ours {rel_diff(ours_out, exact):.1e}, "
+            accuracy=f"write share {100 * share:.0f} % of {floor_name} (CPU time {100 * cpu_share:.0f} %); vs float64: ours {rel_diff(ours_out, exact):.1e}, "
                      f"peer {rel_diff(peer_out, exact):.1e}", device=device))
     return rows
 

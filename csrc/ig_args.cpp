@@ -91,7 +91,8 @@ AccumulateArgs prepare_accumulate_common(const at::Tensor& grads, const at::Tens
 
 }  // namespace
 
-InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas) {
+InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas,
+                                    const at::Tensor* out) {
   check_x_and_baseline(x, baseline);
   TORCH_CHECK_VALUE(alphas.defined(), "alphas must be a defined tensor");
   check_floating("alphas", alphas);
@@ -106,7 +107,23 @@ InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& basel
   args.numel = x.numel();
   std::vector<int64_t> shape{args.steps};
   shape.insert(shape.end(), x.sizes().begin(), x.sizes().end());
-  args.out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out == nullptr) {
+    args.out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+    return args;
+  }
+  TORCH_CHECK_VALUE(out->defined(), "out must be a defined tensor");
+  check_same_device("out", *out, x);
+  check_same_dtype("out", *out, x);
+  TORCH_CHECK_VALUE(out->sizes() == at::IntArrayRef(shape), "out must have shape (len(alphas), *x.shape) = ",
+                    at::IntArrayRef(shape), ", got ", out->sizes());
+  TORCH_CHECK_VALUE(out->is_contiguous(), "out must be contiguous (a buffer the op writes in place)");
+  // the kernel reads x and baseline while it writes out
+  for (const auto& [name, input] : {std::pair<const char*, const at::Tensor&>{"x", x}, {"baseline", baseline}}) {
+    const auto overlap = at::get_overlap_status(*out, input);
+    TORCH_CHECK_VALUE(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial,
+                      "out shares memory with ", name, "; pass a separate buffer");
+  }
+  args.out = *out;
   return args;
 }
 

@@ -14,6 +14,8 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 TORCH_LIBRARY(saliency_fast, m) {
   m.def("ig_interpolate(Tensor x, Tensor baseline, Tensor alphas) -> Tensor");
+  // into a buffer the caller holds (returns nothing: torch.compile functionalizes only such mutations)
+  m.def("ig_interpolate_out(Tensor x, Tensor baseline, Tensor alphas, Tensor(a!) out) -> ()");
   m.def(
       "ig_accumulate(Tensor grads, Tensor weights, Tensor x, Tensor baseline, str reduce, Tensor? partial=None) "
       "-> Tensor");

@@ -67,6 +67,18 @@ def check_interpolate_args(x, baseline, alphas) -> None:
     same_device("alphas", alphas, "x", x)
 
 
+def check_interpolate_out(out, x, alphas) -> None:
+    """``out`` of ``ig_interpolate(..., out=)``: a contiguous buffer of the result's shape and dtype."""
+    tensor("out", out)
+    same_device("out", out, "x", x)
+    same_dtype("out", out, "x", x)
+    shape = (alphas.shape[0], *x.shape)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape (len(alphas), *x.shape) = {shape}, got {tuple(out.shape)}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous (a buffer the op writes in place)")
+
+
 def check_accumulate_args(grads, weights, x, baseline, reduce, partial) -> None:
     x_and_baseline(x, baseline)
     tensor("grads", grads)

@@ -49,12 +49,26 @@ def _native_op(name: str):
     return getattr(torch.ops.saliency_fast, name).default
 
 
-def ig_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """``out[k] = baseline + alphas[k] * (x - baseline)``; see :func:`reference.ig_interpolate`."""
+def ig_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, *,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[k] = baseline + alphas[k] * (x - baseline)``; see :func:`reference.ig_interpolate`.
+
+    ``out``: a contiguous buffer of shape ``(len(alphas), *x.shape)`` and ``x``'s dtype to write
+    into and return, so repeated calls reuse one buffer instead of touching fresh memory each time
+    (not differentiable, as ``out=`` forms of torch ops are not).
+    """
     _checks.check_interpolate_args(x, baseline, alphas)
+    if out is None:
+        if _use_native(x.device):
+            return _native_op("ig_interpolate")(x, baseline, alphas)
+        return reference.ig_interpolate(x, baseline, alphas)
+    _checks.check_interpolate_out(out, x, alphas)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (out, x, baseline, alphas)):
+        raise RuntimeError("ig_interpolate(..., out=) is not differentiable; call it without out instead")
     if _use_native(x.device):
-        return _native_op("ig_interpolate")(x, baseline, alphas)
-    return reference.ig_interpolate(x, baseline, alphas)
+        _native_op("ig_interpolate_out")(x, baseline, alphas, out)
+        return out
+    return out.copy_(reference.ig_interpolate(x, baseline, alphas))
 
 
 def ig_accumulate(
@@ -102,6 +116,10 @@ def _register_native() -> None:
     @torch.library.register_fake(lib + "ig_interpolate")
     def _(x, baseline, alphas):
         return x.new_empty((alphas.shape[0], *x.shape))
+
+    @torch.library.register_fake(lib + "ig_interpolate_out")
+    def _(x, baseline, alphas, out):
+        return None
 
     @torch.library.register_fake(lib + "ig_accumulate")
     def _(grads, weights, x, baseline, reduce, partial=None):

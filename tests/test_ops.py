@@ -432,3 +432,91 @@ def test_cuda_device_mismatch():
         moved = {k: v.cuda() if k != arg else v for k, v in a.items()}
         with pytest.raises(ValueError, match=arg):
             native("ig_accumulate")(moved["grads"], moved["weights"], moved["x"], moved["baseline"], "sum", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the CPU kernels' vector paths (AVX2 where the CPU has it): several tiles, step groups with a
+# tail, dims that are no multiple of the vector width, two threads; the streaming (non-temporal)
+# stores of outputs past the caches; the out= form of ig_interpolate
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_vector_paths_match_reference_over_many_tiles(dtype, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shape = (3, 40, 771)
+        grads, weights = random_tensor((13, *shape), dtype), random_tensor((13,), torch.float32)
+        x, baseline = random_tensor(shape, dtype), random_tensor(shape, dtype)
+        for reduce in REDUCES:
+            check_accumulate(grads, weights, x, baseline, reduce, None, native("ig_accumulate"))
+        partial = random_tensor(shape, reference.opmath_dtype(dtype))
+        check_accumulate(grads, weights, x, baseline, "l2", partial, native("ig_accumulate"))
+        check_interpolate(x, baseline, random_tensor((13,), torch.float32, positive=True), native("ig_interpolate"))
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_interpolate_past_the_caches_matches_reference(dtype):
+    # >= 32 MiB of output: the kernel writes it with non-temporal stores, into a fresh output and
+    # into a buffer whose start is not aligned to a vector
+    x, baseline = random_tensor((2, 2**19 + 3), dtype), random_tensor((2, 2**19 + 3), dtype)
+    alphas = random_tensor((18,), torch.float32, positive=True)
+    expected = reference.ig_interpolate(x, baseline, alphas)
+    assert expected.numel() * expected.element_size() >= 32 * 2**20
+    assert torch.equal(native("ig_interpolate")(x, baseline, alphas), expected)
+    buffer = torch.empty(expected.numel() + 1, dtype=dtype)[1:].view(expected.shape)
+    assert torch.equal(ops.ig_interpolate(x, baseline, alphas, out=buffer), expected)
+
+
+@pytest.mark.parametrize("entry", [NATIVE, "public"])
+def test_interpolate_out_writes_and_returns_the_buffer(entry):
+    x, baseline = random_tensor((3, 5), torch.bfloat16), random_tensor((3, 5), torch.bfloat16)
+    alphas = random_tensor((4,), torch.float32, positive=True)
+    out = torch.full((4, 3, 5), float("nan"), dtype=torch.bfloat16)
+    if entry == "native":
+        result = out
+        native("ig_interpolate_out")(x, baseline, alphas, out)
+    else:
+        result = ops.ig_interpolate(x, baseline, alphas, out=out)
+    assert result.data_ptr() == out.data_ptr()
+    assert torch.equal(out, reference.ig_interpolate(x, baseline, alphas))
+
+
+@pytest.mark.parametrize("entry", [NATIVE, "public"])
+@pytest.mark.parametrize(("out", "error", "match"), [
+    (torch.empty(4, 3, 6), ValueError, "out must have shape"),
+    (torch.empty(4, 3, 5, dtype=torch.float64), TypeError, "out"),
+    (torch.empty(4, 5, 3).transpose(1, 2), ValueError, "contiguous"),
+])
+def test_interpolate_out_bad_buffer(entry, out, error, match):
+    x, baseline, alphas = torch.randn(3, 5), torch.randn(3, 5), torch.rand(4)
+    with pytest.raises(error, match=match):
+        if entry == "native":
+            native("ig_interpolate_out")(x, baseline, alphas, out)
+        else:
+            ops.ig_interpolate(x, baseline, alphas, out=out)
+
+
+@needs_native
+def test_interpolate_out_refuses_a_buffer_overlapping_its_inputs():
+    buffer = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        native("ig_interpolate_out")(buffer[0], torch.randn(3, 5), torch.rand(2), buffer)
+
+
+def test_interpolate_out_refuses_autograd():
+    x = torch.randn(3, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        ops.ig_interpolate(x, torch.randn(3, 5), torch.rand(4), out=torch.empty(4, 3, 5))
+
+
+@needs_native
+def test_opcheck_interpolate_out():
+    x, baseline = random_tensor((2, 5), torch.float32), random_tensor((2, 5), torch.float32)
+    alphas = random_tensor((4,), torch.float32, positive=True)
+    torch.library.opcheck(native("ig_interpolate_out"), (x, baseline, alphas, torch.empty(4, 2, 5)))

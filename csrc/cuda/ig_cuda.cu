@@ -44,20 +44,18 @@ __global__ void interpolate_kernel(const scalar_t* __restrict__ x, const scalar_
   }
 }
 
-at::Tensor ig_interpolate_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas) {
-  InterpolateArgs args = prepare_interpolate(x, baseline, alphas);
+void dispatch_interpolate(const InterpolateArgs& args) {
   const int64_t total = args.steps * args.numel;
-  if (total == 0) return args.out;
-  const c10::cuda::CUDAGuard guard(x.device());
+  if (total == 0) return;
+  const c10::cuda::CUDAGuard guard(args.x.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ig_interpolate_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "ig_interpolate_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     interpolate_kernel<scalar_t, opmath_t><<<grid_size(total, kThreads), kThreads, 0, stream>>>(
         args.x.const_data_ptr<scalar_t>(), args.baseline.const_data_ptr<scalar_t>(),
         args.alphas.const_data_ptr<opmath_t>(), args.out.mutable_data_ptr<scalar_t>(), args.steps, args.numel);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return args.out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,7 +202,8 @@ void dispatch_accumulate(const AccumulateArgs& args) {
 }  // namespace saliency_fast::ig
 
 TORCH_LIBRARY_IMPL(saliency_fast, CUDA, m) {
-  m.impl("ig_interpolate", &saliency_fast::ig::ig_interpolate_cuda);
+  m.impl("ig_interpolate", &saliency_fast::ig::interpolate_op<saliency_fast::ig::dispatch_interpolate>);
+  m.impl("ig_interpolate_out", &saliency_fast::ig::interpolate_out_op<saliency_fast::ig::dispatch_interpolate>);
   m.impl("ig_accumulate", &saliency_fast::ig::accumulate_op<saliency_fast::ig::dispatch_accumulate>);
   m.impl("ig_accumulate_", &saliency_fast::ig::accumulate_inplace_op<saliency_fast::ig::dispatch_accumulate>);
 }

@@ -32,7 +32,10 @@ struct AccumulateArgs {
   int64_t rows = 0;   // numel / dim: one reduced output per row
 };
 
-InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas);
+// `out` (ig_interpolate_out): a contiguous tensor of shape (len(alphas), *x.shape) and x's dtype on
+// x's device, written in place; absent, a fresh output is allocated.
+InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas,
+                                    const at::Tensor* out = nullptr);
 
 AccumulateArgs prepare_accumulate(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
                                   const at::Tensor& baseline, std::string_view reduce,
@@ -46,6 +49,21 @@ void finish_accumulate_inplace(const at::Tensor& acc, const AccumulateArgs& args
 
 // A backend's ig_accumulate and ig_accumulate_ ops: the shared preparation around its kernel
 // dispatch (`Dispatch` fills args.out), so only the dispatch differs between CPU and CUDA.
+// A backend's ig_interpolate and ig_interpolate_out ops around its kernel dispatch (which fills args.out).
+template <void (*Dispatch)(const InterpolateArgs&)>
+at::Tensor interpolate_op(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas) {
+  InterpolateArgs args = prepare_interpolate(x, baseline, alphas);
+  Dispatch(args);
+  return args.out;
+}
+
+template <void (*Dispatch)(const InterpolateArgs&)>
+void interpolate_out_op(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas,
+                        const at::Tensor& out) {
+  InterpolateArgs args = prepare_interpolate(x, baseline, alphas, &out);
+  Dispatch(args);
+}
+
 template <void (*Dispatch)(const AccumulateArgs&)>
 at::Tensor accumulate_op(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& x,
                          const at::Tensor& baseline, c10::string_view reduce,
