@@ -23,7 +23,7 @@ at that width. The narrow model's kept activations fit the hand-written GPT-2 pa
 GPT-2-small's at 4,096 tokens do not (11 GB), so the width run takes the generic autograd pass.
 
     python benchmarks/bench_generation.py                 # both cases, saliency + IG
-    python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed repeat
+    python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed run each
     python benchmarks/bench_generation.py --long          # the 4,096-token memory run only
 """
 
@@ -34,7 +34,6 @@ import json
 import os
 import pathlib
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from benchmarks._results import row, write_rows  # noqa: E402
+from benchmarks._timing import interleaved  # noqa: E402
 from saliency_fast.hf.causal_pass import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
 CASES = {"16+16": (16, 16), "32+64": (32, 64)}
@@ -84,26 +85,6 @@ def inseq_l2(inseq_model, prompt, full, target, **kwargs) -> torch.Tensor:
     return out.sequence_attributions[0].target_attributions.float().norm(dim=-1).T  # [T, N]
 
 
-def interleaved_wall_and_cpu(fns: dict, repeats: dict, warmup: dict) -> dict:
-    """Per name, median wall seconds and median CPU seconds of this process per call of ``fns[name]``,
-    the contenders taking turns (round ``r`` calls each that still has repeats left): on a shared
-    VM whose speed drifts over minutes, a drift then hits peer and us alike instead of whichever
-    happened to run during it. CPU time says how much work a call did even when the wall clock waited."""
-    for name, fn in fns.items():
-        for _ in range(warmup[name]):
-            fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for round_ in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if round_ < repeats[name]:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                fn()
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
-
-
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     if not torch.equal(torch.isnan(a), torch.isnan(b)):
         return float("inf")
@@ -131,13 +112,16 @@ def compare(args) -> None:
         for method in args.methods:
             kwargs = {"n_steps": args.n_steps} if method == "integrated_gradients" else {}
             im = inseq.load_model(model, method, tokenizer=inseq_tok)
-            inseq_repeats = 1 if (method != "saliency" and case != "16+16") or args.quick else args.repeats
+            # the same runs and warm-ups for everyone; the long cases once each (inseq's 32+64 IG
+            # alone takes minutes), so that the whole benchmark stays under 10 minutes
+            long_case = (method != "saliency" and case != "16+16") or args.quick
+            runs, warmup = (1, 0) if long_case else (args.repeats, 1)
             outputs = {}
 
             def run_inseq():
                 outputs["inseq"] = inseq_l2(im, prompt, full, args.target, **kwargs)
 
-            fns, repeats, warmup = {"inseq": run_inseq}, {"inseq": inseq_repeats}, {"inseq": int(inseq_repeats > 1)}
+            fns = {"inseq": run_inseq}
             dtypes = [None, torch.bfloat16] if method == "integrated_gradients" else [None]
             for dtype in dtypes:
                 name = "float32" if dtype is None else "bfloat16"
@@ -146,19 +130,22 @@ def compare(args) -> None:
                 def run_ours(name=name, dtype=dtype, extra=extra):
                     outputs[name] = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
 
-                fns[name], repeats[name], warmup[name] = run_ours, args.repeats, 1
-            timings = interleaved_wall_and_cpu(fns, repeats, warmup)
-            t_inseq, c_inseq = timings["inseq"]
+                fns[name] = run_ours
+            timings = interleaved(fns, runs=runs, warmup=warmup)
+            t_inseq, c_inseq = timings["inseq"].median, timings["inseq"].cpu_median
             for name in [n for n in fns if n != "inseq"]:
-                t_ours, c_ours = timings[name]
+                t_ours, c_ours = timings[name].median, timings[name].cpu_median
                 error = rel_error(outputs[name], outputs["inseq"])
                 print(f"{case:>6} {method:>22} {name:>9} {t_inseq:9.2f} {t_ours:8.2f} {t_inseq / t_ours:6.1f}x "
                       f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {error:12.2e}", flush=True)
-                rows.append({"workload": f"generation {case} tokens, {method} {name}", "peer": "inseq float32",
-                             "peer_s": t_inseq, "ours_s": t_ours, "ratio": t_inseq / t_ours,
-                             "max_diff": error, "floor_s": None})
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+                less = name != "float32"  # ours in bf16 against inseq in float32
+                rows.append(row(
+                    f"generation {case} tokens, {method} {name}", f"inseq {inseq.__version__} float32",
+                    timings["inseq"], timings[name], max_diff=error, peer_dtype="float32", ours_dtype=name,
+                    floor_s=None, kind="less-work" if less else "equal-work",
+                    accuracy=f"ours bf16 vs inseq fp32: max rel. diff {error:.1e}; inseq in bf16 not measured"
+                    if less else None))
+    write_rows(args.json, rows)
 
 
 def long_child(args) -> None:

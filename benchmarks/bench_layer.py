@@ -28,12 +28,9 @@ Contenders run interleaved, ``--repeats`` rounds, median reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import statistics
 import sys
-import time
 
 import captum.attr
 import torch
@@ -46,6 +43,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import saliency_fast  # noqa: E402
+from benchmarks._results import row, write_rows  # noqa: E402
+from benchmarks._timing import interleaved  # noqa: E402
 from saliency_fast.methods import quadrature  # noqa: E402
 from tests.tiny_models import minilm_path  # noqa: E402
 
@@ -119,18 +118,7 @@ def model_floor(forward, x: torch.Tensor, target: int, steps: int, chunk_steps: 
     return run
 
 
-def interleaved(contenders: dict, repeats: int) -> dict[str, list[float]]:
-    times = {name: [] for name in contenders}
-    for round_ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-            print(f"  round {round_ + 1}/{repeats} {name}: {times[name][-1]:.2f} s", flush=True)
-    return times
-
-
-def bench_model(name: str, args, repeats: int) -> list[dict]:
+def bench_model(name: str, args, repeats: int, warmup: int) -> list[dict]:
     forward, x, target = build(name, args.batch, args.tokens)
     blocks = forward.blocks
     b = torch.zeros_like(x)
@@ -164,10 +152,8 @@ def bench_model(name: str, args, repeats: int) -> list[dict]:
     }
     shape = f"{name} 6 blocks, {args.batch}x{args.tokens} tokens, {args.steps} steps"
     print(f"\n{shape}, internal_batch_size {args.internal_batch_size}")
-    with torch.no_grad():
-        forward(x)  # warm-up
-    times = interleaved(contenders, repeats)
-    median = {key: statistics.median(t) for key, t in times.items()}
+    timings = interleaved(contenders, runs=repeats, warmup=warmup, progress=True)
+    median = {key: t.median for key, t in timings.items()}
     all_vs_ii = relative_difference(results["ours_all"], results["captum_ii"])
     layer_vs_lig = relative_difference(results["ours_layer"], results["captum_lig"])
     print(f"\n{'contender':<30} {'median s':>9} {'min s':>8} {'vs captum LIG':>14}  check")
@@ -176,25 +162,25 @@ def bench_model(name: str, args, repeats: int) -> list[dict]:
         "ours per layer, captum path": f"vs captum LIG: max rel diff {layer_vs_lig:.1e}",
     }
     for key in contenders:
-        print(f"{key:<30} {median[key]:>9.2f} {min(times[key]):>8.2f} "
+        print(f"{key:<30} {median[key]:>9.2f} {min(timings[key].times):>8.2f} "
               f"{median['captum LIG per layer'] / median[key]:>13.2f}x  {notes.get(key, '')}")
     floor = median["model floor"]
-    row = dict(floor_s=floor)
+    ours_all = timings["ours all blocks, input path"]
+    other_path = row(f"layer IG, all blocks (layers='all', input path, one pass), {shape}",
+                     "captum LayerIntegratedGradients once per layer", timings["captum LIG per layer"], ours_all,
+                     max_diff=None, peer_dtype="float32", ours_dtype="float32", floor_s=floor, kind="design")
+    other_path["note"] = ("another quantity: captum integrates along each layer's own path, ours along the "
+                          "input path (the next row compares the same quantity)")
     return [
-        {"workload": f"layer IG, all blocks (layers='all', input path, one pass), {shape}",
-         "peer": "captum LayerIntegratedGradients once per layer (captum's path: another quantity)",
-         "peer_s": median["captum LIG per layer"], "ours_s": median["ours all blocks, input path"],
-         "ratio": median["captum LIG per layer"] / median["ours all blocks, input path"], "max_diff": None, **row},
-        {"workload": f"layer IG, all blocks (layers='all', input path, one pass), {shape}",
-         "peer": "captum InternalInfluence x LayerActivation change once per layer (same quantity)",
-         "peer_s": median["captum II x dh per layer"], "ours_s": median["ours all blocks, input path"],
-         "ratio": median["captum II x dh per layer"] / median["ours all blocks, input path"], "max_diff": all_vs_ii,
-         **row},
-        {"workload": f"layer IG per block (captum's path), {shape}",
-         "peer": "captum LayerIntegratedGradients once per layer (same quantity)",
-         "peer_s": median["captum LIG per layer"], "ours_s": median["ours per layer, captum path"],
-         "ratio": median["captum LIG per layer"] / median["ours per layer, captum path"], "max_diff": layer_vs_lig,
-         **row},
+        other_path,
+        row(f"layer IG, all blocks (layers='all', input path, one pass), {shape}",
+            "captum InternalInfluence x LayerActivation change once per layer", timings["captum II x dh per layer"],
+            ours_all, max_diff=all_vs_ii, peer_dtype="float32", ours_dtype="float32", floor_s=floor,
+            kind="less-work", accuracy=f"the same quantity, max rel. diff {all_vs_ii:.1e}: all 6 blocks from one "
+                                       "pass against one pass per block"),
+        row(f"layer IG per block (captum's path), {shape}", "captum LayerIntegratedGradients once per layer",
+            timings["captum LIG per layer"], timings["ours per layer, captum path"], max_diff=layer_vs_lig,
+            peer_dtype="float32", ours_dtype="float32", floor_s=floor),
     ]
 
 
@@ -209,13 +195,10 @@ def main() -> None:
     parser.add_argument("--internal-batch-size", type=int, default=64)
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
-    repeats = 1 if args.quick else args.repeats
+    repeats, warmup = (1, 0) if args.quick else (args.repeats, 1)
     models = ["minilm"] if args.quick else args.models.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backend {saliency_fast.info()['backend']}")
-    rows = [row for name in models for row in bench_model(name, args, repeats)]
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"rows": rows}, out, indent=2)
+    write_rows(args.json, [found for name in models for found in bench_model(name, args, repeats, warmup)])
 
 
 if __name__ == "__main__":

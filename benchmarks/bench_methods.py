@@ -8,12 +8,15 @@ texts of ``--tokens`` random word pieces, IG w.r.t. the embedding output (the fo
 - ``model floor``: the unavoidable work, ``steps`` points x one forward + backward to the
   embeddings at the same chunk size (parameters frozen, inputs prepared outside the timer);
 - ``captum fp32`` / ``ours fp32``: same arguments, outputs compared (max relative difference);
-- ``ours bf16``: ``dtype=torch.bfloat16`` (autocast), error against ours fp32;
+- ``captum bf16`` / ``ours bf16``: captum under ``torch.autocast("cpu", torch.bfloat16)`` (how a
+  captum user runs bf16) against ours with ``dtype=torch.bfloat16`` (autocast): equal work; each
+  one's error against captum fp32 is the accuracy column;
 - ``ours auto``: ``n_steps="auto"``, ``rtol=0.01``: time to a 1 % completeness error, against
   captum's default rule (``n_steps=50``, gausslegendre; its completeness error is printed too).
 
-Contenders run interleaved, ``--repeats`` rounds, and the median is reported (the minimum too),
-which keeps a shared machine's load from favouring whoever ran first. On a busy machine pass
+Contenders run interleaved (benchmarks/_timing.py: the same warm-up and ``--repeats`` timed runs
+each), and the median is reported, which keeps a shared machine's load from favouring whoever
+ran first. On a busy machine pass
 ``--threads 1 --clock cpu``: with more threads than free cores, every op's OpenMP barrier waits
 for a descheduled thread (a large per-op cost unrelated to the work), and one thread's CPU time
 is what the work costs whatever else runs.
@@ -25,17 +28,21 @@ is what the work costs whatever else runs.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import pathlib
+import sys
 
 import captum.attr
 import torch
 import transformers
 from torch import nn
 
-import saliency_fast
-from saliency_fast.methods import quadrature
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import saliency_fast  # noqa: E402
+from benchmarks._results import row, write_rows  # noqa: E402
+from benchmarks._timing import Timing, interleaved  # noqa: E402
+from saliency_fast.methods import quadrature  # noqa: E402
 
 
 class EmbedsToLogit(nn.Module):
@@ -91,23 +98,10 @@ def model_floor(forward, x: torch.Tensor, target: int, steps: int, chunk_steps: 
     return run
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def interleaved(contenders: dict, repeats: int, clock: str) -> dict[str, list[float]]:
-    """Seconds of each contender per round on ``clock``: ``wall``, or ``cpu`` (this process's CPU
-    time, which other processes' load barely moves; meaningful with one thread, where no time goes
-    to spinning at barriers)."""
-    now = CLOCKS[clock]
-    times = {name: [] for name in contenders}
-    for round_ in range(repeats):
-        for name, fn in contenders.items():
-            start, wall = now(), time.perf_counter()
-            fn()
-            times[name].append(now() - start)
-            print(f"  round {round_ + 1}/{repeats} {name}: {times[name][-1]:.2f} s {clock} "
-                  f"({time.perf_counter() - wall:.2f} s wall)", flush=True)
-    return times
+def on_clock(timing: Timing, clock: str) -> Timing:
+    """The timing on ``clock``: wall time, or this process's CPU time (which other processes'
+    load barely moves; meaningful with one thread, where no time goes to spinning at barriers)."""
+    return timing if clock == "wall" else Timing(timing.cpu_times, timing.cpu_times, timing.warmup)
 
 
 def main() -> None:
@@ -121,17 +115,19 @@ def main() -> None:
     parser.add_argument("--internal-batch-size", type=int, default=40)
     parser.add_argument("--target", type=int, default=1)
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where model and inputs live")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); 1 keeps a shared, busy machine from distorting "
                              "the timings with OpenMP barrier waits")
-    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="what is timed: wall time, or process CPU time (use with --threads 1 on a busy machine)")
     args = parser.parse_args()
-    repeats = 1 if args.quick else args.repeats
+    repeats, warmup = (1, 0) if args.quick else (args.repeats, 1)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     forward, x = build(args.layers, args.batch, args.tokens)
+    forward, x = forward.to(args.device), x.to(args.device)
     common = dict(target=args.target, n_steps=args.steps, method="gausslegendre",
                   internal_batch_size=args.internal_batch_size)
     captum_ig = captum.attr.IntegratedGradients(forward)
@@ -148,6 +144,7 @@ def main() -> None:
     contenders = {
         "model floor": model_floor(forward, x, args.target, args.steps, args.internal_batch_size // args.batch),
         "captum fp32": keep("captum", lambda: captum_ig.attribute(x, **common)),
+        "captum bf16": keep("captum bf16", lambda: captum_autocast(captum_ig, x, args.device, common)),
         "ours fp32": keep("ours", lambda: ours.attribute(x, **common)),
         "ours bf16": keep("bf16", lambda: ours_bf16.attribute(x, **common)),
         "ours auto": keep("auto", lambda: ours_auto.attribute(
@@ -157,11 +154,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backend {saliency_fast.info()['backend']}; "
           f"BERT {args.layers} layers, {args.batch} x {args.tokens} tokens, {args.steps} steps, "
           f"internal_batch_size {args.internal_batch_size}")
-    with torch.no_grad():  # warm-up: kernels, allocator, autocast paths
-        forward(x)
-    saliency_fast.IntegratedGradients(forward, dtype=torch.bfloat16).attribute(x, target=args.target, n_steps=2)
-    captum_ig.attribute(x, target=args.target, n_steps=2)
-    times = interleaved(contenders, repeats, args.clock)
+    timings = {name: on_clock(t, args.clock) for name, t in interleaved(
+        contenders, runs=repeats, warmup=warmup, device=args.device, progress=True).items()}
 
     # outputs and accuracy (outside the timers)
     with torch.no_grad():
@@ -171,6 +165,8 @@ def main() -> None:
     rows = [
         ("model floor", "", ""),
         ("captum fp32", f"completeness error {float((captum_error.abs() / change.abs()).max()):.2e}", ""),
+        ("captum bf16", f"vs captum fp32: max rel diff "
+                        f"{relative_difference(results['captum bf16'], results['captum']):.1e}", ""),
         ("ours fp32", f"vs captum: max rel diff {relative_difference(results['ours'], results['captum']):.1e}", ""),
         ("ours bf16", f"vs ours fp32: max rel diff {relative_difference(results['bf16'], results['ours']):.1e}, "
                       f"completeness error {float((ours.compute_convergence_delta(results['bf16'], 0.0, x, target=args.target).abs() / change.abs()).max()):.2e}", ""),
@@ -178,27 +174,47 @@ def main() -> None:
                       f"{float((auto_delta.abs() / change.abs()).max()):.2e}, vs captum: max rel diff "
                       f"{relative_difference(auto_attr, results['captum']):.1e}", ""),
     ]
-    median = {name: statistics.median(t) for name, t in times.items()}
+    median = {name: t.median for name, t in timings.items()}
     print(f"\n{args.clock} time, median of {repeats} round(s)")
     print(f"{'contender':<13} {'median s':>9} {'min s':>8} {'captum/it':>10} {'it/floor':>9}  check")
     for name, note, _ in rows:
-        print(f"{name:<13} {median[name]:>9.2f} {min(times[name]):>8.2f} "
+        print(f"{name:<13} {median[name]:>9.2f} {min(timings[name].times):>8.2f} "
               f"{median['captum fp32'] / median[name]:>10.2f} {median[name] / median['model floor']:>9.2f}  {note}")
     print(f"\nfp32 ratio captum/ours {median['captum fp32'] / median['ours fp32']:.2f}, ours/floor "
           f"{median['ours fp32'] / median['model floor']:.3f}; bf16 ratio captum/ours-bf16 "
           f"{median['captum fp32'] / median['ours bf16']:.2f}; time to 1 % completeness: captum "
           f"({args.steps} gausslegendre steps) / ours auto {median['captum fp32'] / median['ours auto']:.2f}")
-    if args.json:  # the run_all.py schema: one row per (workload, peer) comparison
-        shape = f"BERT {args.layers}L {args.batch}x{args.tokens}, {args.steps} steps"
-        compared = {"ours fp32": ("IG fp32", results["ours"]), "ours bf16": ("IG bf16", results["bf16"]),
-                    "ours auto": ("IG n_steps=auto (1 % completeness)", auto_attr)}
-        with open(args.json, "w") as out:
-            json.dump({"rows": [
-                {"workload": f"{label}, {shape}", "peer": "captum IG fp32", "peer_s": median["captum fp32"],
-                 "ours_s": median[name], "ratio": median["captum fp32"] / median[name],
-                 "max_diff": relative_difference(attr, results["captum"]), "floor_s": median["model floor"]}
-                for name, (label, attr) in compared.items()]}, out, indent=2)
+    shape = f"BERT {args.layers}L {args.batch}x{args.tokens}"
+    floor = median["model floor"]
+    vs_fp32 = lambda key: relative_difference(results[key], results["captum"])  # noqa: E731
+    completeness = float((auto_delta.abs() / change.abs()).max())
+    write_rows(args.json, [
+        row(f"IG fp32, {shape}, {args.steps} steps", f"captum {captum.__version__} IG", timings["captum fp32"],
+            timings["ours fp32"], max_diff=vs_fp32("ours"), peer_dtype="float32", ours_dtype="float32",
+            floor_s=floor, device=args.device),
+        row(f"IG bf16 (autocast), {shape}, {args.steps} steps", f"captum {captum.__version__} IG under autocast",
+            timings["captum bf16"], timings["ours bf16"],
+            max_diff=relative_difference(results["bf16"], results["captum bf16"]), peer_dtype="bfloat16",
+            ours_dtype="bfloat16", floor_s=floor, device=args.device,
+            accuracy=f"vs captum fp32: ours {vs_fp32('bf16'):.1e}, captum bf16 {vs_fp32('captum bf16'):.1e}"),
+        row(f"IG bf16 against fp32, {shape}, {args.steps} steps", f"captum {captum.__version__} IG fp32",
+            timings["captum fp32"], timings["ours bf16"], max_diff=vs_fp32("bf16"), peer_dtype="float32",
+            ours_dtype="bfloat16", floor_s=floor, kind="less-work", device=args.device,
+            accuracy=f"ours bf16 vs captum fp32: max rel. diff {vs_fp32('bf16'):.1e}"),
+        row(f"IG n_steps=auto (rtol 1 %) against {args.steps} fixed steps, random-init {shape}",
+            f"captum {captum.__version__} IG fp32", timings["captum fp32"], timings["ours auto"],
+            max_diff=relative_difference(auto_attr, results["captum"]), peer_dtype="float32",
+            ours_dtype="float32", floor_s=floor, kind="less-work", device=args.device,
+            accuracy=f"completeness error: ours {completeness:.1e} at {ours_auto.last_n_steps.tolist()} steps, "
+                     f"captum {float((captum_error.abs() / change.abs()).max()):.1e} at {args.steps}; "
+                     "a random-init model's path is nearly linear"),
+    ])
 
+
+def captum_autocast(captum_ig, x, device: str, common: dict):
+    """captum's IG as a user runs it in bf16: under autocast (captum has no dtype argument)."""
+    with torch.autocast(device, dtype=torch.bfloat16):
+        return captum_ig.attribute(x, **common).float()
 
 if __name__ == "__main__":
     main()

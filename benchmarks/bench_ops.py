@@ -94,11 +94,11 @@ def accumulate_row(inp: Inputs, reduce: str, runs: int, warmup: int, device: str
           f"  ratio {t['peer'].median / t['ours'].median:5.2f}x  read share {100 * share:4.0f} % (CPU time "
           f"{100 * cpu_share:3.0f} %)  ({gbps(grads.numel() * grads.element_size(), t['ours'].median):.1f} GB/s)",
           flush=True)
-    return row(f"ig_accumulate {label} reduce={reduce}, {grads.shape[0]} steps x {tuple(x.shape)} ({device}); "
-               f"plain-sum read share {100 * share:.0f} %",
+    return row(f"ig_accumulate {label} reduce={reduce}, {grads.shape[0]} steps x {tuple(x.shape)} ({device})",
                "plain PyTorch: tensordot(weights, grads), * (x - b), reduce", t["peer"], t["ours"],
                max_diff=rel_diff(ours_out, peer_out), peer_dtype=label, ours_dtype=label, floor_s=t["floor"].median,
-               accuracy=f"read share {100 * share:.0f} % of grads.sum() (CPU time {100 * cpu_share:.0f} %); vs float64: ours {rel_diff(ours_out, exact):.1e}, "
+               accuracy=f"read share {100 * share:.0f} % of grads.sum() (CPU time {100 * cpu_share:.0f} %); "
+                        f"vs float64: ours {rel_diff(ours_out, exact):.1e}, "
                         f"peer {rel_diff(peer_out, exact):.1e}", device=device)
 
 
@@ -131,9 +131,11 @@ def interpolate_rows(inp: Inputs, runs: int, warmup: int, device: str, label: st
               f"{t['floor'].median * 1e3:7.2f} ms  ratio {t['peer'].median / t['ours'].median:5.2f}x"
               f"  write share {100 * share:4.0f} % (CPU time {100 * cpu_share:3.0f} %)", flush=True)
         rows.append(row(
-            f"ig_interpolate {label} {case}, {alphas.numel()} steps x {tuple(x.shape)} ({device})", f"plain PyTorch: {peer_name}", t["peer"], t["ours"],
+            f"ig_interpolate {label} {case}, {alphas.numel()} steps x {tuple(x.shape)} ({device})",
+            f"plain PyTorch: {peer_name}", t["peer"], t["ours"],
             max_diff=rel_diff(ours_out, peer_out), peer_dtype=label, ours_dtype=label, floor_s=t["floor"].median,
-            accuracy=f"write share {100 * share:.0f} % of {floor_name} (CPU time {100 * cpu_share:.0f} %); vs float64: ours {rel_diff(ours_out, exact):.1e}, "
+            accuracy=f"write share {100 * share:.0f} % of {floor_name} (CPU time {100 * cpu_share:.0f} %); "
+                     f"vs float64: ours {rel_diff(ours_out, exact):.1e}, "
                      f"peer {rel_diff(peer_out, exact):.1e}", device=device))
     return rows
 
@@ -141,7 +143,7 @@ def interpolate_rows(inp: Inputs, runs: int, warmup: int, device: str, label: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="fewer runs; reduces none and l2; the current thread count")
+    parser.add_argument("--quick", action="store_true", help="fewer runs; reduces none and l2; the current threads")
     parser.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (default 1,2)")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {list(DTYPES)}")
     parser.add_argument("--steps", type=int, default=50)

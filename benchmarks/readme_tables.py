@@ -84,7 +84,8 @@ def tables(results: dict) -> str:
             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | --- |"]
     out += [f"| {_text(r['workload'])} | {_text(r['peer'])} | {_dtypes(r)} | {_seconds(r['peer_s'])} | "
             f"{_seconds(r['ours_s'])} | {r['ratio']:.2f}x | {_diff(r['max_diff'])} | {_text(r['accuracy'])} | "
-            f"{_seconds(r['floor_s'])} | {_gpu(r, cuda)} | {_runs(r)} | {_text(r.get('threads'))} | {_when(r)} |" for r in by_kind["equal-work"]]
+            f"{_seconds(r['floor_s'])} | {_gpu(r, cuda)} | {_runs(r)} | {_text(r.get('threads'))} | {_when(r)} |"
+            for r in by_kind["equal-work"]]
     out += ["", "**Doing less work** (fewer steps, lower precision or one pass for many quantities; the accuracy "
             "column says what it costs):", "",
             "| workload | peer | dtype peer / ours | peer time | our time | ratio | accuracy | floor | GPU | "
