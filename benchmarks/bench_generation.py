@@ -30,6 +30,7 @@ GPT-2-small's at 4,096 tokens do not (11 GB), so the width run takes the generic
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -97,6 +98,7 @@ def compare(args) -> None:
 
     import saliency_fast
 
+    inseq_version = importlib.metadata.version("inseq")
     model, tok = build()
     explainer = saliency_fast.Explainer(model, tok)
     _, inseq_tok = build(n_layer=1)  # inseq reconfigures its tokenizer: give it its own copy
@@ -140,7 +142,7 @@ def compare(args) -> None:
                       f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {error:12.2e}", flush=True)
                 less = name != "float32"  # ours in bf16 against inseq in float32
                 rows.append(row(
-                    f"generation {case} tokens, {method} {name}", f"inseq {inseq.__version__} float32",
+                    f"generation {case} tokens, {method} {name}", f"inseq {inseq_version} float32",
                     timings["inseq"], timings[name], max_diff=error, peer_dtype="float32", ours_dtype=name,
                     floor_s=None, kind="less-work" if less else "equal-work",
                     accuracy=f"ours bf16 vs inseq fp32: max rel. diff {error:.1e}; inseq in bf16 not measured"
