@@ -2,6 +2,7 @@
 // saliency_fast/ig.h, the same the CPU kernels run. Element loops are grid-stride with 64-bit
 // indices; inputs are made contiguous by prepare_* (ig_args.h).
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -31,16 +32,43 @@ int64_t grid_size(int64_t work_items, int64_t items_per_block) {
 // ---------------------------------------------------------------------------------------------
 // ig_interpolate
 
-template <typename scalar_t, typename opmath_t>
+// V consecutive elements moved as one 16-byte load or store (x, baseline, grads and out are
+// contiguous; the vector path runs only when every row of V starts 16-byte aligned).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T>
+constexpr int kPack = 16 / sizeof(T) > 0 ? 16 / sizeof(T) : 1;
+
+template <typename T>
+bool packable(const T* p, int64_t numel) {
+  return numel % kPack<T> == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Each thread takes V elements of x (V = 1, or a 16-byte pack), reads x and baseline once and
+// writes the V elements of every step: per step a warp stores 32 consecutive packs (512 bytes),
+// and no thread divides an index by numel.
+template <typename scalar_t, typename opmath_t, int V>
 __global__ void interpolate_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ baseline,
                                    const opmath_t* __restrict__ alphas, scalar_t* __restrict__ out, int64_t steps,
                                    int64_t numel) {
-  const int64_t total = steps * numel;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = i / numel;
-    const int64_t e = i - k * numel;
-    out[i] = static_cast<scalar_t>(
-        interpolate_point(static_cast<opmath_t>(x[e]), static_cast<opmath_t>(baseline[e]), alphas[k]));
+  using P = Pack<scalar_t, V>;
+  const int64_t packs = numel / V;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < packs; i += int64_t(gridDim.x) * blockDim.x) {
+    const P xs = reinterpret_cast<const P*>(x)[i];
+    const P bs = reinterpret_cast<const P*>(baseline)[i];
+    for (int64_t k = 0; k < steps; ++k) {
+      const opmath_t alpha = alphas[k];
+      P o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        o.v[j] = static_cast<scalar_t>(
+            interpolate_point(static_cast<opmath_t>(xs.v[j]), static_cast<opmath_t>(bs.v[j]), alpha));
+      }
+      reinterpret_cast<P*>(out + k * numel)[i] = o;
+    }
   }
 }
 
@@ -51,9 +79,17 @@ void dispatch_interpolate(const InterpolateArgs& args) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "ig_interpolate_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    interpolate_kernel<scalar_t, opmath_t><<<grid_size(total, kThreads), kThreads, 0, stream>>>(
-        args.x.const_data_ptr<scalar_t>(), args.baseline.const_data_ptr<scalar_t>(),
-        args.alphas.const_data_ptr<opmath_t>(), args.out.mutable_data_ptr<scalar_t>(), args.steps, args.numel);
+    constexpr int V = kPack<scalar_t>;
+    const scalar_t* x = args.x.const_data_ptr<scalar_t>();
+    const scalar_t* baseline = args.baseline.const_data_ptr<scalar_t>();
+    scalar_t* out = args.out.mutable_data_ptr<scalar_t>();
+    if (packable(x, args.numel) && packable(baseline, args.numel) && packable(out, args.numel)) {
+      interpolate_kernel<scalar_t, opmath_t, V><<<grid_size(args.numel / V, kThreads), kThreads, 0, stream>>>(
+          x, baseline, args.alphas.const_data_ptr<opmath_t>(), out, args.steps, args.numel);
+    } else {
+      interpolate_kernel<scalar_t, opmath_t, 1><<<grid_size(args.numel, kThreads), kThreads, 0, stream>>>(
+          x, baseline, args.alphas.const_data_ptr<opmath_t>(), out, args.steps, args.numel);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -100,6 +136,34 @@ template <typename scalar_t, typename out_t>
 __global__ void accumulate_unreduced_kernel(const AccumulateParams<scalar_t, out_t> p) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < p.numel; e += int64_t(gridDim.x) * blockDim.x) {
     p.out[e] = static_cast<out_t>(p.attribution(e));
+  }
+}
+
+// The same with V elements a thread: every step's gradients arrive as one 16-byte load per thread
+// (a warp reads 512 consecutive bytes), the steps unrolled so several loads are in flight.
+template <typename scalar_t, typename out_t, int V>
+__global__ void accumulate_unreduced_packed_kernel(const AccumulateParams<scalar_t, out_t> p) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t, V>;
+  const int64_t packs = p.numel / V;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < packs; i += int64_t(gridDim.x) * blockDim.x) {
+    opmath_t sums[V] = {};
+#pragma unroll 4
+    for (int64_t k = 0; k < p.steps; ++k) {
+      const P g = reinterpret_cast<const P*>(p.grads + k * p.numel)[i];
+      const opmath_t w = p.weights[k];
+#pragma unroll
+      for (int j = 0; j < V; ++j) sums[j] = accumulate_step(sums[j], w, static_cast<opmath_t>(g.v[j]));
+    }
+    const P xs = reinterpret_cast<const P*>(p.x)[i];
+    const P bs = reinterpret_cast<const P*>(p.baseline)[i];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int64_t e = i * V + j;
+      const opmath_t partial = p.partial != nullptr ? static_cast<opmath_t>(p.partial[e]) : opmath_t(0);
+      p.out[e] = static_cast<out_t>(
+          finalize(sums[j], static_cast<opmath_t>(xs.v[j]), static_cast<opmath_t>(bs.v[j]), partial));
+    }
   }
 }
 
@@ -167,7 +231,13 @@ void launch_accumulate(const AccumulateArgs& args, cudaStream_t stream) {
   const AccumulateParams<scalar_t, out_t> params(args);
   if (args.reduce == Reduce::None) {
     if (args.numel == 0) return;
-    accumulate_unreduced_kernel<<<grid_size(args.numel, kThreads), kThreads, 0, stream>>>(params);
+    constexpr int V = kPack<scalar_t>;
+    if (packable(params.grads, args.numel) && packable(params.x, args.numel) && packable(params.baseline, args.numel)) {
+      accumulate_unreduced_packed_kernel<scalar_t, out_t, V>
+          <<<grid_size(args.numel / V, kThreads), kThreads, 0, stream>>>(params);
+    } else {
+      accumulate_unreduced_kernel<<<grid_size(args.numel, kThreads), kThreads, 0, stream>>>(params);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
