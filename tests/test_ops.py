@@ -520,3 +520,17 @@ def test_opcheck_interpolate_out():
     x, baseline = random_tensor((2, 5), torch.float32), random_tensor((2, 5), torch.float32)
     alphas = random_tensor((4,), torch.float32, positive=True)
     torch.library.opcheck(native("ig_interpolate_out"), (x, baseline, alphas, torch.empty(4, 2, 5)))
+
+
+@needs_native
+def test_interpolate_bfloat16_rounds_denormals_and_nan_as_the_reference():
+    # the AVX-512 BF16 narrowing flushes denormals and keeps NaN payloads: such groups take the
+    # element-by-element path
+    x, baseline = random_tensor((3, 100), torch.bfloat16), random_tensor((3, 100), torch.bfloat16)
+    x[0, 3], baseline[0, 3] = 1e-39, 2e-39
+    x[1, 40], baseline[2, 70] = float("nan"), -1e-39
+    alphas = random_tensor((5,), torch.float32, positive=True)
+    expected, found = reference.ig_interpolate(x, baseline, alphas), native("ig_interpolate")(x, baseline, alphas)
+    assert torch.equal(expected.isnan(), found.isnan())
+    finite = ~expected.isnan()
+    assert torch.equal(expected[finite].view(torch.int16), found[finite].view(torch.int16))
