@@ -196,3 +196,33 @@ def check_dig_distances_args(embedding, queries, candidates) -> None:
         )
     if candidates.numel() and (int(candidates.min()) < 0 or int(candidates.max()) >= embedding.shape[0]):
         raise ValueError(f"candidates must hold row indices of embedding, in [0, {embedding.shape[0]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Influence: per-example Linear-layer gradients.
+
+
+def check_per_example_linear_grad_args(activations, output_grads, in_projection, out_projection) -> None:
+    tensor("activations", activations)
+    floating("activations", activations)
+    if activations.dim() != 3:
+        raise ValueError(f"activations must have shape (N, T, d_in), got {tuple(activations.shape)}")
+    tensor("output_grads", output_grads)
+    same_device("output_grads", output_grads, "activations", activations)
+    same_dtype("output_grads", output_grads, "activations", activations)
+    if output_grads.dim() != 3 or output_grads.shape[:2] != activations.shape[:2]:
+        raise ValueError(
+            f"output_grads must have shape (N, T, d_out) = ({activations.shape[0]}, {activations.shape[1]}, d_out), "
+            f"got {tuple(output_grads.shape)}"
+        )
+    for name, projection, source in (
+        ("in_projection", in_projection, activations),
+        ("out_projection", out_projection, output_grads),
+    ):
+        if projection is None:
+            continue
+        tensor(name, projection)
+        same_device(name, projection, "activations", activations)
+        same_dtype(name, projection, "activations", activations)
+        if projection.dim() != 2 or projection.shape[0] != source.shape[2]:
+            raise ValueError(f"{name} must have shape ({source.shape[2]}, k), got {tuple(projection.shape)}")

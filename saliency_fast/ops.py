@@ -314,3 +314,39 @@ def _monotonize_backward(ctx, grad_out):
 
 if _native.status().loaded:
     _register_dig_native()
+
+
+# ---------------------------------------------------------------------------------------------
+# Influence: per-example Linear-layer gradients. Autograd-free: influence uses gradients as data.
+
+
+@torch.no_grad()
+def per_example_linear_grad(
+    activations: torch.Tensor,
+    output_grads: torch.Tensor,
+    in_projection: torch.Tensor | None = None,
+    out_projection: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each example's (projected) Linear weight gradient ``sum_t (g_t P_out)^T (a_t P_in)``,
+    ``[N, k_out, k_in]`` in the accumulation dtype; see :func:`reference.per_example_linear_grad`.
+    Not differentiable."""
+    _checks.check_per_example_linear_grad_args(activations, output_grads, in_projection, out_projection)
+    if _use_dig_native("per_example_linear_grad", activations.device):
+        return _native_op("per_example_linear_grad")(activations, output_grads, in_projection, out_projection)
+    return reference.per_example_linear_grad(activations, output_grads, in_projection, out_projection)
+
+
+def _register_influence_native() -> None:
+    if not hasattr(torch.ops.saliency_fast, "per_example_linear_grad"):
+        return
+
+    @torch.library.register_fake(f"{_native.OP_NAMESPACE}::per_example_linear_grad")
+    def _(activations, output_grads, in_projection=None, out_projection=None):
+        k_in = activations.shape[2] if in_projection is None else in_projection.shape[1]
+        k_out = output_grads.shape[2] if out_projection is None else out_projection.shape[1]
+        dtype = reference.opmath_dtype(activations.dtype)
+        return activations.new_empty((activations.shape[0], k_out, k_in), dtype=dtype)
+
+
+if _native.status().loaded:
+    _register_influence_native()

@@ -253,3 +253,24 @@ def dig_token_path(
     for _ in range(factor):
         path = dig_upscale(path)
     return path
+
+
+def per_example_linear_grad(
+    activations: torch.Tensor,
+    output_grads: torch.Tensor,
+    in_projection: torch.Tensor | None = None,
+    out_projection: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each example's (projected) gradient of a Linear layer's weight, ``[N, k_out, k_in]``:
+    ``sum_t (g_t P_out)^T (a_t P_in)`` from input activations ``a [N, T, d_in]`` and output
+    gradients ``g [N, T, d_out]``; without projections it is ``sum_t g_t^T a_t``, the exact
+    gradient. Computed in the accumulation dtype (float32 for half types), which it returns.
+    """
+    _checks.check_per_example_linear_grad_args(activations, output_grads, in_projection, out_projection)
+    acc = opmath_dtype(activations.dtype)
+    a, g = activations.to(acc), output_grads.to(acc)
+    if in_projection is not None:
+        a = a @ in_projection.to(acc)
+    if out_projection is not None:
+        g = g @ out_projection.to(acc)
+    return torch.einsum("nto,nti->noi", g, a)
