@@ -39,6 +39,9 @@ _EXPORTS = {
     "Explainer": "saliency_fast.hf.explainer",
     "AttributionResult": "saliency_fast.result",
     "load": "saliency_fast.result",
+    "TracInCP": "saliency_fast.influence.tracin",
+    "TracInCPFast": "saliency_fast.influence.tracin",
+    "TracInCPFastRandProj": "saliency_fast.influence.tracin",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,179 @@
+"""Per-example gradients of a model's loss with respect to chosen layers' parameters.
+
+Linear layers take the fast route: one batched forward and backward, the layer's input
+activations and output gradients caught by hooks, and each example's weight gradient
+``sum_t g_t^T a_t`` (optionally projected, ``sum_t (g_t P_out)^T (a_t P_in)``) computed by the
+native op :func:`saliency_fast.ops.per_example_linear_grad`, so no ``d_out x d_in`` gradient is
+built when projecting. Any other layer falls back to one autograd call per example.
+
+Loss conventions are captum's: a loss with ``reduction="sum"`` or ``"mean"`` reduces the
+per-example losses of a batch (a mean is scaled back by the batch size), and a loss without
+reduction returns one loss per example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from saliency_fast import ops
+
+REDUCTIONS = ("sum", "mean", "none")
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` for each name in ``layers``, or every module that owns parameters
+    directly when ``layers`` is None. Unknown names raise ``ValueError`` listing the known ones."""
+    modules = dict(model.named_modules())
+    if layers is None:
+        return [(name, m) for name, m in modules.items() if any(True for _ in m.parameters(recurse=False))]
+    if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
+        raise TypeError(f"layers must be a list of module names (str), got {layers!r}")
+    if len(layers) == 0:
+        raise ValueError("layers must name at least one module, got an empty list")
+    unknown = [name for name in layers if name not in modules]
+    if unknown:
+        known = ", ".join(repr(n) for n in list(modules)[1:30])
+        raise ValueError(f"layers: no module named {unknown[0]!r} in the model; known names include {known}")
+    return [(name, modules[name]) for name in layers]
+
+
+def layer_parameters(layers: Sequence[tuple[str, nn.Module]]) -> list[nn.Parameter]:
+    """The parameters whose gradients are taken (own parameters of each layer, in order); they
+    are made to require grad, as captum does."""
+    params = []
+    for _, module in layers:
+        for param in module.parameters(recurse=not _owns_parameters(module)):
+            param.requires_grad_(True)
+            params.append(param)
+    return params
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def per_example_losses(loss_fn: Callable, reduction: str, outputs: torch.Tensor, targets) -> torch.Tensor:
+    """A scalar whose gradient with respect to each example's output is that example's loss
+    gradient: the sum of per-example losses (a mean reduction is scaled back by the batch)."""
+    loss = loss_fn(outputs, targets)
+    if reduction == "mean":
+        return loss * outputs.shape[0]
+    return loss.sum()
+
+
+class _LinearCapture:
+    """Hooks that keep a Linear layer's input activations and output gradients, ``[N, T, d]``."""
+
+    def __init__(self, module: nn.Linear):
+        self.activations: torch.Tensor | None = None
+        self.output_grads: torch.Tensor | None = None
+        self._handle = module.register_forward_hook(self._forward)
+
+    def _forward(self, module, inputs, output):
+        self.activations = inputs[0].detach()
+        if output.requires_grad:
+            output.register_hook(self._backward)
+
+    def _backward(self, grad):
+        self.output_grads = grad.detach()
+
+    def remove(self):
+        self._handle.remove()
+
+    def as_sequences(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, g = self.activations, self.output_grads
+        return a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
+
+
+def linear_gradients(
+    model: nn.Module,
+    layers: Sequence[tuple[str, nn.Module]],
+    inputs: tuple,
+    targets,
+    loss_fn: Callable,
+    reduction: str,
+    projections: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
+) -> list[torch.Tensor]:
+    """Per-example gradients of Linear layers: for each layer its weight gradient
+    ``[N, k_out, k_in]`` (projected when ``projections[name]`` is given) and, when it has a bias
+    and no projection, its bias gradient ``[N, d_out]``."""
+    captures = [_LinearCapture(module) for _, module in layers]
+    try:
+        with torch.enable_grad():
+            outputs = model(*inputs)
+            n = outputs.shape[0]
+            total = per_example_losses(loss_fn, reduction, outputs, targets)
+            params = layer_parameters(layers)
+            torch.autograd.grad(total, params, allow_unused=True)
+    finally:
+        for capture in captures:
+            capture.remove()
+    grads = []
+    for (name, module), capture in zip(layers, captures):
+        if capture.activations is None or capture.output_grads is None:
+            raise RuntimeError(f"layers: {name!r} was not used in the forward pass (no gradient to take)")
+        a, g = capture.as_sequences(n)
+        p_in, p_out = (projections or {}).get(name, (None, None))
+        grads.append(ops.per_example_linear_grad(a, g, p_in, p_out))
+        if module.bias is not None and p_in is None and p_out is None:
+            grads.append(g.sum(1).to(grads[-1].dtype))
+    return grads
+
+
+def looped_gradients(
+    model: nn.Module,
+    layers: Sequence[tuple[str, nn.Module]],
+    inputs: tuple,
+    targets,
+    loss_fn: Callable,
+    reduction: str,
+) -> list[torch.Tensor]:
+    """Per-example gradients of any layers: one batched forward, one autograd call per example."""
+    params = layer_parameters(layers)
+    with torch.enable_grad():
+        outputs = model(*inputs)
+        n = outputs.shape[0]
+        if reduction == "none":
+            losses = loss_fn(outputs, targets)
+            if losses.dim() != 1 or losses.shape[0] != n:
+                raise ValueError(
+                    f"loss_fn: a per-example loss must return one loss per example, shape ({n},); "
+                    f"got {tuple(losses.shape)}"
+                )
+        else:
+            losses = [per_example_losses(loss_fn, reduction, outputs[i : i + 1], _row(targets, i)) for i in range(n)]
+        rows = [
+            torch.autograd.grad(losses[i], params, retain_graph=i + 1 < n, allow_unused=True) for i in range(n)
+        ]
+    return [
+        torch.stack([row[j] if row[j] is not None else torch.zeros_like(p) for row in rows]).detach()
+        if n
+        else p.new_zeros((0, *p.shape))
+        for j, p in enumerate(params)
+    ]
+
+
+def _row(targets, i: int):
+    return targets[i : i + 1] if isinstance(targets, torch.Tensor) and targets.dim() > 0 else targets
+
+
+def all_linear(layers: Sequence[tuple[str, nn.Module]]) -> bool:
+    return all(isinstance(module, nn.Linear) for _, module in layers)
+
+
+def per_example_gradients(
+    model: nn.Module,
+    layers: Sequence[tuple[str, nn.Module]],
+    inputs: tuple,
+    targets,
+    loss_fn: Callable,
+    reduction: str,
+) -> list[torch.Tensor]:
+    """Exact per-example gradients of the chosen layers' parameters, one ``[N, *shape]`` tensor
+    per parameter: the Linear route when every layer is Linear, else the looped one."""
+    if all_linear(layers):
+        return linear_gradients(model, layers, inputs, targets, loss_fn, reduction)
+    return looped_gradients(model, layers, inputs, targets, loss_fn, reduction)
