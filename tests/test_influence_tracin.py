@@ -1,0 +1,100 @@
+"""Our TracIn classes against captum 0.9.0's on the same model, checkpoints and data (an
+independent implementation: captum loops over examples), and their bad-input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.influence import TracInCP as CaptumTracInCP
+from captum.influence import TracInCPFast as CaptumTracInCPFast
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from saliency_fast import TracInCP, TracInCPFast, TracInCPFastRandProj
+
+
+class TokenClassifier(nn.Module):
+    """Sequence input through two Linear layers (positions share weights), mean-pooled."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.inner(x)).mean(1))
+
+
+def load_checkpoint(model, path):
+    saved = torch.load(path, weights_only=True)
+    model.load_state_dict(saved["model"])
+    return saved["learning_rate"]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    torch.manual_seed(0)
+    model = TokenClassifier().double()
+    for i, lr in enumerate((0.5, 0.2, 0.1)):
+        for p in model.parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+        torch.save({"model": model.state_dict(), "learning_rate": lr}, tmp_path / f"checkpoint-{i}.pt")
+    x = torch.randn(20, 5, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,))
+    test = (torch.randn(4, 5, 6, dtype=torch.float64), torch.randint(0, 3, (4,)))
+    return model, TensorDataset(x, y), str(tmp_path), test
+
+
+@pytest.mark.parametrize("layers", [None, ["inner"], ["inner", "head"]])
+def test_tracincp_matches_captum(setup, layers):
+    model, data, checkpoints, test = setup
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    ours = TracInCP(model, data, checkpoints, load_checkpoint, layers=layers, loss_fn=loss, batch_size=7,
+                    sample_wise_grads_per_batch=True)
+    peer = CaptumTracInCP(model, data, checkpoints, load_checkpoint, layers=layers,
+                          loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=7)
+    expected = peer.influence(test)
+    torch.testing.assert_close(ours.influence(test), expected, rtol=1e-10, atol=1e-12)
+    top = ours.influence(test, k=4, proponents=False)
+    torch.testing.assert_close(top.influence_scores, expected.topk(4, dim=1, largest=False).values)
+    torch.testing.assert_close(ours.self_influence(), peer.self_influence(), rtol=1e-10, atol=1e-12)
+
+
+def test_fast_and_random_projection_match_captum_fast(setup):
+    model, data, checkpoints, test = setup
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    expected = CaptumTracInCPFast(model, model.head, data, checkpoints, load_checkpoint, loss_fn=loss,
+                                  batch_size=6).influence(test)
+    fast = TracInCPFast(model, "head", data, checkpoints, load_checkpoint, loss_fn=loss, batch_size=6)
+    torch.testing.assert_close(fast.influence(test), expected, rtol=1e-10, atol=1e-12)
+    exact = TracInCPFastRandProj(model, model.head, data, checkpoints, load_checkpoint, loss_fn=loss, batch_size=6)
+    torch.testing.assert_close(exact.influence(test), expected, rtol=1e-10, atol=1e-12)
+    top = exact.influence(test, k=5)
+    torch.testing.assert_close(top.influence_scores, expected.topk(5, dim=1).values, rtol=1e-10, atol=1e-12)
+    projected = TracInCPFastRandProj(model, model.head, data, checkpoints, load_checkpoint, loss_fn=loss, batch_size=6,
+                                     projection_dim=4)
+    assert projected.src_intermediate_quantities.shape == (20, 3 * 2 * 2)
+
+
+def test_unknown_layer(setup):
+    model, data, checkpoints, _ = setup
+    with pytest.raises(ValueError, match="layers: no module named 'fc9'"):
+        TracInCP(model, data, checkpoints, layers=["fc9"], loss_fn=nn.CrossEntropyLoss(reduction="none"))
+
+
+def test_checkpoint_not_matching_the_model(setup, tmp_path):
+    model, data, _, test = setup
+    bad = tmp_path / "other.pt"
+    torch.save(nn.Linear(6, 2).state_dict(), bad)
+    tracin = TracInCP(model, data, [str(bad)], loss_fn=nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match="does not match the model"):
+        tracin.influence(test)
+
+
+def test_checkpoints_are_not_unpickled(setup, tmp_path):
+    model, data, _, test = setup
+    evil = tmp_path / "evil.pt"
+    torch.save({"inner.weight": torch.zeros(8, 6), "hook": print}, evil)
+    tracin = TracInCP(model, data, [str(evil)], loss_fn=nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        tracin.influence(test)
