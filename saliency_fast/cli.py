@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     from saliency_fast.serve.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+    from saliency_fast.influence_cli import add_parser as add_influence_parser
+
+    add_influence_parser(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "handler"):  # sub-commands registered by their own modules
         return args.handler(args)

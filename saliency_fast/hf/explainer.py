@@ -283,6 +283,31 @@ class Explainer:
         return metrics.evaluate(self, texts, methods, k=k, ks=ks, baseline=baseline, aggregate=aggregate,
                                 batch_size=batch_size, progress=progress)
 
+    def influence(self, train_texts, train_labels, test_texts, k: int = 10, layers: list[str] | None = None,
+                  projection_dim: int | None = 256, checkpoints=None, output=None, backend: str | None = None,
+                  batch_size: int | None = None, shard_size: int = 1024, seed: int = 0, progress: bool = False):
+        """For each test text, the ``k`` training texts that most raised (``proponents``) and
+        lowered (``opponents``) the probability of its predicted class: TracIn over ``layers``
+        (default: the last block's Linear layers and the head), each layer's per-example
+        gradient projected to about ``projection_dim`` (None: exact), summed over
+        ``checkpoints`` weighted by learning rate, and searched with FAISS.
+
+        ``checkpoints``: None (the model's current weights), or paths / ``(path, learning_rate)``
+        pairs of state dicts (``.safetensors``, or ``torch.save`` files read with
+        ``weights_only``); a saved ``learning_rate`` entry is used when no rate is given.
+        ``output``: a directory that keeps the training-gradient index (a resumable job; the
+        same call reuses it); None works in a temporary one. ``backend``: ``faiss-gpu``,
+        ``faiss-cpu`` or ``torch`` (default: the first available). Returns one
+        :class:`~saliency_fast.hf.influence.InfluenceResult` per test text.
+        """
+        from saliency_fast.hf import influence as influence_lib
+
+        return influence_lib.influence(
+            self, train_texts, train_labels, test_texts, k=k, layers=layers, projection_dim=projection_dim,
+            checkpoints=checkpoints, output=output, backend=backend, batch_size=batch_size, shard_size=shard_size,
+            seed=seed, progress=progress,
+        )
+
     # ------------------------------------------------------------------------- shared helpers
 
     @property

@@ -1,0 +1,200 @@
+"""A TracIn index over a training set: projected per-example gradients written as a data-set job,
+then searched by inner product for each test example's proponents and opponents.
+
+Layout of the output directory::
+
+    metadata.json                      what the job is (layers, projection, checkpoints, data)
+    projections.safetensors            the random projections, so a resumed job uses the same
+    checkpoint-<c>/part-<s>.safetensors  rows of shard s under checkpoint c: "vectors" [rows, dim]
+                                       (float32, already times sqrt(lr_c))
+
+Checkpoints are the outer loop (each is loaded once), shards the inner. Every file appears by an
+atomic rename, so a shard is done exactly when its file exists: a job killed at any instant
+resumes with nothing lost or doubled. Searching streams the shards into the index one at a time
+(checkpoints side by side), never holding full-size gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from saliency_fast import __version__
+from saliency_fast._files import atomic_path, atomic_write_text
+from saliency_fast.influence import projected
+from saliency_fast.influence.search import InnerProductIndex
+
+METADATA = "metadata.json"
+PROJECTIONS = "projections.safetensors"
+FORMAT = 1
+
+# (inputs tuple for model(*inputs), targets) of rows start:stop
+BatchFn = Callable[[int, int], tuple[tuple, torch.Tensor]]
+
+
+def shard_path(output: pathlib.Path, checkpoint: int, shard: int) -> pathlib.Path:
+    return output / f"checkpoint-{checkpoint}" / f"part-{shard:05d}.safetensors"
+
+
+@contextlib.contextmanager
+def _locked(output: pathlib.Path):
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RuntimeError(f"output {str(output)!r} is in use by another influence job") from exc
+        for tmp in output.rglob(".*.tmp"):  # what a killed writer left behind
+            tmp.unlink(missing_ok=True)
+        yield
+
+
+def _start(output: pathlib.Path, job: dict, projections: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Record the job, or check that the directory holds this same job (resume); returns the
+    projections to use (the recorded ones when resuming)."""
+    existing = output / METADATA
+    if existing.exists():
+        recorded = json.loads(existing.read_text())
+        if recorded.get("job") != job:
+            different = sorted(k for k in job if recorded.get("job", {}).get(k) != job[k])
+            raise ValueError(
+                f"output {str(output)!r} holds another influence job (it differs in {', '.join(different)}); "
+                "use a new directory or pass overwrite=True"
+            )
+        return load_file(str(output / PROJECTIONS)) if projections else {}
+    if projections:
+        with atomic_path(output / PROJECTIONS) as tmp:
+            save_file(projections, str(tmp))
+    atomic_write_text(existing, json.dumps({"format": FORMAT, "version": __version__, "job": job}, indent=1))
+    return projections
+
+
+def build_index(
+    output,
+    model: nn.Module,
+    layers: Sequence[str],
+    checkpoints: Sequence[tuple[str, float]],
+    load_checkpoint: Callable[[nn.Module, str], None],
+    n_rows: int,
+    batch_fn: BatchFn,
+    loss_fn,
+    *,
+    data_fingerprint: str,
+    projection_dim: int | None = 256,
+    seed: int = 0,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write (or finish) the projected training gradients of every checkpoint into ``output``;
+    returns the job's metadata. ``checkpoints`` are ``(path, learning_rate)`` pairs."""
+    output = pathlib.Path(output)
+    resolved = projected.check_linear_layers(model, layers)
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
+    if overwrite and output.exists():
+        import shutil
+
+        shutil.rmtree(output)
+    job = {
+        "layers": list(layers),
+        "projection_dim": projection_dim,
+        "seed": seed,
+        "checkpoints": [[str(path), float(lr)] for path, lr in checkpoints],
+        "rows": n_rows,
+        "shard_size": shard_size,
+        "data": data_fingerprint,
+    }
+    n_shards = -(-n_rows // shard_size)
+    with _locked(output):
+        projections = _start(output, job, projected.make_projections(resolved, projection_dim, seed))
+        todo = [
+            (c, s) for c in range(len(checkpoints)) for s in range(n_shards) if not shard_path(output, c, s).exists()
+        ]
+        done_rows = (len(checkpoints) * n_shards - len(todo)) * shard_size
+        total = len(checkpoints) * n_rows
+        started = time.perf_counter()
+        with tqdm(total=total, initial=min(done_rows, total), unit="ex", desc="training gradients",
+                  disable=not progress) as bar:
+            loaded = None
+            for c, s in todo:
+                path, lr = checkpoints[c]
+                if loaded != c:
+                    load_checkpoint(model, path)
+                    loaded = c
+                start, stop = s * shard_size, min(n_rows, (s + 1) * shard_size)
+                rows = []
+                for b in range(start, stop, batch_size):
+                    inputs, targets = batch_fn(b, min(stop, b + batch_size))
+                    rows.append(projected.projected_gradients(model, resolved, projections, inputs, targets, loss_fn))
+                    bar.update(rows[-1].shape[0])
+                vectors = torch.cat(rows) * float(lr) ** 0.5
+                with atomic_path(shard_path(output, c, s)) as tmp:
+                    save_file({"vectors": vectors.cpu().contiguous()}, str(tmp))
+    metadata = json.loads((output / METADATA).read_text())
+    metadata["seconds"] = time.perf_counter() - started
+    return metadata
+
+
+def load_projections(output) -> dict[str, torch.Tensor]:
+    path = pathlib.Path(output) / PROJECTIONS
+    return load_file(str(path)) if path.exists() else {}
+
+
+def job_metadata(output) -> dict:
+    path = pathlib.Path(output) / METADATA
+    if not path.exists():
+        raise FileNotFoundError(f"{output} holds no influence index (no {METADATA})")
+    return json.loads(path.read_text())
+
+
+def open_index(output, backend: str | None = None) -> InnerProductIndex:
+    """The finished index of ``output``, its shards streamed in (checkpoints side by side)."""
+    output = pathlib.Path(output)
+    job = job_metadata(output)["job"]
+    n_shards = -(-job["rows"] // job["shard_size"])
+    index = InnerProductIndex(backend=backend)
+    for s in range(n_shards):
+        parts = []
+        for c in range(len(job["checkpoints"])):
+            path = shard_path(output, c, s)
+            if not path.exists():
+                raise FileNotFoundError(f"influence index {str(output)!r} is unfinished: {path.name} of checkpoint {c} "
+                                        "is missing (run the job again to finish it)")
+            parts.append(load_file(str(path))["vectors"])
+        index.add(torch.cat(parts, dim=1))
+    return index
+
+
+def query_vectors(
+    model: nn.Module,
+    output,
+    load_checkpoint: Callable[[nn.Module, str], None],
+    n_rows: int,
+    batch_fn: BatchFn,
+    loss_fn,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Test examples' vectors under the index's layers, projections and checkpoints."""
+    job = job_metadata(output)["job"]
+    resolved = projected.check_linear_layers(model, job["layers"])
+    projections = load_projections(output)
+    parts = []
+    for path, lr in job["checkpoints"]:
+        load_checkpoint(model, path)
+        rows = [
+            projected.projected_gradients(model, resolved, projections, *batch_fn(b, min(n_rows, b + batch_size)), loss_fn)
+            for b in range(0, n_rows, batch_size)
+        ]
+        parts.append(torch.cat(rows) * float(lr) ** 0.5)
+    return torch.cat(parts, dim=1)
