@@ -98,3 +98,13 @@ def test_checkpoints_are_not_unpickled(setup, tmp_path):
     tracin = TracInCP(model, data, [str(evil)], loss_fn=nn.CrossEntropyLoss(reduction="none"))
     with pytest.raises(Exception, match="[Ww]eights only"):
         tracin.influence(test)
+
+
+def test_factored_dot_equals_the_built_gradients():
+    from saliency_fast import ops
+    from saliency_fast.influence.gradients import factored_dot
+
+    a1, g1 = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 4, 7, dtype=torch.float64)
+    a2, g2 = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 6, 7, dtype=torch.float64)
+    built = ops.per_example_linear_grad(a1, g1).flatten(1) @ ops.per_example_linear_grad(a2, g2).flatten(1).T
+    torch.testing.assert_close(factored_dot(a1, g1, a2, g2), built)

@@ -88,6 +88,51 @@ class _LinearCapture:
         return a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
 
 
+def linear_factors(
+    model: nn.Module,
+    layers: Sequence[tuple[str, nn.Module]],
+    inputs: tuple,
+    targets,
+    loss_fn: Callable,
+    reduction: str,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per Linear layer, its input activations ``[N, T, d_in]`` and output gradients
+    ``[N, T, d_out]`` (each example's own loss gradient) from one batched forward and backward."""
+    captures = [_LinearCapture(module) for _, module in layers]
+    try:
+        with torch.enable_grad():
+            outputs = model(*inputs)
+            n = outputs.shape[0]
+            total = per_example_losses(loss_fn, reduction, outputs, targets)
+            torch.autograd.grad(total, layer_parameters(layers), allow_unused=True)
+    finally:
+        for capture in captures:
+            capture.remove()
+    factors = []
+    for (name, _), capture in zip(layers, captures):
+        if capture.activations is None or capture.output_grads is None:
+            raise RuntimeError(f"layers: {name!r} was not used in the forward pass (no gradient to take)")
+        factors.append(capture.as_sequences(n))
+    return factors
+
+
+def gradients_from_factors(
+    layers: Sequence[tuple[str, nn.Module]],
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    projections: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
+) -> list[torch.Tensor]:
+    """For each layer its weight gradient ``[N, k_out, k_in]`` (projected when
+    ``projections[name]`` is given) and, when it has a bias and no projection, its bias gradient
+    ``[N, d_out]``."""
+    grads = []
+    for (name, module), (a, g) in zip(layers, factors):
+        p_in, p_out = (projections or {}).get(name, (None, None))
+        grads.append(ops.per_example_linear_grad(a, g, p_in, p_out))
+        if module.bias is not None and p_in is None and p_out is None:
+            grads.append(g.sum(1).to(grads[-1].dtype))
+    return grads
+
+
 def linear_gradients(
     model: nn.Module,
     layers: Sequence[tuple[str, nn.Module]],
@@ -97,30 +142,25 @@ def linear_gradients(
     reduction: str,
     projections: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
 ) -> list[torch.Tensor]:
-    """Per-example gradients of Linear layers: for each layer its weight gradient
-    ``[N, k_out, k_in]`` (projected when ``projections[name]`` is given) and, when it has a bias
-    and no projection, its bias gradient ``[N, d_out]``."""
-    captures = [_LinearCapture(module) for _, module in layers]
-    try:
-        with torch.enable_grad():
-            outputs = model(*inputs)
-            n = outputs.shape[0]
-            total = per_example_losses(loss_fn, reduction, outputs, targets)
-            params = layer_parameters(layers)
-            torch.autograd.grad(total, params, allow_unused=True)
-    finally:
-        for capture in captures:
-            capture.remove()
-    grads = []
-    for (name, module), capture in zip(layers, captures):
-        if capture.activations is None or capture.output_grads is None:
-            raise RuntimeError(f"layers: {name!r} was not used in the forward pass (no gradient to take)")
-        a, g = capture.as_sequences(n)
-        p_in, p_out = (projections or {}).get(name, (None, None))
-        grads.append(ops.per_example_linear_grad(a, g, p_in, p_out))
-        if module.bias is not None and p_in is None and p_out is None:
-            grads.append(g.sum(1).to(grads[-1].dtype))
-    return grads
+    """Per-example gradients of Linear layers (see :func:`gradients_from_factors`)."""
+    return gradients_from_factors(layers, linear_factors(model, layers, inputs, targets, loss_fn, reduction), projections)
+
+
+def factored_dot(a1, g1, a2, g2) -> torch.Tensor:
+    """``[N1, N2]`` inner products of two sets of per-example Linear weight gradients given by
+    their factors, ``<sum_t g_t^T a_t, sum_s g'_s^T a'_s> = sum_{t,s} (g_t . g'_s)(a_t . a'_s)``,
+    without building either gradient."""
+    n1, t1, n2, t2 = a1.shape[0], a1.shape[1], a2.shape[0], a2.shape[1]
+    dtype = torch.promote_types(a1.dtype, a2.dtype)
+    gg = (g1.reshape(n1 * t1, -1).to(dtype) @ g2.reshape(n2 * t2, -1).to(dtype).T).view(n1, t1, n2, t2)
+    aa = (a1.reshape(n1 * t1, -1).to(dtype) @ a2.reshape(n2 * t2, -1).to(dtype).T).view(n1, t1, n2, t2)
+    return (gg * aa).sum((1, 3))
+
+
+def factored_is_cheaper(t1: int, t2: int, d_in: int, d_out: int) -> bool:
+    """Whether the factored dot product costs fewer multiplications per pair than building the
+    ``d_out x d_in`` gradients and taking their dot product."""
+    return t1 * t2 * (d_in + d_out) < d_in * d_out
 
 
 def looped_gradients(

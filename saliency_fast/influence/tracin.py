@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from saliency_fast import ops
 from saliency_fast.influence import gradients as grads_lib
 from saliency_fast.influence.checkpoints import checkpoint_paths, load_flexible_state_dict
 from saliency_fast.influence.search import InnerProductIndex
@@ -253,6 +254,70 @@ class TracInCPBase:
         return torch.cat([self._self_influence_by_checkpoints(batch) for batch in batches])
 
 
+class _LinearFactors:
+    """A batch's per-example Linear-layer gradients kept as their factors (input activations and
+    output gradients per layer): pair scores use :func:`gradients.factored_dot` where it is cheaper
+    than building the gradients, which are built (with the native op) only where it is not."""
+
+    def __init__(self, layers, factors):
+        self.layers = layers
+        self.factors = factors
+        self._weights: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def concat(cls, parts: list[_LinearFactors]) -> _LinearFactors:
+        """Batches joined along examples; shorter sequences padded with zero positions (which
+        add nothing to any gradient)."""
+        factors = []
+        for i in range(len(parts[0].factors)):
+            steps = max(p.factors[i][0].shape[1] for p in parts)
+            factors.append(tuple(
+                torch.cat([torch.nn.functional.pad(p.factors[i][j], (0, 0, 0, steps - p.factors[i][j].shape[1]))
+                           for p in parts])
+                for j in range(2)
+            ))
+        return cls(parts[0].layers, factors)
+
+    def weight(self, i: int) -> torch.Tensor:
+        if i not in self._weights:
+            a, g = self.factors[i]
+            self._weights[i] = ops.per_example_linear_grad(a, g).flatten(1)
+        return self._weights[i]
+
+    def flat(self) -> tuple[torch.Tensor, ...]:
+        """Every parameter's per-example gradient, flattened, in ``module.parameters()`` order."""
+        out = []
+        for i, (_, module) in enumerate(self.layers):
+            out.append(self.weight(i))
+            if module.bias is not None:
+                out.append(self.factors[i][1].sum(1).to(out[-1].dtype))
+        return tuple(out)
+
+    def dot(self, other: _LinearFactors) -> torch.Tensor:
+        total = 0
+        for i, (_, module) in enumerate(self.layers):
+            (a1, g1), (a2, g2) = self.factors[i], other.factors[i]
+            if grads_lib.factored_is_cheaper(a1.shape[1], a2.shape[1], module.in_features, module.out_features):
+                total = total + grads_lib.factored_dot(a1, g1, a2, g2)
+            else:
+                total = total + self.weight(i) @ other.weight(i).to(self.weight(i).dtype).T
+            if module.bias is not None:
+                total = total + g1.sum(1) @ g2.sum(1).to(g1.dtype).T
+        return total
+
+    def self_dot(self) -> torch.Tensor:
+        total = 0
+        for i, (_, module) in enumerate(self.layers):
+            a, g = self.factors[i]
+            if grads_lib.factored_is_cheaper(a.shape[1], a.shape[1], module.in_features, module.out_features):
+                total = total + (torch.bmm(g, g.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
+            else:
+                total = total + self.weight(i).square().sum(1)
+            if module.bias is not None:
+                total = total + g.sum(1).square().sum(1)
+        return total
+
+
 class TracInCP(TracInCPBase):
     """TracIn with exact per-example gradients of ``layers`` (all layers when None)."""
 
@@ -280,28 +345,47 @@ class TracInCP(TracInCPBase):
         self._layers = grads_lib.resolve_layers(model, layers)
         self.layer_modules = None if layers is None else [m for _, m in self._layers]
 
-    def _batch_quantities(self, batch, test: bool) -> tuple[torch.Tensor, ...]:
+    def _batch_quantities(self, batch, test: bool):
         loss_fn = self.test_loss_fn if test else self.loss_fn
         reduction = self.test_reduction_type if test else self.reduction_type
         if loss_fn is None:
             raise ValueError("loss_fn is required to compute gradients")
-        grads = grads_lib.per_example_gradients(self.model, self._layers, tuple(batch[:-1]), batch[-1], loss_fn, reduction)
+        inputs, targets = tuple(batch[:-1]), batch[-1]
+        if grads_lib.all_linear(self._layers):
+            return _LinearFactors(
+                self._layers, grads_lib.linear_factors(self.model, self._layers, inputs, targets, loss_fn, reduction)
+            )
+        grads = grads_lib.looped_gradients(self.model, self._layers, inputs, targets, loss_fn, reduction)
         return tuple(g.flatten(1) for g in grads)
 
+    def _concat(self, batches: list):
+        if isinstance(batches[0], _LinearFactors):
+            return _LinearFactors.concat(batches)
+        return super()._concat(batches)
+
+    @staticmethod
+    def _flat(q) -> tuple[torch.Tensor, ...]:
+        return q.flat() if isinstance(q, _LinearFactors) else q
+
     def _pair_scores(self, test_q, train_q) -> torch.Tensor:
-        return sum(t.to(s.dtype) @ s.T for t, s in zip(test_q, train_q))
+        if isinstance(test_q, _LinearFactors) and isinstance(train_q, _LinearFactors):
+            return test_q.dot(train_q)
+        return sum(t.to(s.dtype) @ s.T for t, s in zip(self._flat(test_q), self._flat(train_q)))
 
     def _self_scores(self, q) -> torch.Tensor:
+        if isinstance(q, _LinearFactors):
+            return q.self_dot()
         return sum(g.square().sum(1) for g in q)
 
     def _aggregate(self, q):
-        return tuple(g.sum(0, keepdim=True) for g in q)
+        return tuple(g.sum(0, keepdim=True) for g in self._flat(q))
 
     def compute_intermediate_quantities(self, inputs, aggregate: bool = False) -> torch.Tensor:
         """Per example, its gradients of every checkpoint (times the learning rate, as captum)
         concatenated: ``[n, n_checkpoints * n_params]`` (one row when ``aggregate``)."""
         return torch.cat(
-            [lr * torch.cat(q, dim=1) for lr, q in self._test_quantities_with(inputs, aggregate, test=False)], dim=1
+            [lr * torch.cat(self._flat(q), dim=1) for lr, q in self._test_quantities_with(inputs, aggregate, test=False)],
+            dim=1,
         )
 
     def _test_quantities_with(self, inputs, aggregate: bool, test: bool) -> list:
@@ -435,8 +519,6 @@ class TracInCPFastRandProj(TracInCPFast):
 
     def _intermediate(self, inputs, test: bool) -> torch.Tensor:
         """Per example: ``sqrt(lr) * vec((g P_out)^T (a P_in))`` of each checkpoint, concatenated."""
-        from saliency_fast import ops
-
         loader = format_inputs(inputs)
         p_out, p_in = self.projection_quantities or (None, None)
         parts = []
