@@ -108,3 +108,11 @@ def test_factored_dot_equals_the_built_gradients():
     a2, g2 = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 6, 7, dtype=torch.float64)
     built = ops.per_example_linear_grad(a1, g1).flatten(1) @ ops.per_example_linear_grad(a2, g2).flatten(1).T
     torch.testing.assert_close(factored_dot(a1, g1, a2, g2), built)
+
+
+@pytest.mark.parametrize("budget, d_in, d_out, expected", [(256, 384, 1536, (16, 16)), (256, 384, 2, (128, 2)),
+                                                          (256, 3, 1536, (3, 85)), (256, 4, 2, (4, 2))])
+def test_projection_factor_dims(budget, d_in, d_out, expected):
+    from saliency_fast.influence.projected import factor_dims
+
+    assert factor_dims(budget, d_in, d_out) == expected

@@ -10,6 +10,7 @@ product of two examples' vectors, concatenated over checkpoints, is their TracIn
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,9 +28,15 @@ def check_linear_layers(model: nn.Module, layers: Sequence[str]) -> list[tuple[s
 
 
 def factor_dims(projection_dim: int, d_in: int, d_out: int) -> tuple[int, int]:
-    """``(k_in, k_out)``: each about ``sqrt(projection_dim)``, neither above its layer's dim."""
-    side = max(1, int(round(projection_dim**0.5)))
-    return min(side, d_in), min(side, d_out)
+    """``(k_in, k_out)`` with ``k_in * k_out`` at most ``projection_dim``: each about its square
+    root, and a side that is smaller than that (a classifier head's few outputs) leaves the
+    budget to the other, so a narrow layer is not projected further than it must be."""
+    side = max(1, math.isqrt(projection_dim))
+    if d_out < side:
+        return min(d_in, projection_dim // d_out), d_out
+    if d_in < side:
+        return d_in, min(d_out, projection_dim // d_in)
+    return side, side
 
 
 def make_projections(
