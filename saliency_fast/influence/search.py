@@ -37,7 +37,10 @@ class InnerProductIndex:
             raise RuntimeError("backend='faiss-gpu' needs a GPU build of FAISS and a CUDA device")
         self.backend = backend
         self.dim = dim
-        self._rows: list[torch.Tensor] = []  # torch backend and exact rescoring keep the vectors
+        # the vectors themselves are kept only where FAISS's float32 copy cannot stand in for them
+        # (the torch backend, or float64 vectors rescored in their own precision)
+        self._rows: list[torch.Tensor] = []
+        self._dtype: torch.dtype | None = None
         self._faiss_index = None
         self.ntotal = 0
 
@@ -57,7 +60,9 @@ class InnerProductIndex:
             self.dim = vectors.shape[1]
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have {self.dim} columns, got {vectors.shape[1]}")
-        self._rows.append(vectors.cpu())
+        self._dtype = vectors.dtype if self._dtype is None else self._dtype
+        if self.backend == "torch" or vectors.dtype != torch.float32:
+            self._rows.append(vectors.cpu())
         if self.backend != "torch":
             if self._faiss_index is None:
                 self._faiss_index = self._make_faiss(self.dim)
@@ -69,21 +74,28 @@ class InnerProductIndex:
             self._rows = [torch.cat(self._rows)]
         return self._rows[0]
 
+    def _rows_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[q, k, dim]``: the indexed vectors at ``indices``, in their own dtype."""
+        if self._rows:
+            return self.vectors()[indices]
+        found = self._faiss_index.reconstruct_batch(indices.flatten().numpy())
+        return torch.from_numpy(found).view(*indices.shape, self.dim)
+
     def search(self, queries: torch.Tensor, k: int, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indices, scores)``, each ``[n_queries, k]``, best first."""
         if not 1 <= k <= self.ntotal:
             raise ValueError(f"k must be between 1 and the number of indexed rows ({self.ntotal}), got {k}")
         queries = queries.detach().cpu()
         sign = 1.0 if largest else -1.0
+        queries = queries.to(self._dtype)
         if self.backend == "torch":
-            scores = queries.to(self.vectors().dtype) @ self.vectors().T
-            _, indices = torch.topk(sign * scores, k, dim=1)
+            _, indices = torch.topk(sign * (queries @ self.vectors().T), k, dim=1)
         else:
             # a few spare candidates, so float32 ties at the cut are settled by the exact rescoring
             wanted = min(self.ntotal, k + 8)
             _, found = self._faiss_index.search((sign * queries).float().contiguous().numpy(), wanted)
             indices = torch.from_numpy(found).long()
-        exact = torch.einsum("qd,qkd->qk", queries.to(self.vectors().dtype), self.vectors()[indices])
+        exact = torch.einsum("qd,qkd->qk", queries, self._rows_at(indices))
         order = torch.sort(sign * exact, dim=1, descending=True, stable=True).indices[:, :k]
         return indices.gather(1, order), exact.gather(1, order)
 
