@@ -22,11 +22,9 @@ All float32 on the CPU (``--threads``, default 1: the machine is shared).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,7 +73,7 @@ def build(n_train: int, n_test: int, workdir: pathlib.Path, batch: int):
     import transformers
     from safetensors.torch import save_file
 
-    from saliency_fast.hf.default_model import default_model_path
+    from saliency_fast.hf import default_model_path
 
     path = default_model_path()
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -123,6 +121,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-captum", action="store_true", help="ours only (no peer, no checks)")
+    parser.add_argument("--device", default="cpu", help="torch device of the model and data (default cpu)")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     if args.quick:
@@ -131,12 +130,17 @@ def main() -> None:
     from captum.influence import TracInCP as CaptumTracInCP
     from safetensors.torch import load_file
 
+    from benchmarks._results import row, write_rows
+    from benchmarks._timing import interleaved
     from saliency_fast import TracInCP
     from saliency_fast.influence import index as index_lib
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench-influence-"))
     started = time.perf_counter()
     model, train, test, checkpoints, _ = build(args.train, args.test, workdir, args.batch_size)
+    model.to(args.device)
+    train = TensorDataset(*(t.to(args.device) for t in train.tensors))
+    test = tuple(t.to(args.device) for t in test)
     print(f"model + 3 checkpoints ready in {time.perf_counter() - started:.1f} s "
           f"({args.train} train / {args.test} test texts, {train.tensors[0].shape[1]} tokens padded, "
           f"{args.threads} thread(s))")
@@ -147,7 +151,7 @@ def main() -> None:
     layers.append("model.classifier")
 
     def load(m, path):
-        m.model.load_state_dict(load_file(path))
+        m.model.load_state_dict(load_file(path, device=str(args.device)))
         return lr_of[path]
 
     def captum_exact(data, query):
@@ -187,48 +191,43 @@ def main() -> None:
 
     small = TensorDataset(*(t[:64] for t in train.tensors))
     small_query = tuple(t[:4] for t in test)
-    contenders = [("ours exact", ours_exact), ("ours projected", ours_projected)]
+    contenders = {"ours exact": ours_exact, "ours projected": ours_projected}
     if not args.skip_captum:
-        contenders.insert(0, ("captum exact", captum_exact))
-    for _, fn in contenders:  # one warm-up each
+        contenders = {"captum exact": captum_exact, **contenders}
+    for fn in contenders.values():  # a warm-up each on a small slice (the full runs take minutes)
         fn(small, small_query)
-    seconds, outputs = {}, {}
-    for name, fn in contenders:
-        t = time.perf_counter()
-        outputs[name] = fn(train, test)
-        seconds[name] = time.perf_counter() - t
-        print(f"{name:16} {seconds[name]:8.1f} s", flush=True)
+    outputs = {}
+
+    def keep(name, fn):
+        return lambda: outputs.__setitem__(name, fn(train, test))
+
+    timings = interleaved({name: keep(name, fn) for name, fn in contenders.items()}, runs=1, warmup=0, progress=True)
     ours = outputs["ours exact"]
-    rows = []
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    common = dict(peer_dtype="float32", ours_dtype="float32", peer_runs=1, ours_runs=1, peer_warmup=1, ours_warmup=1,
-                  date=datetime.date.today().isoformat(), commit=commit, threads=args.threads,
-                  sizes=f"{args.train} train x {args.test} test")
-    share = index_seconds["last"] / seconds["ours projected"]
+    share = index_seconds["last"] / timings["ours projected"].median
     print(f"index build + query ({index_seconds['backend']}): {index_seconds['last']:.2f} s = {100 * share:.1f} % of "
           f"the projected run")
+    sizes = f"{args.train} train x {args.test} test, 3 checkpoints"
+    rows = []
     if "captum exact" not in outputs:  # the overlap against our exact scores (equal to captum's where both ran)
         print(f"projected top-10 overlap with our exact top-10: {top_overlap(ours, outputs['ours projected'][0]):.3f}")
-    if "captum exact" in outputs:
+    else:
         peer = outputs["captum exact"]
-        scale = peer.abs().max()
-        max_diff = float(((ours - peer).abs().max() / scale))
+        max_diff = float((ours - peer).abs().max() / peer.abs().max())
         assert max_diff < 1e-5, f"our exact scores differ from captum's: {max_diff:.2e} (relative to the largest)"
         overlap = top_overlap(peer, outputs["ours projected"][0])
         print(f"exact: max |ours - captum| / max |captum| = {max_diff:.2e}; "
               f"projected top-10 overlap with the exact top-10: {overlap:.3f}")
-        rows.append(dict(workload=f"TracInCP exact, MiniLM last block + head, {common['sizes']}, 3 checkpoints",
-                         peer="captum 0.9.0 TracInCP", peer_s=seconds["captum exact"], ours_s=seconds["ours exact"],
-                         ratio=seconds["captum exact"] / seconds["ours exact"], max_diff=max_diff, **common))
-        rows.append(dict(workload=f"TracIn projected {args.projection_dim}/layer + FAISS top-10, {common['sizes']}",
-                         peer="captum 0.9.0 TracInCP (exact)", peer_s=seconds["captum exact"],
-                         ours_s=seconds["ours projected"], ratio=seconds["captum exact"] / seconds["ours projected"],
-                         max_diff=None, kind="less-work", top10_overlap=overlap, index_share=share,
-                         index_backend=index_seconds["backend"], **common))
-        for row in rows:
-            print(f"{row['workload']:80} {row['ratio']:6.2f}x")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
+        rows.append(row(f"TracInCP exact, MiniLM last block + head, {sizes}", "captum 0.9.0 TracInCP",
+                        timings["captum exact"], timings["ours exact"], max_diff=max_diff, peer_dtype="float32",
+                        ours_dtype="float32", floor_s=None, device=args.device))
+        rows.append(row(f"TracIn projected {args.projection_dim}/layer + FAISS top-10, {sizes}",
+                        "captum 0.9.0 TracInCP (exact)", timings["captum exact"], timings["ours projected"],
+                        max_diff=None, peer_dtype="float32", ours_dtype="float32", floor_s=None, kind="less-work",
+                        accuracy=f"top-10 overlap with the exact top-10 {overlap:.2f}; index build + query "
+                        f"{100 * share:.1f} % of the run ({index_seconds['backend']})", device=args.device))
+        for found in rows:
+            print(f"{found['workload']:80} {found['ratio']:6.2f}x")
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":
