@@ -148,7 +148,7 @@ def cli_inputs(tmp_path_factory):
     model = tiny_bert(num_labels=2)
     model.save_pretrained(root / "model")
     bert_tokenizer().save_pretrained(root / "model")
-    train = [{"text": f"{TRAIN[i % 24]} number {i}", "label": LABELS[i % 24]} for i in range(600)]
+    train = [{"text": f"{TRAIN[i % 24]} number {i}", "label": LABELS[i % 24]} for i in range(300)]
     _write_jsonl(root / "train.jsonl", train)
     _write_jsonl(root / "test.jsonl", [{"text": t} for t in TEST])
     return root
@@ -157,7 +157,7 @@ def cli_inputs(tmp_path_factory):
 def _cli(root: pathlib.Path, output: pathlib.Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "saliency_fast", "influence", "--train", str(root / "train.jsonl"), "--test",
             str(root / "test.jsonl"), "--output", str(output), "--model", str(root / "model"), "--k", "3",
-            "--shard-size", "20", "--batch-size", "10", "--no-progress", "--device", "cpu", *extra]
+            "--shard-size", "10", "--batch-size", "10", "--no-progress", "--device", "cpu", *extra]
 
 
 def _shards(output: pathlib.Path) -> dict[str, torch.Tensor]:
@@ -184,7 +184,7 @@ def test_cli_sigkill_resume_and_html(cli_inputs, tmp_path):
     resumed, expected = _shards(killed), _shards(straight)
     assert sorted(resumed) == sorted(expected) and len(expected) == 30
     for name, vectors in expected.items():
-        assert vectors.shape[0] == 20 and torch.equal(resumed[name], vectors), name
+        assert vectors.shape[0] == 10 and torch.equal(resumed[name], vectors), name
     for name, vectors in partial.items():
         assert torch.equal(resumed[name], vectors), f"{name} was rewritten"
     assert not list(killed.rglob(".*.tmp"))
