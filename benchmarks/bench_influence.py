@@ -25,6 +25,7 @@ import argparse
 import json
 import pathlib
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -228,6 +229,7 @@ def main() -> None:
         for found in rows:
             print(f"{found['workload']:80} {found['ratio']:6.2f}x")
     write_rows(args.json, rows)
+    shutil.rmtree(workdir, ignore_errors=True)  # three MiniLM checkpoints and the indexes
 
 
 if __name__ == "__main__":
