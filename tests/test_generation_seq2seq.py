@@ -334,3 +334,25 @@ def seq2seq_blocks(model):
     from saliency_fast.hf.layers import transformer_blocks
 
     return transformer_blocks(model)
+
+
+@pytest.mark.parametrize("target", ["logit", "prob"])
+def test_split_head_equals_the_models_own_head(family, target):
+    model, tok = tiny_seq2seq(family)
+    split = attribute(model, tok, "saliency", target=target, aggregate="none")
+    full = attribute(model, tok, "saliency", target=target, aggregate="none", lm_head="full")
+    assert split.metadata["lm_head"] == ("rows" if target == "logit" else "targets")
+    assert full.metadata["lm_head"] == "model"
+    assert_close(joined(split), joined(full), rtol=1e-5, atol=1e-7)
+
+
+def test_tied_t5_head_is_found_by_its_scale():
+    model, _ = tiny_seq2seq("t5", tie_word_embeddings=True)  # T5 scales the tied head's input by d_model ** -0.5
+    head = seq2seq.Seq2SeqScorer(model, 3)._head
+    assert head is not None and head.scale == model.config.d_model ** -0.5 and not head.final_bias
+    bart, tok = tiny_seq2seq("bart")
+    bart.final_logits_bias.normal_()  # zero at init: make it count
+    assert seq2seq.Seq2SeqScorer(bart, 3)._head.final_bias
+    split = attribute(bart, tok, "saliency", target="logit", aggregate="sum")
+    full = attribute(bart, tok, "saliency", target="logit", aggregate="sum", lm_head="full")
+    assert_close(joined(split), joined(full), rtol=1e-5, atol=1e-7)

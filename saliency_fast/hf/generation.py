@@ -113,7 +113,7 @@ def attribute_generation(
         ids, n_source = pair.ids, len(pair.source)
         n_prompt = n_source + 1
         embedding = seq2seq.SequenceEmbedding(model, n_source)
-        scorer = seq2seq.Seq2SeqScorer(model, n_source)
+        scorer = seq2seq.Seq2SeqScorer(model, n_source, options["lm_head"])
     else:
         ids, n_prompt = sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
         n_source, embedding = 0, explainer.embedding

@@ -23,7 +23,7 @@ from torch import nn
 
 from saliency_fast.hf import model_io
 from saliency_fast.hf import targets as target_fns
-from saliency_fast.hf.lm_head import _probed, agrees
+from saliency_fast.hf.lm_head import _probed, _row_logits, agrees
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:
@@ -158,19 +158,88 @@ def _probe_scales(model: nn.Module) -> tuple[float, float] | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """How the decoder's final hidden states become logits: ``(scale * h) @ W.T (+ final_logits_bias)``
+    (T5 scales by ``d_model ** -0.5`` when its head is tied; BART's family adds a bias buffer)."""
+
+    scale: float
+    final_bias: bool
+
+
+def _decoder_hidden(model: nn.Module, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    encoded = model.get_encoder()(inputs_embeds=source).last_hidden_state
+    return model.get_decoder()(inputs_embeds=target, encoder_hidden_states=encoded, use_cache=False).last_hidden_state
+
+
+def _probe_head(model: nn.Module) -> _Head | None:
+    """The head that ``head(body(x))`` reproduces the model's logits with, or None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    scales = _probed(model, _probe_scales)
+    if not isinstance(head, nn.Linear) or scales is None:
+        return None
+    encoder_table, decoder_table = _tables(model)
+    n = min(4, encoder_table.num_embeddings)
+    source = torch.arange(n, device=head.weight.device).unsqueeze(0)
+    target = torch.tensor([[decoder_start_id(model), *range(min(3, n))]], device=head.weight.device)
+    d_model = getattr(model.config, "d_model", None) or head.weight.shape[1]
+    with torch.no_grad():
+        expected = model(input_ids=source, decoder_input_ids=target, use_cache=False).logits.float()
+        try:
+            hidden = _decoder_hidden(model, encoder_table(source) * scales[0], decoder_table(target) * scales[1])
+        except (TypeError, ValueError, AttributeError):
+            return None
+        for candidate in (_Head(scale, bias) for scale in (1.0, d_model**-0.5) for bias in (True, False)):
+            if candidate.final_bias and not isinstance(getattr(model, "final_logits_bias", None), torch.Tensor):
+                continue
+            got = head(hidden * candidate.scale).float() + (model.final_logits_bias.float() if candidate.final_bias else 0)
+            if got.shape == expected.shape and agrees(got, expected, head.weight.dtype):
+                return candidate
+    return None
+
+
 class Seq2SeqScorer:
     """``scores(embeds, positions, token_ids, target)`` as :class:`~saliency_fast.hf.lm_head.CausalLMScorer`
-    gives them, over ``[source; target]`` rows (``positions`` count from the first source row)."""
+    gives them, over ``[source; target]`` rows (``positions`` count from the first source row).
 
-    splits = False  # the model's own forward runs: no hand-written pass, no split head
+    ``head="auto"`` splits the model into its encoder-decoder body and its head where a probe shows
+    ``head(body(x))`` gives the model's logits: a ``logit`` target then reads only its row of the head,
+    and the batched backward starts at the decoder's hidden states (:attr:`splits`, as for causal LMs).
+    """
 
-    def __init__(self, model: nn.Module, n_source: int):
+    def __init__(self, model: nn.Module, n_source: int, head: str = "auto"):
         self.model = model
         self.n_source = n_source
+        self._head = _probed(model, _probe_head) if head == "auto" else None
+
+    @property
+    def splits(self) -> bool:
+        return self._head is not None
 
     def scores(self, embeds: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, target: str) -> torch.Tensor:
         target_fns.check_target_fn(target)
+        if self.splits:
+            return self.head_scores(self.hidden(embeds)[:, positions], token_ids, target)
         logits = self.logits_at(embeds, positions)
+        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        return target_fns.score_from_logits(logits, index, target).float()
+
+    def hidden(self, embeds: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S + L, D]``: zeros at the source rows, the decoder's (scaled) final hidden states at
+        the target rows (only when :attr:`splits`; ``rows`` is accepted as the causal scorer's)."""
+        s = self.n_source
+        decoded = _decoder_hidden(self.model, embeds[:, :s], embeds[:, s:]) * self._head.scale
+        return torch.cat([decoded.new_zeros((decoded.shape[0], s, decoded.shape[2])), decoded], dim=1)
+
+    def head_scores(self, hidden: torch.Tensor, token_ids: torch.Tensor, target: str) -> torch.Tensor:
+        """Scores ``[B, T]`` of ``token_ids[i]`` from the hidden states ``hidden[:, i]`` at the targets'
+        positions (only when :attr:`splits`)."""
+        head = self.model.get_output_embeddings()
+        bias = self.model.final_logits_bias[0] if self._head.final_bias else None
+        if target == "logit":
+            out = _row_logits(head, hidden, token_ids)
+            return out if bias is None else out + bias.index_select(0, token_ids.to(bias.device)).float()
+        logits = head(hidden) if bias is None else head(hidden) + bias
         index = token_ids.to(logits.device).expand(logits.shape[:-1])
         return target_fns.score_from_logits(logits, index, target).float()
 
