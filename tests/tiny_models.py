@@ -219,3 +219,47 @@ def tiny_decoder(arch: str, head: str, tokenizer, seed: int = 0, num_labels: int
     config = getattr(transformers, f"{family}Config")(**common)
     suffix = {"classification": "ForSequenceClassification", "causal_lm": "ForCausalLM"}[head]
     return getattr(transformers, f"{family}{suffix}")(config).eval()
+
+
+# Tiny configs (2 layers, 32-64 wide, a 200-word vocabulary) of the decoder families generation is
+# tested on: each family's own norm, position scheme, attention and MLP, nothing else changed.
+_ROPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256)
+CAUSAL_FAMILIES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=256, resid_pdrop=0.0,
+                                                   embd_pdrop=0.0, attn_pdrop=0.0)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(_ROPE)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(_ROPE, sliding_window=None)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(_ROPE)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(_ROPE, head_dim=16)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(_ROPE, head_dim=16)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(_ROPE, head_dim=16, sliding_window=4)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(_ROPE, pad_token_id=None)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=64, intermediate_size=96,
+                                                             num_hidden_layers=2, num_attention_heads=4,
+                                                             max_position_embeddings=256, rotary_pct=0.5)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                num_attention_heads=2, max_position_embeddings=256,
+                                                word_embed_proj_dim=32, dropout=0.0)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                         new_decoder_architecture=True, num_kv_heads=2,
+                                                         hidden_dropout=0.0, attention_dropout=0.0)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(_ROPE, num_local_experts=4, num_experts_per_tok=2,
+                                                            sliding_window=None)),
+}
+
+
+def tiny_causal_lm(family: str, seed: int = 0, vocab_size: int = 200, **overrides):
+    """A random ``family`` causal LM of :data:`CAUSAL_FAMILIES` (eval mode) and a word tokenizer."""
+    config_name, model_name, kwargs = CAUSAL_FAMILIES[family]
+    torch.manual_seed(seed)
+    tok = word_tokenizer(vocab_size)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = getattr(transformers, config_name)(vocab_size=vocab_size, **{**ids, **kwargs, **overrides})
+    model = getattr(transformers, model_name)(config).eval()
+    if family in ("gemma", "gemma2", "qwen3"):  # norms start at the identity: move them so a wrong norm shows
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.add_(0.2 * torch.randn_like(p))
+    return model, tok
