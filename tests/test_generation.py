@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, generation, gpt2_gradients, lm_head
+from saliency_fast.hf import causal_pass, decoder_pass, generation, lm_head
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -298,16 +298,16 @@ def test_the_split_probe_catches_a_final_soft_cap_on_small_logits():
 @pytest.mark.parametrize("hand_written", [True, False])
 def test_saliency_reads_the_head_once_for_all_chunks(explainer, hand_written, monkeypatch):
     """The head's weights (the vocabulary projection) are read once, not once per chunk, with the
-    same result: in the hand-written pass (its one forward gives every target's hidden state) and
+    same result: in the described pass (its one forward gives every target's hidden state) and
     in the generic one (chunks run longest first, and that forward gives them)."""
     if not hand_written:
-        monkeypatch.setattr(gpt2_gradients, "MAX_STATE_BYTES", 0)
+        monkeypatch.setattr(decoder_pass, "MAX_STATE_BYTES", 0)
     run(explainer, "saliency", target="prob")  # the once-per-model probes call the head too
     head = explainer.model.get_output_embeddings()
     calls = []
     handle = head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
     try:
-        assert (gpt2_gradients.for_model(explainer.model, 1, N_TOKENS, None) is not None) == hand_written
+        assert (decoder_pass.select(explainer.model, 1, N_TOKENS, None).engine is not None) == hand_written
         ours = run(explainer, "saliency", target="prob", aggregate="none", target_batch_size=1)
     finally:
         handle.remove()
@@ -320,7 +320,7 @@ def test_the_last_mlp_runs_at_the_target_rows_only(explainer, monkeypatch):
     passes it runs at the chunk's target positions only, and the hidden states there stay exact."""
     from saliency_fast.hf import lm_head
 
-    monkeypatch.setattr(gpt2_gradients, "for_model", lambda *args: None)
+    monkeypatch.setattr(decoder_pass, "select", lambda *args: decoder_pass.Selection(None, "off"))
     model = explainer.model
     mlp = model.transformer.h[-1].mlp
     assert lm_head._probed(model, lm_head._probe_last_mlp) is mlp
@@ -510,14 +510,14 @@ def test_default_rows_fill_the_budget_in_even_batches():
     assert generation._default_rows(cp, 16) == 4  # 4 x 4, not 5 + 5 + 5 + 1
     assert generation._default_rows(cp, 3) == 3 and generation._default_rows(cp, 10) == 5
     assert generation._default_rows(SimpleNamespace(max_batch_tokens=10, target_batch_size=16, prefix_length=95), 16) == 1
-    assert generation._default_rows(cp, 16, targets=8) == 8  # the hand-written pass's chunks: 10 points fit, 8 + 8
+    assert generation._default_rows(cp, 16, targets=8) == 8  # the described pass's chunks: 10 points fit, 8 + 8
 
 
-def test_the_hand_written_pass_takes_fewer_targets_per_backward(explainer):
+def test_the_described_pass_takes_fewer_targets_per_backward(explainer):
     cp = causal_pass.CausalPass(
         scorer=lm_head.CausalLMScorer(explainer.model), embeds=torch.randn(9, 32), positions=torch.arange(2, 8),
         token_ids=torch.arange(6), target="prob",
     )
-    assert cp.hand_written(4) is not None
-    assert cp.targets_per_backward(4) == gpt2_gradients.TARGETS_PER_CHUNK < cp.target_batch_size
+    assert cp.select_engine(4).engine is not None
+    assert cp.targets_per_backward(4) == decoder_pass.TARGETS_PER_CHUNK < cp.target_batch_size
     assert dataclasses.replace(cp, dtype=torch.float16).targets_per_backward(4) == cp.target_batch_size  # autograd

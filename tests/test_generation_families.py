@@ -24,6 +24,8 @@ PROMPT = "the movie was"
 FULL = "the movie was good w5 w7 bad i w12 w3"
 N_PROMPT = 3
 FAMILIES = sorted(CAUSAL_FAMILIES)
+# the families a description in saliency_fast/hf/families/ covers: the described pass runs there
+DESCRIBED = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 
 
 @functools.cache
@@ -94,6 +96,9 @@ def test_saliency_equals_the_per_prefix_loop(family):
     explainer = explainer_of(family)
     ours = run(explainer, "saliency", target="prob", aggregate="none")
     assert row_errors(ours.scores, naive(explainer, "saliency", "prob")).max() <= 1e-4
+    engine = ours.metadata["engine"]
+    assert engine["name"] == ("layered" if family in DESCRIBED else "autograd"), engine
+    assert engine["family"] == (family if family in DESCRIBED else None) and engine["reason"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -110,6 +115,7 @@ def test_integrated_gradients_equal_the_per_prefix_loop(family):
     ours = run(explainer, "integrated_gradients", target="logit", aggregate="none", baseline="unk", n_steps=4,
                internal_batch_size=2)
     assert row_errors(ours.scores, naive(explainer, "integrated_gradients", "logit", unk, n_steps=4)).max() <= 1e-4
+    assert ours.metadata["engine"]["name"] == ("layered" if family in DESCRIBED else "autograd")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,6 +124,7 @@ def test_occlusion_equals_the_per_prefix_loop(family):
     pad = explainer.tokenizer.pad_token_id
     ours = run(explainer, "occlusion", target="logprob", baseline="pad", perturbations_per_eval=4)
     assert row_errors(ours.scores, naive(explainer, "occlusion", "logprob", pad)).max() <= 1e-4
+    assert ours.metadata["engine"] == {"name": "autograd", "family": None, "reason": "forward passes only"}
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
@@ -128,7 +135,7 @@ def test_bfloat16_errs_no_more_than_autocasts_own_loop(family):
     unk = explainer.tokenizer.unk_token_id
     for method, kwargs in (("saliency", {}), ("integrated_gradients", {"n_steps": 4, "baseline": "unk"})):
         ours = run(explainer, method, target="logit", aggregate="none", dtype=torch.bfloat16, **kwargs)
-        assert ours.metadata["dtype"] == "bfloat16"
+        assert ours.metadata["dtype"] == "bfloat16" and ours.metadata["engine"]["name"] == "layered"
         baseline_id = unk if kwargs else None
         exact = naive(explainer, method, "logit", baseline_id, n_steps=4)
         autocast = naive(explainer, method, "logit", baseline_id, n_steps=4, dtype=torch.bfloat16)

@@ -115,8 +115,8 @@ def test_other_families_run_with_rules_and_cp_lrp_conserves(family):
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_gpt2_generation_equals_lxt_rules_without_the_hand_written_pass(rule):
-    """GPT-2 generation normally takes the hand-written pass, which knows no rules: under them the
+def test_gpt2_generation_equals_lxt_rules_without_the_described_pass(rule):
+    """GPT-2 generation normally takes the described pass, which knows no rules: under them the
     engine runs autograd, and equals lxt's GPT-2 rules (LayerNorm, MLP activation, attention)."""
     model, tok = tiny_gpt2()
     with torch.no_grad():
@@ -128,6 +128,7 @@ def test_gpt2_generation_equals_lxt_rules_without_the_hand_written_pass(rule):
     relevance = explainer.attribute_generation(PROMPT, method=rule, **kwargs)
     expected = generation_relevance(model, relevance.token_ids, relevance.metadata["n_prompt_tokens"], "gpt2", rule)
     assert rel_error(relevance.scores, expected) <= 1e-4
+    assert relevance.metadata["engine"]["name"] == "autograd"
     plain = explainer.attribute_generation(PROMPT, method="input_x_gradient", **kwargs)
     assert rel_error(plain.scores, expected) > 1e-2
 

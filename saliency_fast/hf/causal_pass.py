@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from saliency_fast import ops
 from saliency_fast.methods import integrated_gradients as ig
 from saliency_fast.hf.explainer import NonFiniteAttributionError, _eager_attention
-from saliency_fast.hf import gpt2_gradients
+from saliency_fast.hf import decoder_pass
 from saliency_fast.hf.lm_head import CausalLMScorer
 
 
@@ -101,9 +101,11 @@ class CausalPass:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     target_batch_size: int = 16
     progress: bool = False
-    # False: autograd always (the hand-written pass would bypass rules put on the model's modules, LRP's)
-    hand_written_pass: bool = True
+    # False: autograd always (the described pass would bypass rules put on the model's modules, LRP's)
+    described_pass: bool = True
     _bar: tqdm | None = dataclasses.field(default=None, init=False, repr=False)
+    # which gradient pass ran and why (metadata["engine"]); None until a gradient method selects one
+    engine_info: dict | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def n_targets(self) -> int:
@@ -118,18 +120,24 @@ class CausalPass:
         """Target chunks for ``rows`` points per forward."""
         return plan_chunks(self.positions.tolist(), rows, self.max_batch_tokens, self.target_batch_size)
 
-    def hand_written(self, n_points: int) -> gpt2_gradients.GPT2Gradients | None:
-        """The hand-written pass (:mod:`saliency_fast.hf.gpt2_gradients`) for ``n_points`` points over
-        the sequence, where the model has one; None where autograd runs."""
-        if not self.scorer.splits or not self.hand_written_pass:
-            return None
-        return gpt2_gradients.for_model(self.scorer.model, n_points, self.prefix_length, self.dtype)
+    def select_engine(self, n_points: int) -> decoder_pass.Selection:
+        """The described pass (:mod:`saliency_fast.hf.decoder_pass`) for ``n_points`` points over the
+        sequence where the model takes it, else autograd, and why (kept for ``metadata["engine"]``)."""
+        if not self.described_pass:
+            found = decoder_pass.Selection(None, "rules put on the model's modules (LRP) need autograd")
+        elif not self.scorer.splits:
+            found = decoder_pass.Selection(None, "the model's own forward runs (lm_head='full', an encoder-decoder "
+                                                 "model, or head(body(x)) does not give the model's logits)")
+        else:
+            found = decoder_pass.select(self.scorer.model, n_points, self.prefix_length, self.dtype)
+        self.engine_info = found.metadata()
+        return found
 
     def targets_per_backward(self, n_points: int) -> int:
         """The most targets one backward takes when ``n_points`` points are attributed."""
-        if self.hand_written(n_points) is None:
+        if self.select_engine(n_points).engine is None:
             return self.target_batch_size
-        return min(self.target_batch_size, gpt2_gradients.TARGETS_PER_CHUNK)
+        return min(self.target_batch_size, decoder_pass.TARGETS_PER_CHUNK)
 
     def autocast(self):
         if self.dtype is None:
@@ -293,8 +301,8 @@ class PointGradients:
     by chunk: batch ``k`` is ``points(k)`` (``[sizes[k], N, D]``: the input, path points, noisy
     copies), made when needed; each chunk reads its first ``chunk.length`` tokens.
 
-    The hand-written pass (:mod:`saliency_fast.hf.gpt2_gradients`) where the model has one: one
-    forward per batch over the whole sequence, kept, then a backward per chunk of a few targets. Else
+    The described pass (:mod:`saliency_fast.hf.decoder_pass`) where the model takes it: one forward
+    per batch over the whole sequence, kept, then a backward per chunk of a few targets. Else
     autograd (:meth:`CausalPass.gradients`): a forward per chunk and batch on the chunk's prefix;
     with a single batch (saliency) chunks run longest first, and that forward gives every target's
     head gradients (:class:`SharedHeadGradients`).
@@ -302,7 +310,7 @@ class PointGradients:
 
     def __init__(self, cp: CausalPass, sizes: list[int], points: Callable[[int], torch.Tensor]):
         self.cp, self.sizes, self.points = cp, sizes, points
-        self.engine = cp.hand_written(sum(sizes))
+        self.engine = cp.select_engine(sum(sizes)).engine
         self._shared_heads = SharedHeadGradients() if len(sizes) == 1 and self.engine is None else None
         self._states, self._heads = [], []
 

@@ -154,7 +154,7 @@ def attribute_generation(
         max_batch_tokens=options["max_batch_tokens"],
         target_batch_size=options["target_batch_size"],
         progress=options["progress"],
-        hand_written_pass=spec.family != "lrp",
+        described_pass=spec.family != "lrp",
     )
     board = causal_pass.ScoreBoard(n_targets, embeds, None if spec.per_token else aggregate, _aggregate)
     metadata_extra = {"n_steps": None, "completeness_error": None}
@@ -220,6 +220,7 @@ def attribute_generation(
         forced=generated_text is not None,
         dtype=None if options["dtype"] is None else str(options["dtype"]).replace("torch.", ""),
         lm_head=("rows" if target == "logit" else "targets") if cp.scorer.splits else "model",
+        engine=cp.engine_info or {"name": "autograd", "family": None, "reason": _autograd_reason(spec, layer_request)},
     )
     if n_source:
         metadata.update(n_source_tokens=n_source, source_text=prompt)
@@ -237,6 +238,17 @@ def attribute_generation(
             f"layer {i}" for i in range(layer_scores.shape[1])],
         **source,
     )
+
+
+def _autograd_reason(spec, layer_request) -> str:
+    """Why a method that never selects an engine runs as it does."""
+    if layer_request is not None:
+        return "layer attribution runs through autograd"
+    if spec.family == "lrp":
+        return "rules put on the model's modules (LRP) need autograd"
+    if spec.per_token or spec.family == "attention":
+        return "forward passes only"
+    return "n_steps='auto' (nested rules, per target) runs through autograd"
 
 
 def _check_arguments(prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs):
