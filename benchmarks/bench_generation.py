@@ -5,8 +5,10 @@ inseq and our runs taking turns (so a VM's drift in speed hits both); the output
 (max |ours - inseq| / max |inseq| over the [generated, tokens] matrix after the L2 norm over the
 embedding dim, inseq's default aggregation) and the time ratio printed.
 
-Model: the GPT-2-small architecture (``GPT2Config()`` defaults: 12 layers, 768 dims, 50,257 tokens),
-random init, with a word-level tokenizer over its vocabulary (``tests/tiny_models.word_tokenizer``).
+Model (``--arch``): the GPT-2-small architecture (``GPT2Config()`` defaults: 12 layers, 768 dims,
+50,257 tokens), or Llama / Qwen2 / Gemma at that scale (12 layers of 768, 12 query and 4 key-value
+heads, gated MLP of 2048, 32,000 tokens), random init, with a word-level tokenizer over its
+vocabulary (``tests/tiny_models.word_tokenizer``).
 Cases: prompt 16 + 16 forced tokens, prompt 32 + 64. Methods: saliency, and integrated gradients
 (16 Gauss-Legendre steps, ``unk`` baseline as inseq) in float32 and with bf16 autocast.
 
@@ -18,8 +20,8 @@ at GPT-2-small width that is hours on a small CPU, so the every-step run uses a 
 (``--long-layers/--long-embd/--long-heads``, default 1 layer of 128 dims), then the last
 ``--width-steps`` steps (8) run on the full GPT-2-small architecture (12 layers of 768): memory is
 set by the longest chunk (the last one), so the peak of the last steps is the peak of a whole run
-at that width. The narrow model's kept activations fit the hand-written GPT-2 pass
-(``saliency_fast/hf/gpt2_gradients.py``; its one block is the last, run at each target's row);
+at that width. The narrow model's kept activations fit the described pass
+(``saliency_fast/hf/decoder_pass.py``; its one block is the last, run at each target's row);
 GPT-2-small's at 4,096 tokens do not (11 GB), so the width run takes the generic autograd pass.
 
     python benchmarks/bench_generation.py                 # both cases, saliency + IG
@@ -54,30 +56,49 @@ from saliency_fast.hf.causal_pass import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 CASES = {"16+16": (16, 16), "32+64": (32, 64)}
 
 
-def build(n_layer: int = 12, n_positions: int = 1024, seed: int = 0, **overrides):
+# Llama-architecture models at GPT-2-small scale (issue 18): 12 layers of 768, 12 query and 4
+# key-value heads, a gated MLP of 2048, a 32k vocabulary; Qwen2 and Gemma the same sizes.
+_LLAMA_SIZE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                   intermediate_size=2048, vocab_size=32000, max_position_embeddings=4096)
+ARCHS = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _LLAMA_SIZE),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _LLAMA_SIZE),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(_LLAMA_SIZE, head_dim=64)),
+}
+
+
+def build(n_layer: int = 12, n_positions: int = 1024, seed: int = 0, arch: str = "gpt2", **overrides):
+    """A random ``arch`` model (GPT-2: ``GPT2Config()`` defaults but ``n_layer``/``n_positions``) and a
+    word-level tokenizer over its vocabulary."""
     import transformers
     from tiny_models import word_tokenizer
 
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_layer=n_layer, n_positions=n_positions, **overrides)
+    config_name, model_name, sizes = ARCHS[arch]
+    if arch == "gpt2":
+        sizes = dict(n_layer=n_layer, n_positions=n_positions)
+    elif n_layer != 12:
+        sizes = dict(sizes, num_hidden_layers=n_layer)
+    config = getattr(transformers, config_name)(**{**sizes, **overrides})
     tok = word_tokenizer(config.vocab_size)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    return transformers.GPT2LMHeadModel(config).eval(), tok
+    return getattr(transformers, model_name)(config).eval(), tok
 
 
-def texts(n_prompt: int, n_new: int, seed: int = 0) -> tuple[str, str]:
+def texts(n_prompt: int, n_new: int, seed: int = 0, vocab: int = 50000) -> tuple[str, str]:
     gen = torch.Generator().manual_seed(seed)
-    words = [f"w{int(i)}" for i in torch.randint(0, 50000, (n_prompt + n_new,), generator=gen)]
+    words = [f"w{int(i)}" for i in torch.randint(0, vocab - 20, (n_prompt + n_new,), generator=gen)]
     return " ".join(words[:n_prompt]), " ".join(words)
 
 
-def ours(explainer, prompt, full, method, target, **kwargs) -> torch.Tensor:
+def ours(explainer, prompt, full, method, target, **kwargs):
     from saliency_fast.hf import generation
 
     return generation.attribute_generation(
         explainer, prompt, generated_text=full, method=method, target=target, aggregate="l2", progress=False,
         **kwargs,
-    ).scores
+    )
 
 
 def inseq_l2(inseq_model, prompt, full, target, **kwargs) -> torch.Tensor:
@@ -99,18 +120,19 @@ def compare(args) -> None:
     import saliency_fast
 
     inseq_version = importlib.metadata.version("inseq")
-    model, tok = build()
+    model, tok = build(arch=args.arch)
     explainer = saliency_fast.Explainer(model, tok)
-    _, inseq_tok = build(n_layer=1)  # inseq reconfigures its tokenizer: give it its own copy
+    _, inseq_tok = build(n_layer=1, arch=args.arch)  # inseq reconfigures its tokenizer: give it its own copy
+    vocab = model.config.vocab_size
     print(f"backend={saliency_fast.ops.active_backend()} threads={torch.get_num_threads()} "
-          f"model=GPT-2-small random init, target={args.target}")
+          f"model={args.arch} (12 x 768, vocabulary {vocab}) random init, target={args.target}")
     header = (f"{'case':>6} {'method':>22} {'dtype':>9} {'inseq s':>9} {'ours s':>8} {'ratio':>7} "
               f"{'inseq cpu':>10} {'ours cpu':>9} {'cpu ratio':>9} {'max rel err':>12}")
     print(header)
     print("-" * len(header))
     rows = []  # the run_all.py schema
     for case in args.cases:
-        prompt, full = texts(*CASES[case])
+        prompt, full = texts(*CASES[case], vocab=vocab)
         for method in args.methods:
             kwargs = {"n_steps": args.n_steps} if method == "integrated_gradients" else {}
             im = inseq.load_model(model, method, tokenizer=inseq_tok)
@@ -118,7 +140,7 @@ def compare(args) -> None:
             # alone takes minutes), so that the whole benchmark stays under 10 minutes
             long_case = (method != "saliency" and case != "16+16") or args.quick
             runs, warmup = (1, 0) if long_case else (args.repeats, 1)
-            outputs = {}
+            outputs, engines = {}, {}
 
             def run_inseq():
                 outputs["inseq"] = inseq_l2(im, prompt, full, args.target, **kwargs)
@@ -130,7 +152,8 @@ def compare(args) -> None:
                 extra = dict(kwargs, baseline="unk") if method == "integrated_gradients" else {}
 
                 def run_ours(name=name, dtype=dtype, extra=extra):
-                    outputs[name] = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
+                    result = ours(explainer, prompt, full, method, args.target, dtype=dtype, **extra)
+                    outputs[name], engines[name] = result.scores, result.metadata["engine"]["name"]
 
                 fns[name] = run_ours
             timings = interleaved(fns, runs=runs, warmup=warmup)
@@ -139,10 +162,12 @@ def compare(args) -> None:
                 t_ours, c_ours = timings[name].median, timings[name].cpu_median
                 error = rel_error(outputs[name], outputs["inseq"])
                 print(f"{case:>6} {method:>22} {name:>9} {t_inseq:9.2f} {t_ours:8.2f} {t_inseq / t_ours:6.1f}x "
-                      f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {error:12.2e}", flush=True)
+                      f"{c_inseq:10.2f} {c_ours:9.2f} {c_inseq / c_ours:8.1f}x {error:12.2e}  {engines[name]}",
+                      flush=True)
                 less = name != "float32"  # ours in bf16 against inseq in float32
+                arch = "" if args.arch == "gpt2" else f"{args.arch} "
                 rows.append(row(
-                    f"generation {case} tokens, {method} {name}", f"inseq {inseq_version} float32",
+                    f"generation {arch}{case} tokens, {method} {name}", f"inseq {inseq_version} float32",
                     timings["inseq"], timings[name], max_diff=error, peer_dtype="float32", ours_dtype=name,
                     floor_s=None, kind="less-work" if less else "equal-work",
                     accuracy=f"ours bf16 vs inseq fp32: max rel. diff {error:.1e}; inseq in bf16 not measured"
@@ -210,6 +235,8 @@ def _print_long(found: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16 + 16 only, one timed repeat")
+    parser.add_argument("--arch", default="gpt2", choices=sorted(ARCHS),
+                        help="gpt2: GPT-2-small; llama, qwen2, gemma: 12 x 768, GQA 12/4 heads, MLP 2048, 32k words")
     parser.add_argument("--cases", default="16+16,32+64")
     parser.add_argument("--methods", default="saliency,integrated_gradients")
     parser.add_argument("--target", default="prob", choices=["prob", "logit"],
