@@ -40,6 +40,36 @@ def _map(value, fn):
 # ------------------------------------------------------------------------------- projection
 
 
+class TargetRows:
+    """The rows a batch of target gradients ``[T, S, Lc, ...]`` can be nonzero at: target ``i`` at
+    rows ``<= positions[i]`` (causality; the rest stay exactly zero). Matmuls over the gradients run
+    on these rows only, packed (``[N, ...]``), so a chunk of targets does not pay for its padding to
+    the longest prefix."""
+
+    def __init__(self, positions: torch.Tensor, n_points: int, length: int):
+        valid = torch.arange(length, device=positions.device) <= positions.unsqueeze(1)  # [T, Lc]
+        self.index = valid.unsqueeze(1).expand(-1, n_points, -1).reshape(-1).nonzero().squeeze(1)
+        self.state_index = self.index % (n_points * length)  # the packed rows' (point, row) in a state
+        self.shape = (positions.shape[0], n_points, length)
+
+    def pack(self, grad: torch.Tensor) -> torch.Tensor:
+        """``[T, S, Lc, *rest]`` -> ``[N, *rest]``."""
+        return grad.reshape(-1, *grad.shape[3:]).index_select(0, self.index)
+
+    def pack_state(self, state: torch.Tensor) -> torch.Tensor:
+        """A state ``[S, Lc, *rest]`` at the packed rows: ``[N, *rest]``."""
+        return state.reshape(-1, *state.shape[2:]).index_select(0, self.state_index)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[N, K]`` -> ``[T, S, Lc, K]``, zero at the other rows."""
+        out = packed.new_zeros((self.shape[0] * self.shape[1] * self.shape[2], packed.shape[-1]))
+        return out.index_copy_(0, self.index, packed).view(*self.shape, -1)
+
+    def matmul(self, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``grad @ weight`` for ``grad`` ``[T, S, Lc, K]``, computed at the valid rows only."""
+        return self.unpack(self.pack(grad) @ weight)
+
+
 @dataclasses.dataclass
 class Projection:
     """``x @ W + b`` with ``W`` ``[in, out]`` (a Linear's weight transposed, a Conv1D's as it is)."""
@@ -72,9 +102,12 @@ class Projection:
         out = flat @ self.weight if self.bias is None else torch.addmm(self.bias, flat, self.weight)
         return out.view(*x.shape[:-1], -1)
 
-    def input_grad(self, grad: torch.Tensor, columns: slice = slice(None)) -> torch.Tensor:
-        """``grad @ W[:, columns].T``: one matmul over every leading dim."""
-        return torch.matmul(grad.to(self.weight.dtype), self.weight[:, columns].T)
+    def input_grad(self, grad: torch.Tensor, columns: slice = slice(None), rows: TargetRows | None = None
+                   ) -> torch.Tensor:
+        """``grad @ W[:, columns].T``: one matmul over every leading dim (``rows``: the valid rows only)."""
+        weight = self.weight[:, columns].T
+        grad = grad.to(self.weight.dtype)
+        return torch.matmul(grad, weight) if rows is None else rows.matmul(grad, weight)
 
 
 # ------------------------------------------------------------------------------------ norms
@@ -241,11 +274,11 @@ class Attention:
             allowed &= rows.unsqueeze(1) - rows.unsqueeze(0) < self.window
         return allowed
 
-    def backward(self, grad: torch.Tensor, state: AttentionState, length: int) -> torch.Tensor:
+    def backward(self, grad: torch.Tensor, state: AttentionState, rows: TargetRows) -> torch.Tensor:
         """Input gradient for gradients ``[T, S, Lc, D]`` of the output over the first ``Lc`` rows."""
-        t, s = grad.shape[:2]
+        t, s, length = rows.shape
         hkv, g, dh = self.n_kv_heads, self._group, self.head_dim
-        d_out = self.out.input_grad(grad).view(t, s, length, hkv, g, dh).permute(0, 1, 3, 4, 2, 5)
+        d_out = self.out.input_grad(grad, rows=rows).view(t, s, length, hkv, g, dh).permute(0, 1, 3, 4, 2, 5)
         probs = state.probs[..., :length, :length]
         q, k, v = (x[..., :length, :] for x in (state.q, state.k, state.v))
         d_scores = softmax_backward(torch.matmul(d_out, v.transpose(-1, -2)), probs).to(q.dtype)
@@ -256,13 +289,13 @@ class Attention:
         d_k, d_v = d_k.permute(0, 1, 3, 2, 4), d_v.permute(0, 1, 3, 2, 4)
         d_q, d_k = self._unrotate(d_q, d_k, state, length, None)
         d_qkv = torch.cat([d_q.flatten(-2), d_k.flatten(-2), d_v.flatten(-2).to(d_q.dtype)], dim=-1)
-        return self.qkv.input_grad(d_qkv)
+        return self.qkv.input_grad(d_qkv, rows=rows)
 
     def backward_at_rows(self, grad: torch.Tensor, state: AttentionState, positions: torch.Tensor,
-                         length: int) -> torch.Tensor:
+                         rows: TargetRows) -> torch.Tensor:
         """Input gradient ``[T, S, Lc, D]`` for gradients ``[T, S, D]`` of the output at each target's
         row only: its query there, keys and values at every row up to ``Lc``."""
-        t, s = grad.shape[:2]
+        t, s, length = rows.shape
         hq, hkv, g, dh = self.n_heads, self.n_kv_heads, self._group, self.head_dim
         d_out = self.out.input_grad(grad).view(t, s, hkv, g, dh)
         probs = state.probs.index_select(3, positions)[..., :length].permute(3, 0, 1, 2, 4)  # [T, S, Hkv, G, Lc]
@@ -274,7 +307,7 @@ class Attention:
         d_v = torch.einsum("tshgk,tshgd->tskhd", probs.to(d_out.dtype), d_out)
         d_q, d_k = self._unrotate(d_q, d_k, state, length, positions)
         d_x = self.qkv.input_grad(torch.cat([d_k.flatten(-2), d_v.flatten(-2).to(d_k.dtype)], dim=-1),
-                                  slice(hq * dh, None))
+                                  slice(hq * dh, None), rows=rows)
         index = torch.arange(t, device=grad.device)
         d_x[index, :, positions] += self.qkv.input_grad(d_q.flatten(-2), slice(0, hq * dh)).to(d_x.dtype)
         return d_x
@@ -304,10 +337,11 @@ class Attention:
 
 @dataclasses.dataclass
 class MLPState:
-    """What the backward multiplies by: ``f'(pre)`` (plain), or ``up * f'(gate)`` and ``f(gate)``."""
+    """What the backward multiplies the down projection's input gradient by, ``[S, L, k, I]``:
+    ``f'(pre)`` (plain, k = 1), or ``up * f'(gate)`` and ``f(gate)`` (gated, k = 2: the gradients of
+    the gate's and the up projection's columns)."""
 
-    d_gate: torch.Tensor
-    gate: torch.Tensor | None
+    factors: torch.Tensor
 
 
 @dataclasses.dataclass
@@ -326,16 +360,20 @@ class MLP:
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MLPState]:
         pre = self.up(x)
         if not self.gated:
-            return self.down(self.activation.value(pre)).to(x.dtype), MLPState(self.activation.derivative(pre), None)
+            return self.down(self.activation.value(pre)).to(x.dtype), MLPState(self.activation.derivative(pre).unsqueeze(-2))
         gate, up = pre.chunk(2, dim=-1)
         f = self.activation.value(gate)
-        return self.down(f * up).to(x.dtype), MLPState(up * self.activation.derivative(gate), f)
+        return self.down(f * up).to(x.dtype), MLPState(torch.stack([up * self.activation.derivative(gate), f], dim=-2))
 
-    def backward(self, grad: torch.Tensor, state: MLPState) -> torch.Tensor:
-        inner = self.down.input_grad(grad)
-        if not self.gated:
-            return self.up.input_grad(inner.mul_(state.d_gate))
-        return self.up.input_grad(torch.cat([inner * state.d_gate, inner * state.gate], dim=-1))
+    def backward(self, grad: torch.Tensor, state: MLPState, rows: TargetRows | None = None) -> torch.Tensor:
+        """Input gradient for gradients ``[T, S, Lc, D]`` at their valid ``rows`` (packed: the
+        elementwise work skips the padding too), or for gradients of ``state``'s shape / ``[T, *that]``."""
+        if rows is None:
+            inner = self.down.input_grad(grad)
+            return self.up.input_grad((inner.unsqueeze(-2) * state.factors).flatten(-2))
+        inner = self.down.input_grad(rows.pack(grad))  # [N, I]
+        factors = rows.pack_state(state.factors)  # [N, k, I]
+        return rows.unpack(self.up.input_grad((inner.unsqueeze(-2) * factors).flatten(-2)))
 
 
 # ----------------------------------------------------------------------------- description

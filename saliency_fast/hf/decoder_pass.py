@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from saliency_fast.hf import families, lm_head
-from saliency_fast.hf.decoder_blocks import AttentionState, Block, Decoder, MLPState, NormState, at_rows, crop
+from saliency_fast.hf.decoder_blocks import (AttentionState, Block, Decoder, MLPState, NormState, TargetRows, at_rows,
+                                             crop)
 
 # Saved activations of the shared forward: the pass is taken only below this (attention
 # probabilities grow with the square of the length; longer sequences take the generic pass, whose
@@ -116,32 +117,32 @@ class DecoderPass:
         """``d score_i / d embeds`` ``[T, S, Lc, D]`` for targets read at ``positions`` (``[T]``) whose
         gradients at the final hidden states (there only) are ``seeds`` (``[S, T, D]``); ``Lc`` is
         ``max(positions) + 1`` (every target's rows after its own position are zero)."""
-        length = int(positions.max()) + 1
+        rows = TargetRows(positions, seeds.shape[0], int(positions.max()) + 1)
         top = self.decoder.final_norm.backward(seeds.transpose(0, 1), at_rows(state.final_norm, positions))
-        grad = self._last_block(state.blocks[-1], positions, top, length)
+        grad = self._last_block(state.blocks[-1], positions, top, rows)
         for saved in state.blocks[-2::-1]:
-            grad = self._block(saved, grad, length)
+            grad = self._block(saved, grad, rows)
         return grad  # learned positions are added: the same gradient
 
     @staticmethod
-    def _last_block(saved: _BlockState, positions: torch.Tensor, top: torch.Tensor, length: int) -> torch.Tensor:
+    def _last_block(saved: _BlockState, positions: torch.Tensor, top: torch.Tensor, rows: TargetRows) -> torch.Tensor:
         """The last block's backward from its output gradient ``top`` at each target's row
         (``[T, S, D]``): MLP, norms and query at that row only, keys and values at every row."""
         block = saved.block
         inner = block.mlp.backward(top, at_rows(saved.mlp, positions))
         top = top + block.norm2.backward(inner, at_rows(saved.norm2, positions))
-        d_a = block.attention.backward_at_rows(top, saved.attention, positions, length)
-        grad = block.norm1.backward(d_a, crop(saved.norm1, length))
+        d_a = block.attention.backward_at_rows(top, saved.attention, positions, rows)
+        grad = block.norm1.backward(d_a, crop(saved.norm1, rows.shape[2]))
         grad[torch.arange(len(positions), device=top.device), :, positions] += top
         return grad
 
     @staticmethod
-    def _block(saved: _BlockState, grad: torch.Tensor, length: int) -> torch.Tensor:
+    def _block(saved: _BlockState, grad: torch.Tensor, rows: TargetRows) -> torch.Tensor:
         """One block's backward for gradients ``[T, S, Lc, D]`` of its output."""
-        block = saved.block
-        inner = block.mlp.backward(grad, crop(saved.mlp, length))
+        block, length = saved.block, rows.shape[2]
+        inner = block.mlp.backward(grad, crop(saved.mlp, length), rows)
         grad = grad + block.norm2.backward(inner, crop(saved.norm2, length))
-        d_a = block.attention.backward(grad, saved.attention, length)
+        d_a = block.attention.backward(grad, saved.attention, rows)
         return grad + block.norm1.backward(d_a, crop(saved.norm1, length))
 
 
