@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, decoder_pass, generation, lm_head
+from saliency_fast.hf import causal_pass, decoder_pass, generation, lm_head, probe_cache
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -323,7 +323,7 @@ def test_the_last_mlp_runs_at_the_target_rows_only(explainer, monkeypatch):
     monkeypatch.setattr(decoder_pass, "select", lambda *args: decoder_pass.Selection(None, "off"))
     model = explainer.model
     mlp = model.transformer.h[-1].mlp
-    assert lm_head._probed(model, lm_head._probe_last_mlp) is mlp
+    assert probe_cache.probed(model, lm_head._probe_last_mlp) is mlp
     rows_seen = []
     handle = mlp.c_fc.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[-2]))
     try:
@@ -348,7 +348,7 @@ def test_a_last_mlp_shared_with_another_block_is_never_cut():
 
     model, _ = tiny_gpt2()
     model.transformer.h[0].mlp = model.transformer.h[-1].mlp  # tied blocks (ALBERT-style sharing)
-    assert lm_head._probed(model, lm_head._probe_last_mlp) is None
+    assert probe_cache.probed(model, lm_head._probe_last_mlp) is None
 
 
 @pytest.mark.parametrize("method,kwargs", [

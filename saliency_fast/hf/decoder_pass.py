@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-import weakref
 
 import torch
 from torch import nn
 
 from saliency_fast.hf import families, lm_head
+from saliency_fast.hf.probe_cache import probed
 from saliency_fast.hf.decoder_blocks import (AttentionState, Block, Decoder, MLPState, NormState, TargetRows, at_rows,
                                              crop)
 
@@ -174,12 +174,7 @@ def select(model: nn.Module, n_points: int, length: int, dtype: torch.dtype | No
         return Selection(None, "the model is in training mode (dropout on)")
     if dtype not in (None, torch.bfloat16):
         return Selection(None, f"dtype {str(dtype).replace('torch.', '')}: the described pass runs float32 or bf16")
-    body = getattr(model, "base_model", model)
-    key = _hooks_key(body)
-    found = _probed.get(model)
-    if found is None or found[0] != key:
-        found = _probed[model] = (key, _probe(model))
-    engine, reason = found[1]
+    engine, reason = probed(model, _probe, key=_hooks_key(getattr(model, "base_model", model)))
     if engine is None:
         return Selection(None, reason)
     size = engine.state_bytes(n_points, length)
@@ -187,9 +182,6 @@ def select(model: nn.Module, n_points: int, length: int, dtype: torch.dtype | No
         return Selection(None, f"kept activations {size / 2**30:.2f} GiB > {MAX_STATE_BYTES / 2**30:.0f} GiB "
                                f"({n_points} point(s) x {length} tokens)")
     return Selection(engine, f"{engine.family} description, probe passed")
-
-
-_probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _hooks_key(body: nn.Module) -> tuple:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import weakref
 
 import torch
 from torch import nn
 
 from saliency_fast.hf import targets as target_fns
+from saliency_fast.hf.probe_cache import probed
 from saliency_fast.hf.layers import transformer_blocks
 
 HEAD_CHOICES = ("auto", "full")
@@ -38,7 +38,6 @@ HEAD_CHOICES = ("auto", "full")
 # on the small logits of a randomly initialised model
 _PROBE_RTOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
 _PROBE_RTOL_DEFAULT = 1e-5
-_probe_results: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class CausalLMScorer:
@@ -54,7 +53,7 @@ class CausalLMScorer:
             raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {head!r}")
         self.model = model
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._splits = head == "auto" and _probed(model, _probe_split)
+        self._splits = head == "auto" and probed(model, _probe_split)
 
     @property
     def splits(self) -> bool:
@@ -74,7 +73,7 @@ class CausalLMScorer:
         """The body's final hidden states ``[B, L, D]`` (only when :attr:`splits`); with ``rows``
         (positions ``[T]``) they are exact at those rows only: the rest of the last block's MLP is
         skipped when the model allows it (see :func:`mlp_at_rows`)."""
-        mlp = _probed(self.model, _probe_last_mlp) if rows is not None else None
+        mlp = probed(self.model, _probe_last_mlp) if rows is not None else None
         with contextlib.nullcontext() if mlp is None else mlp_at_rows(mlp, rows):
             return body_hidden(self.model, embeds)
 
@@ -121,14 +120,6 @@ def _row_logits(head: nn.Linear, hidden: torch.Tensor, token_ids: torch.Tensor) 
     if head.bias is not None:
         out = out + head.bias.index_select(0, token_ids.to(head.bias.device)).float()
     return out
-
-
-def _probed(model: nn.Module, probe):
-    """``probe(model)``: whether (or how) a shortcut reproduces the model, checked once per model."""
-    found = _probe_results.setdefault(model, {})
-    if probe not in found:
-        found[probe] = probe(model)
-    return found[probe]
 
 
 def probe_embeds(model: nn.Module, n_tokens: int) -> torch.Tensor:

@@ -23,7 +23,8 @@ from torch import nn
 
 from saliency_fast.hf import model_io
 from saliency_fast.hf import targets as target_fns
-from saliency_fast.hf.lm_head import _probed, _row_logits, agrees
+from saliency_fast.hf.lm_head import _row_logits, agrees
+from saliency_fast.hf.probe_cache import probed
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:
@@ -97,7 +98,7 @@ class SequenceEmbedding(nn.Module):
     def __init__(self, model: nn.Module, n_source: int):
         super().__init__()
         self.encoder_table, self.decoder_table = _tables(model)
-        self.scales = _probed(model, _probe_scales)
+        self.scales = probed(model, _probe_scales)
         if self.scales is None:
             raise ValueError(f"{type(model).__name__}: feeding word embeddings does not reproduce the model's outputs "
                              "from token ids, so its inputs cannot be attributed")
@@ -175,7 +176,7 @@ def _decoder_hidden(model: nn.Module, source: torch.Tensor, target: torch.Tensor
 def _probe_head(model: nn.Module) -> _Head | None:
     """The head that ``head(body(x))`` reproduces the model's logits with, or None."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    scales = _probed(model, _probe_scales)
+    scales = probed(model, _probe_scales)
     if not isinstance(head, nn.Linear) or scales is None:
         return None
     encoder_table, decoder_table = _tables(model)
@@ -210,7 +211,7 @@ class Seq2SeqScorer:
     def __init__(self, model: nn.Module, n_source: int, head: str = "auto"):
         self.model = model
         self.n_source = n_source
-        self._head = _probed(model, _probe_head) if head == "auto" else None
+        self._head = probed(model, _probe_head) if head == "auto" else None
 
     @property
     def splits(self) -> bool:
