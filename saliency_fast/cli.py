@@ -6,15 +6,13 @@ Bad arguments and failures print one line to stderr and exit with status 2 (no t
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import pathlib
-import re
 import sys
 
-EXPLAIN_TASKS = ("auto", "classify", "tagging", "generate", "similarity", "zero-shot")
-DEFAULT_LABELS = ("positive", "negative")
+from saliency_fast.cli_args import (DEFAULT_LABELS, EXPLAIN_TASKS, check_model_path, one_line_errors,
+                                     parse_class_target, parse_labels, parse_positive_int)
+
 DEFAULT_OUT = "saliency_out"
 DEFAULT_MAX_NEW_TOKENS = 10
 OUTPUT_NAMES = ("attribution.json", "attribution.html", "attribution.png")
@@ -80,53 +78,15 @@ def _add_explain_parser(sub) -> None:
                         "sum, abs_sum, dot")
     parser.add_argument("--baseline", default="pad", help="baseline of path methods: pad (default; falls back to "
                         "unk, eos, zero when the tokenizer lacks it), mask, unk, eos, zero")
-    parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels (default: positive,negative)")
+    parser.add_argument("--labels", type=parse_labels, help="comma-separated zero-shot labels (default: positive,negative)")
     parser.add_argument("--reference", help="similarity: the reference text")
-    parser.add_argument("--max-new-tokens", type=_positive_int, help="generate: tokens to generate greedily "
+    parser.add_argument("--max-new-tokens", type=parse_positive_int, help="generate: tokens to generate greedily "
                         f"(default {DEFAULT_MAX_NEW_TOKENS} unless --generated-text is given)")
     parser.add_argument("--generated-text", help="generate: the full text (prompt + continuation) to force")
-    parser.add_argument("--n-steps", type=_positive_int, help="steps of path methods (integrated gradients, ...)")
+    parser.add_argument("--n-steps", type=parse_positive_int, help="steps of path methods (integrated gradients, ...)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
     parser.set_defaults(handler=_run_explain)
-
-
-def _labels(value: str) -> list[str]:
-    labels = [label.strip() for label in value.split(",")]
-    if len(labels) < 2 or not all(labels):
-        raise argparse.ArgumentTypeError(f"expected at least two comma-separated non-empty labels, got {value!r}")
-    return labels
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def one_line_errors(command: str, interrupted: str = ""):
-    """Decorator of a sub-command's handler: an expected error (bad input, a missing file, a model
-    that fails) becomes one line on stderr and exit status 2, Ctrl-C status 130; never a traceback."""
-
-    def wrap(handler):
-        @functools.wraps(handler)
-        def run(args: argparse.Namespace) -> int:
-            try:
-                return handler(args)
-            except KeyboardInterrupt:
-                print(f"saliency-fast {command}: interrupted{interrupted}", file=sys.stderr)
-                return 130
-            except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
-                print(f"saliency-fast {command}: error: {_one_line(exc)}", file=sys.stderr)
-                return 2
-
-        return run
-
-    return wrap
 
 
 @one_line_errors("explain")
@@ -156,7 +116,7 @@ def _explain(args: argparse.Namespace):
         if value is not None:
             raise ValueError(f"{flag} applies only to --task generate; this model's task is {explainer.task!r}")
     return explainer.attribute(
-        args.text, target=_class_target(args.target), score=args.score, reference=args.reference, progress=True,
+        args.text, target=parse_class_target(args.target), score=args.score, reference=args.reference, progress=True,
         **common,
     )
 
@@ -168,7 +128,7 @@ def _load_explainer(args: argparse.Namespace):
         if task not in ("zero-shot", "similarity"):
             raise ValueError(f"--task {task} needs --model: the embedded all-MiniLM-L6-v2 does zero-shot and similarity")
     else:
-        _check_model_path(args.model)
+        check_model_path(args.model)
     if task == "zero-shot" and labels is None:
         labels = list(DEFAULT_LABELS)
     import torch
@@ -185,22 +145,6 @@ def _load_explainer(args: argparse.Namespace):
     return Explainer.from_pretrained(args.model, task=task, labels=labels, device=device)
 
 
-def _check_model_path(model: str) -> None:
-    """A path (not a hub id) must exist: fail before transformers tries the network."""
-    looks_like_path = model.startswith((".", "~", os.sep)) or model.count("/") > 1  # hub ids: "name", "org/name"
-    path = pathlib.Path(model).expanduser()
-    if looks_like_path and not path.exists():
-        raise ValueError(f"--model {model!r}: no such directory")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--model {model!r} is a file; expected a model directory (config.json, weights, tokenizer)")
-
-
-def _class_target(value: str | None):
-    if value is None:
-        return None
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
 def _write_outputs(result, out: pathlib.Path) -> list[pathlib.Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path, png_path = (out / name for name in OUTPUT_NAMES)
@@ -208,8 +152,3 @@ def _write_outputs(result, out: pathlib.Path) -> list[pathlib.Path]:
     result.to_html(html_path)
     result.plot(path=png_path)
     return [json_path, html_path, png_path]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."

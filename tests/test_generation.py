@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, decoder_pass, generation, lm_head, probe_cache
+from saliency_fast.hf import causal_pass, decoder_pass, generation, generation_options, lm_head, probe_cache
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -182,10 +182,10 @@ def test_attention_rows_equal_each_prefix(explainer):
     ours = run(explainer, "attention", layers="last")
     mean = run(explainer, "attention", layers="mean")
     model, ids = explainer.model, full_ids(explainer)
-    from saliency_fast.hf.explainer import _eager_attention
+    from saliency_fast.hf.checks import eager_attention
 
     for row, t in enumerate(range(N_PROMPT, N_TOKENS)):
-        with _eager_attention(model), torch.no_grad():
+        with eager_attention(model), torch.no_grad():
             att = model(input_ids=ids[:t].unsqueeze(0), output_attentions=True).attentions
         last = att[-1][0, :, -1].mean(0)
         layers = torch.stack([a[0, :, -1].mean(0) for a in att])
@@ -507,10 +507,10 @@ def test_default_rows_fill_the_budget_in_even_batches():
     from types import SimpleNamespace
 
     cp = SimpleNamespace(max_batch_tokens=8192, target_batch_size=16, prefix_length=95)  # budget: 5 points
-    assert generation._default_rows(cp, 16) == 4  # 4 x 4, not 5 + 5 + 5 + 1
-    assert generation._default_rows(cp, 3) == 3 and generation._default_rows(cp, 10) == 5
-    assert generation._default_rows(SimpleNamespace(max_batch_tokens=10, target_batch_size=16, prefix_length=95), 16) == 1
-    assert generation._default_rows(cp, 16, targets=8) == 8  # the described pass's chunks: 10 points fit, 8 + 8
+    assert generation_options.default_rows(cp, 16) == 4  # 4 x 4, not 5 + 5 + 5 + 1
+    assert generation_options.default_rows(cp, 3) == 3 and generation_options.default_rows(cp, 10) == 5
+    assert generation_options.default_rows(SimpleNamespace(max_batch_tokens=10, target_batch_size=16, prefix_length=95), 16) == 1
+    assert generation_options.default_rows(cp, 16, targets=8) == 8  # the described pass's chunks: 10 points fit, 8 + 8
 
 
 def test_the_described_pass_takes_fewer_targets_per_backward(explainer):

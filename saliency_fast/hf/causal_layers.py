@@ -17,7 +17,7 @@ import torch
 
 import saliency_fast
 from saliency_fast.hf.causal_pass import CausalPass, Chunk, ScoreBoard
-from saliency_fast.hf.generation import _IG_DEFAULTS, _default_rows, _positive_int
+from saliency_fast.hf.generation_options import IG_DEFAULTS, default_rows, positive_int
 from saliency_fast.hf.layers import LayerRequest, single_activations
 from saliency_fast.methods import integrated_gradients as ig
 from saliency_fast.methods import quadrature
@@ -90,12 +90,12 @@ def _integrated_gradients(cp: CausalPass, request: LayerRequest, layers: LayerSe
                           baselines, kwargs: dict) -> dict:
     """Layer IG of every target, through the methods' chunked path integrator with the targets of a
     chunk as its examples (they share every path point, see :func:`_shared_point_gradients`)."""
-    options = {**_IG_DEFAULTS, **kwargs}
+    options = {**IG_DEFAULTS, **kwargs}
     n_steps = options["n_steps"]
     if isinstance(n_steps, str):
         raise ValueError("n_steps='auto' is not available for layer attribution of generation; give an int n_steps")
     alphas, weights = quadrature.nodes_and_weights(options["quadrature"], n_steps)
-    steps = _positive_int(options.get("internal_batch_size") or _default_rows(cp, n_steps), "internal_batch_size")
+    steps = positive_int(options.get("internal_batch_size") or default_rows(cp, n_steps), "internal_batch_size")
     steps = max(1, min(steps, n_steps))
     acts_b = _activations(cp, layers, baselines, spans)
     change = cp.total_change(baselines)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from saliency_fast import ops
 from saliency_fast.methods import integrated_gradients as ig
-from saliency_fast.hf.explainer import NonFiniteAttributionError, _eager_attention
+from saliency_fast.hf.checks import NonFiniteAttributionError, eager_attention
 from saliency_fast.hf import decoder_pass
 from saliency_fast.hf.lm_head import CausalLMScorer
 
@@ -528,7 +528,7 @@ def attention(cp: CausalPass, board: ScoreBoard, layers: str) -> torch.Tensor:
     """Attention paid by each target's scoring position to every token (heads averaged): the last
     layer (``"last"``) or the mean over layers (``"mean"``); returns every layer ``[T, layers, L]``."""
     length = cp.prefix_length
-    with _eager_attention(cp.scorer.model), torch.inference_mode(), cp.autocast():
+    with eager_attention(cp.scorer.model), torch.inference_mode(), cp.autocast():
         per_layer = cp.scorer.attention_rows(cp.embeds[:length].unsqueeze(0), cp.positions)  # [T, layers, L]
     board.put_values(Chunk(0, cp.n_targets, length), per_layer[:, -1] if layers == "last" else per_layer.mean(1))
     return per_layer.cpu()

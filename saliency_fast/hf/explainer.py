@@ -27,16 +27,10 @@ from saliency_fast import ops
 from saliency_fast.hf import baselines, batching, method_registry, model_io, tasks
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.packaged_model import POOLING_CHOICES, sentence_pooling
+from saliency_fast.hf.checks import (NonFiniteAttributionError, check_aggregate, check_attention_layers,
+                                    conservation_metadata, eager_attention)
 from saliency_fast.hf.targets import class_labels
 from saliency_fast.methods import _common
-
-AGGREGATE_CHOICES = ("none", "sum", "l2", "abs_sum", "dot")
-ATTENTION_LAYERS = ("last", "mean")
-
-
-class NonFiniteAttributionError(FloatingPointError, ValueError):
-    """Gradients or scores became NaN/inf (half-precision overflow, a NaN in the model)."""
-
 
 class Explainer:
     """Attribute a Hugging Face model's predictions to its input tokens.
@@ -196,7 +190,7 @@ class Explainer:
         if spec.family == "attention":
             check_attention_layers(method_kwargs.get("layers", "last"))
         items, single = model_io.check_texts(texts)
-        _check_aggregate(aggregate)
+        check_aggregate(aggregate)
         layer_request = LayerRequest.pop(self.model, spec, method_kwargs, aggregate)  # layer=, layers=, layer_path=
         resolved = self.baseline_for(spec, baseline)
         task = self._make_task(choices=choices, reference=reference, labels=labels)
@@ -278,10 +272,10 @@ class Explainer:
         ``aggregate`` (default ``sum``, signed, as in the paper) turns attributions into the scores
         tokens are ranked by.
         """
-        from saliency_fast import metrics
+        from saliency_fast.hf import evaluation
 
-        return metrics.evaluate(self, texts, methods, k=k, ks=ks, baseline=baseline, aggregate=aggregate,
-                                batch_size=batch_size, progress=progress)
+        return evaluation.evaluate(self, texts, methods, k=k, ks=ks, baseline=baseline, aggregate=aggregate,
+                                   batch_size=batch_size, progress=progress)
 
     def influence(self, train_texts, train_labels, test_texts, k: int = 10, layers: list[str] | None = None,
                   projection_dim: int | None = 256, checkpoints=None, output=None, backend: str | None = None,
@@ -507,7 +501,7 @@ class Explainer:
     def _attention(self, task, batch, positions, layers):
         """Attention paid by the task's query position(s) to every token: heads averaged, the
         last layer (``layers="last"``) or the mean over layers (``"mean"``), plus every layer."""
-        with _eager_attention(self.model), torch.no_grad():
+        with eager_attention(self.model), torch.no_grad():
             embeds = self.embedding(batch.input_ids)
             out = task.run_model(embeds, batch.attention_mask, batch.token_type_ids, batch.position_ids,
                                  output_attentions=True)
@@ -580,36 +574,6 @@ def _stack_extra(extras: list[torch.Tensor | None], device) -> torch.Tensor | No
     for b, extra in enumerate(extras):
         out[b, : extra.shape[-1]] = extra
     return out.to(device)
-
-
-def conservation_metadata(relevance: list[float], scores: list[float]) -> dict:
-    """LRP's conservation, one entry per target: the sum of relevance over every input token and
-    the attributed score (the target's logit by default), as lists."""
-    return {"relevance_sum": [float(r) for r in relevance], "score": [float(s) for s in scores]}
-
-
-def check_attention_layers(layers) -> None:
-    if not isinstance(layers, str) or layers not in ATTENTION_LAYERS:
-        raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
-
-
-def _check_aggregate(aggregate) -> None:
-    if not isinstance(aggregate, str) or aggregate not in AGGREGATE_CHOICES:
-        raise ValueError(f"aggregate must be one of {AGGREGATE_CHOICES}, got {aggregate!r}")
-
-
-@contextlib.contextmanager
-def _eager_attention(model):
-    """Run with the eager attention kernel, the one that can return attention weights."""
-    previous = getattr(model.config, "_attn_implementation", None)
-    switch = previous not in (None, "eager") and hasattr(model, "set_attn_implementation")
-    if switch:
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if switch:
-            model.set_attn_implementation(previous)
 
 
 def _task_from_architectures(architectures: list[str], labels) -> str:

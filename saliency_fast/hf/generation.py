@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import torch
 
 import saliency_fast
 from saliency_fast.hf import baselines, causal_pass, method_registry, model_io, seq2seq, words
-from saliency_fast.hf.explainer import _check_aggregate, check_attention_layers
+from saliency_fast.hf.checks import check_aggregate, check_attention_layers, conservation_metadata
+from saliency_fast.hf.generation_options import IG_DEFAULTS, default_rows, positive_int
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
 from saliency_fast.hf.targets import CONTRAST_CHOICES, check_target_fn, is_contrastive
@@ -45,7 +45,6 @@ _SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "discretiz
               "smoothgrad", "vargrad", "occlusion", "attention", "attnlrp", "cp_lrp")
 # Largest [n_generated, n_tokens, D] result aggregate="none" may build.
 _MAX_UNREDUCED_BYTES = 4 * 2**30
-_IG_DEFAULTS = {"n_steps": 50, "quadrature": "gausslegendre", "rtol": 0.01, "atol": 0.0, "min_steps": 3, "max_steps": 127}
 _NOISE_DEFAULTS = {"nt_samples": 5, "stdevs": 1.0, "stdevs_relative": False, "seed": None}
 
 
@@ -179,7 +178,7 @@ def attribute_generation(
             _noise_tunnel(cp, board, spec.name, kwargs)
         elif spec.name == "occlusion":
             ppe = kwargs.get("perturbations_per_eval") or max(1, options["max_batch_tokens"] // cp.prefix_length)
-            causal_pass.occlusion(cp, board, baseline_embeds, keep, _positive_int(ppe, "perturbations_per_eval"))
+            causal_pass.occlusion(cp, board, baseline_embeds, keep, positive_int(ppe, "perturbations_per_eval"))
         else:
             layer_scores = causal_pass.attention(cp, board, kwargs.get("layers", "last"))
 
@@ -258,7 +257,7 @@ def _check_arguments(prompt, max_new_tokens, generated_text, method, target, agg
         raise ValueError(f"method {method!r} is not available for generation; choose one of {_SUPPORTED}")
     method_registry.check_method_kwargs(spec, kwargs)
     check_target_fn(target)
-    _check_aggregate(aggregate)
+    check_aggregate(aggregate)
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     model_io.check_texts(prompt, name="prompt")
@@ -360,7 +359,7 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
     from saliency_fast.methods import integrated_gradients as ig
     from saliency_fast.methods import quadrature
 
-    options = {**_IG_DEFAULTS, **kwargs}
+    options = {**IG_DEFAULTS, **kwargs}
     n_steps, method = options["n_steps"], options["quadrature"]
     if isinstance(n_steps, str):
         if n_steps != "auto":
@@ -378,8 +377,8 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
         rule = causal_pass.PathRule(alphas.to(cp.embeds.device), weights.to(cp.embeds.device))
         n_points = n_steps
     targets = cp.target_batch_size if rule.levels is not None else cp.targets_per_backward(n_points)  # auto: autograd
-    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points, targets)
-    found = causal_pass.integrated_gradients(cp, board, baselines, rule, _positive_int(per_batch, "internal_batch_size"))
+    per_batch = options.get("internal_batch_size") or default_rows(cp, n_points, targets)
+    found = causal_pass.integrated_gradients(cp, board, baselines, rule, positive_int(per_batch, "internal_batch_size"))
     if rule.levels is not None:
         ig._warn_unconverged(found, rule.rtol, rule.atol, options["max_steps"])
     return {
@@ -391,8 +390,6 @@ def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> d
 def _relevance(cp, board, name: str, rules) -> dict:
     """AttnLRP / CP-LRP (the rules are on the model): input x gradient in the single causal pass, every
     target in its batched backward; conservation per target in the metadata."""
-    from saliency_fast.hf.explainer import conservation_metadata
-
     sums = causal_pass.saliency(cp, board, times_input=True, desc=name)
     rules.check_attention_seen()
     with torch.no_grad():
@@ -425,25 +422,25 @@ def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline: bas
         constant=keep.unsqueeze(0), show_progress=cp.progress,
     )[:, 0]
     n_points = paths.shape[0] - 1
-    per_batch = options.get("internal_batch_size") or _default_rows(cp, n_points, cp.targets_per_backward(n_points))
+    per_batch = options.get("internal_batch_size") or default_rows(cp, n_points, cp.targets_per_backward(n_points))
     delta = causal_pass.discretized_integrated_gradients(
-        cp, board, paths, _positive_int(per_batch, "internal_batch_size"))
+        cp, board, paths, positive_int(per_batch, "internal_batch_size"))
     return {"n_steps": n_points, "completeness_error": delta.abs().tolist()}
 
 
 def _noise_tunnel(cp, board, kind: str, kwargs: dict) -> None:
     options = {**_NOISE_DEFAULTS, **kwargs}
-    n_samples = _positive_int(options["nt_samples"], "nt_samples")
+    n_samples = positive_int(options["nt_samples"], "nt_samples")
     stdev = options["stdevs"]
     if isinstance(stdev, bool) or not isinstance(stdev, numbers.Real) or stdev < 0:
         raise ValueError(f"stdevs must be a number >= 0, got {stdev!r}")
     if options["stdevs_relative"]:
         stdev = float(stdev) * float(cp.embeds.float().std())
     noise = sample_noise(n_samples, cp.embeds.shape, float(stdev), options["seed"])
-    per_batch = options.get("nt_samples_batch_size") or _default_rows(cp, n_samples, cp.targets_per_backward(n_samples))
+    per_batch = options.get("nt_samples_batch_size") or default_rows(cp, n_samples, cp.targets_per_backward(n_samples))
     causal_pass.noise_tunnel(
         cp, board, noise.to(device=cp.embeds.device, dtype=cp.embeds.dtype),
-        _positive_int(per_batch, "nt_samples_batch_size"), kind,
+        positive_int(per_batch, "nt_samples_batch_size"), kind,
     )
 
 
@@ -471,25 +468,10 @@ def _engine_options(engine: dict) -> dict:
         options["max_batch_tokens"] = causal_pass.default_max_batch_tokens(options["dtype"])
     if options["lm_head"] not in HEAD_CHOICES:
         raise ValueError(f"lm_head must be one of {HEAD_CHOICES}, got {options['lm_head']!r}")
-    options["max_batch_tokens"] = _positive_int(options["max_batch_tokens"], "max_batch_tokens")
-    options["target_batch_size"] = _positive_int(options["target_batch_size"], "target_batch_size")
+    options["max_batch_tokens"] = positive_int(options["max_batch_tokens"], "max_batch_tokens")
+    options["target_batch_size"] = positive_int(options["target_batch_size"], "target_batch_size")
     options["progress"] = True if options["progress"] is None else bool(options["progress"])
     return options
-
-
-def _default_rows(cp, n_points: int, targets: int | None = None) -> int:
-    """Points per forward: as many as fill the token budget with a full chunk of ``targets`` targets
-    (default ``cp.target_batch_size``), spread evenly over the batches (16 points at most 5 a batch:
-    4 x 4, not 5 + 5 + 5 + 1)."""
-    targets = cp.target_batch_size if targets is None else targets
-    most = max(1, min(n_points, cp.max_batch_tokens // (targets * cp.prefix_length)))
-    return -(-n_points // -(-n_points // most))
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def _check_baseline_rows(baseline: baselines.Baseline | None, n_tokens: int) -> None:

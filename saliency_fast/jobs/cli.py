@@ -7,7 +7,7 @@ import json
 import sys
 
 # the same defaults and argument forms as `explain` (saliency_fast.cli imports this module lazily, in main())
-from saliency_fast.cli import DEFAULT_LABELS, _class_target, _labels, _positive_int, one_line_errors
+from saliency_fast.cli_args import DEFAULT_LABELS, one_line_errors, parse_class_target, parse_labels, parse_positive_int
 from saliency_fast.jobs.config import ENGINE_CHOICES, JobConfig
 
 # config field -> (flag, help); every default is JobConfig's own
@@ -38,19 +38,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="local", help="local (this process) or ray")
     for field, (flag, help_text) in _CONFIG_FLAGS.items():
         parser.add_argument(flag, dest=field, help=help_text)
-    parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels (default: "
+    parser.add_argument("--labels", type=parse_labels, help="comma-separated zero-shot labels (default: "
                         f"{','.join(DEFAULT_LABELS)})")
-    parser.add_argument("--target", type=_class_target, help="class index or label name (default: the prediction); "
+    parser.add_argument("--target", type=parse_class_target, help="class index or label name (default: the prediction); "
                         "for --task generate the function attributed: logit (default), prob, logprob, loss")
-    parser.add_argument("--max-new-tokens", type=_positive_int, help="generation: tokens to generate greedily per "
+    parser.add_argument("--max-new-tokens", type=parse_positive_int, help="generation: tokens to generate greedily per "
                         "prompt (with --generated-column: attribute at most this many tokens of each response)")
-    parser.add_argument("--n-steps", type=_positive_int, help="steps of path methods (integrated gradients, ...)")
+    parser.add_argument("--n-steps", type=parse_positive_int, help="steps of path methods (integrated gradients, ...)")
     parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", type=_method_arg,
                         help="another method argument, VALUE parsed as JSON when it can be (e.g. "
                         "internal_batch_size=64); repeatable")
-    parser.add_argument("--batch-size", type=_positive_int, help="texts per model call")
-    parser.add_argument("--shard-size", type=_positive_int, help="rows per output shard (the unit of resume)")
-    parser.add_argument("--actors", type=_positive_int, help="Ray engine: actors (default: one per GPU, else 1)")
+    parser.add_argument("--batch-size", type=parse_positive_int, help="texts per model call")
+    parser.add_argument("--shard-size", type=parse_positive_int, help="rows per output shard (the unit of resume)")
+    parser.add_argument("--actors", type=parse_positive_int, help="Ray engine: actors (default: one per GPU, else 1)")
     parser.add_argument("--cpus-per-actor", type=float, help="Ray engine: CPUs each actor reserves")
     parser.add_argument("--overwrite", action="store_true", help="discard finished shards instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

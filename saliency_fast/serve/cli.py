@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency_fast.cli import EXPLAIN_TASKS, _check_model_path, _labels, _positive_int, one_line_errors
+from saliency_fast.cli_args import EXPLAIN_TASKS, check_model_path, one_line_errors, parse_labels, parse_positive_int
 from saliency_fast.serve.config import DEFAULT_LABELS, ENGINE_CHOICES, ServeConfig, read_token_file
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -24,22 +24,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--name", help="the model's name in the URLs (default: the directory name)")
     parser.add_argument("--task", choices=EXPLAIN_TASKS, default="auto",
                         help="what the model does (default: auto, from the model class)")
-    parser.add_argument("--labels", type=_labels, help="comma-separated zero-shot labels")
+    parser.add_argument("--labels", type=parse_labels, help="comma-separated zero-shot labels")
     parser.add_argument("--reference", help="similarity: the reference text")
     parser.add_argument("--host", default=defaults.host,
                         help=f"address to listen on (default {defaults.host}: this machine only)")
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port}; 0: any free)")
-    parser.add_argument("--max-batch-size", type=_positive_int, default=defaults.max_batch_size,
+    parser.add_argument("--max-batch-size", type=parse_positive_int, default=defaults.max_batch_size,
                         help=f"instances per Explainer call at most (default {defaults.max_batch_size})")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                         help=f"how long a batch waits for more requests (default {defaults.max_wait_ms:g})")
-    parser.add_argument("--max-queue", type=_positive_int, default=defaults.max_queue,
+    parser.add_argument("--max-queue", type=parse_positive_int, default=defaults.max_queue,
                         help=f"instances waiting at most; more get 503 (default {defaults.max_queue})")
-    parser.add_argument("--max-body-bytes", type=_positive_int, default=defaults.max_body_bytes,
+    parser.add_argument("--max-body-bytes", type=parse_positive_int, default=defaults.max_body_bytes,
                         help=f"larger request bodies get 413 (default {defaults.max_body_bytes})")
     parser.add_argument("--token-file", help="a file holding the bearer token every request must carry")
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="local", help="local (this process) or ray")
-    parser.add_argument("--replicas", type=_positive_int, default=defaults.replicas,
+    parser.add_argument("--replicas", type=parse_positive_int, default=defaults.replicas,
                         help="Ray engine: model replicas (default 1)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--drain-seconds", type=float, default=defaults.drain_seconds,
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if args.model is not None:
-        _check_model_path(args.model)
+        check_model_path(args.model)
     token = None if args.token_file is None else read_token_file(args.token_file)
     return ServeConfig(
         model=args.model, name=args.name, task=args.task, labels=args.labels, reference=args.reference,

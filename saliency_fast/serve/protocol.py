@@ -12,7 +12,7 @@ from typing import Annotated, Union
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from saliency_fast.hf.explainer import AGGREGATE_CHOICES
+from saliency_fast.hf.checks import AGGREGATE_CHOICES
 from saliency_fast.hf.method_registry import METHOD_CHOICES
 from saliency_fast.hf.baselines import BASELINE_CHOICES
 
