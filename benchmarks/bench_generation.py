@@ -86,9 +86,11 @@ def build(n_layer: int = 12, n_positions: int = 1024, seed: int = 0, arch: str =
     return getattr(transformers, model_name)(config).eval(), tok
 
 
-def texts(n_prompt: int, n_new: int, seed: int = 0, vocab: int = 50000) -> tuple[str, str]:
+def texts(n_prompt: int, n_new: int, seed: int = 0, vocab: int | None = None) -> tuple[str, str]:
+    """Random words of the word tokenizer (``vocab``: its size; None: GPT-2's, the words ever used)."""
     gen = torch.Generator().manual_seed(seed)
-    words = [f"w{int(i)}" for i in torch.randint(0, vocab - 20, (n_prompt + n_new,), generator=gen)]
+    high = 50000 if vocab is None or vocab > 50000 else vocab - 20
+    words = [f"w{int(i)}" for i in torch.randint(0, high, (n_prompt + n_new,), generator=gen)]
     return " ".join(words[:n_prompt]), " ".join(words)
 
 
