@@ -147,7 +147,7 @@ def test_target_batch_size_caps_the_chunks(monkeypatch):
     assert calls == [3, 3, 2]
 
 
-@pytest.mark.parametrize("why", ["training", "fp16", "too long", "hook"])
+@pytest.mark.parametrize("why", ["training", "fp16", "too long", "hook", "bf16 weights"])
 def test_the_generic_pass_runs_where_the_described_one_does_not_apply(why, monkeypatch):
     model, tok = tiny_gpt2()
     kwargs = {}
@@ -155,6 +155,8 @@ def test_the_generic_pass_runs_where_the_described_one_does_not_apply(why, monke
         model.train()  # dropout is 0 in tiny_gpt2, so results still compare
     elif why == "fp16":  # bf16 runs here, fp16 (overflow-prone) under autocast only
         kwargs["dtype"] = torch.float16
+    elif why == "bf16 weights":  # a model loaded in bf16 runs as it is, through autograd
+        model = model.to(torch.bfloat16)
     elif why == "hook":  # the described forward would skip it
         model.transformer.h[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
         with pytest.warns(RuntimeWarning, match="failed its probe"):
@@ -164,7 +166,7 @@ def test_the_generic_pass_runs_where_the_described_one_does_not_apply(why, monke
     selection = decoder_pass.select(model, 1, 10, kwargs.get("dtype"))  # 11 tokens: a 10-token prefix
     assert selection.engine is None and selection.reason
     result, _ = saliency(_explainer(model, tok), False, monkeypatch, **kwargs)
-    if why in ("fp16", "hook"):  # checked before the size (which saliency() sets to 0); the Explainer runs in eval
+    if why in ("fp16", "hook", "bf16 weights"):  # checked before the size (saliency() sets it to 0); eval mode
         assert result.metadata["engine"]["reason"] == selection.reason
 
 

@@ -172,6 +172,10 @@ def select(model: nn.Module, n_points: int, length: int, dtype: torch.dtype | No
     that changes an output turns the pass off; hooks that only observe do not run in it)."""
     if model.training:
         return Selection(None, "the model is in training mode (dropout on)")
+    weights = model.get_input_embeddings().weight.dtype
+    if weights not in (torch.float32, torch.float64):
+        return Selection(None, f"the model's weights are {str(weights).replace('torch.', '')}: the described pass "
+                               "keeps float32 (or float64) norms and residuals")
     if dtype not in (None, torch.bfloat16):
         return Selection(None, f"dtype {str(dtype).replace('torch.', '')}: the described pass runs float32 or bf16")
     engine, reason = probed(model, _probe, key=_hooks_key(getattr(model, "base_model", model)))
