@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from saliency_fast.hf import token_level_methods
+from saliency_fast.hf.method_output import MethodOutput
 
 # ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
 _IG_KWARGS = frozenset(
@@ -79,14 +80,6 @@ def check_method_kwargs(spec: MethodSpec, kwargs: dict) -> None:
     if unknown:
         accepted = ", ".join(sorted(spec.kwargs)) or "none"
         raise TypeError(f"method {spec.name!r} got unexpected keyword arguments {unknown}; it accepts: {accepted}")
-
-
-@dataclasses.dataclass
-class MethodOutput:
-    attributions: torch.Tensor  # [B, S, D]
-    completeness_error: torch.Tensor | None = None  # [B] |sum(attr) - (F(x) - F(baseline))|
-    n_steps: torch.Tensor | None = None  # [B] gradient evaluations per row (path methods)
-    scores: torch.Tensor | None = None  # [B] the attributed output F(x) (LRP: what relevance conserves)
 
 
 def _method_class(name: str):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import saliency_fast
+from saliency_fast.hf.method_output import MethodOutput
 from saliency_fast.methods import noise_tunnel
 from saliency_fast.methods.gradient_shap import InputBaselineXGradient
 from saliency_fast.methods.linear_models import SkLearnLasso
@@ -73,8 +74,6 @@ def _seeded(seed, numpy_too: bool = False):
 def attribute(name: str, forward, inputs: torch.Tensor, baselines: torch.Tensor | None, args: tuple, kwargs: dict,
               dtype, *, model: nn.Module | None, internal_batch_size: int | None):
     """Attributions ``[B, S, D]`` (per-token methods: the token's score on every embedding dim)."""
-    from saliency_fast.hf.method_registry import MethodOutput  # the registry imports this module
-
     if name in ("lime", "kernel_shap"):
         return MethodOutput(_surrogate(name, forward, inputs, baselines, args, kwargs, dtype, internal_batch_size))
     if name == "gradient_shap":
