@@ -1,6 +1,7 @@
 """Argument forms and error handling shared by the command line's sub-commands (``explain`` in
 :mod:`saliency_fast.cli`, ``batch`` in :mod:`saliency_fast.jobs.cli`, ``serve`` in
-:mod:`saliency_fast.serve.cli`): a leaf they all import, so no sub-command imports another."""
+:mod:`saliency_fast.serve.cli`, ``influence`` in :mod:`saliency_fast.influence_cli`): a leaf they all
+import, so no sub-command imports another."""
 
 from __future__ import annotations
 

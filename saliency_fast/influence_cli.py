@@ -8,7 +8,7 @@ import json
 import pathlib
 import sys
 
-from saliency_fast.cli import _positive_int, one_line_errors
+from saliency_fast.cli_args import one_line_errors, parse_positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,14 +25,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="PATH[@LR]",
                         help="a training checkpoint (state dict) and its learning rate; repeatable "
                         "(default: the model's own weights)")
-    parser.add_argument("--k", type=_positive_int, default=10, help="proponents and opponents per test text")
+    parser.add_argument("--k", type=parse_positive_int, default=10, help="proponents and opponents per test text")
     parser.add_argument("--layers", help="comma-separated Linear module names (default: last block + head)")
     parser.add_argument("--projection-dim", type=int, default=256,
                         help="per-layer projection size; 0 for exact gradients (default 256)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--shard-size", type=_positive_int, default=1024, help="rows per index shard (unit of resume)")
+    parser.add_argument("--batch-size", type=parse_positive_int, default=32)
+    parser.add_argument("--shard-size", type=parse_positive_int, default=1024, help="rows per index shard (unit of resume)")
     parser.add_argument("--backend", choices=("faiss-gpu", "faiss-cpu", "torch"), help="search backend")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
@@ -88,13 +88,13 @@ def _checkpoints(values: list[str]):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from saliency_fast.cli import _check_model_path
+    from saliency_fast.cli_args import check_model_path
     from saliency_fast.hf.explainer import Explainer
     from saliency_fast.viz import influence_html
 
     train = read_rows(args.train, [args.text_column, args.label_column])
     test = read_rows(args.test, [args.text_column])
-    _check_model_path(args.model)
+    check_model_path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"loading {args.model} ...", file=sys.stderr)
     explainer = Explainer.from_pretrained(args.model, task="classify", device=device)
