@@ -248,13 +248,43 @@ def test_bad_targets_name_the_argument():
             SOURCE, generated_text=TARGET, method="discretized_integrated_gradients", baseline="unk")
 
 
-def test_discretized_integrated_gradients_on_a_shared_table():
+def test_discretized_integrated_gradients_equal_the_naive_loop_on_a_shared_table():
+    from saliency_fast import dig_paths, knn
+
     model, tok = tiny_seq2seq("t5")
-    result = Explainer(model, tok).attribute_generation(
-        SOURCE, generated_text=TARGET, method="discretized_integrated_gradients", baseline="unk", n_steps=8,
-        n_neighbors=10, progress=False)
-    assert result.source_scores.shape == (5, 5) and len(result.metadata["completeness_error"]) == 5
-    assert torch.isfinite(result.source_scores[:, :4]).all()
+    result = attribute(model, tok, "discretized_integrated_gradients", baseline="unk", n_steps=8, n_neighbors=10,
+                       aggregate="none", target="logprob")
+    naive = Naive(model, result, "logprob")
+    # the same word paths (every token walks its own, independent of the others)
+    matrix = model.get_input_embeddings().weight.detach()
+    n_anchors, monotonize_steps = dig_paths.step_plan(8, "official")
+    paths = dig_paths.build_paths(
+        naive.ids[None], torch.full_like(naive.ids, tok.unk_token_id)[None], matrix,
+        knn.neighbor_index(matrix, 10, None), n_anchors=n_anchors, monotonize_steps=monotonize_steps,
+        strategy="greedy", factor=0, constant=torch.zeros_like(naive.ids, dtype=torch.bool)[None])[:, 0]
+
+    def discretized(j, x):
+        prefix = paths[:, : x.shape[0]]
+        return (naive.gradient(prefix[:-1], j) * (prefix[1:] - prefix[:-1])).sum(0)
+
+    assert_close(joined(result), naive.rows(discretized), rtol=1e-4, atol=1e-6)
+    assert len(result.metadata["completeness_error"]) == len(result.targets)
+
+
+def test_attention_equals_the_naive_loop(family):
+    model, tok = tiny_seq2seq(family)
+    result = attribute(model, tok, "attention")
+    naive = Naive(model, result, "logit")
+    s = naive.n_source
+    model.set_attn_implementation("eager")  # the kernel that returns attention weights
+
+    def last_layer(j, x):
+        with torch.no_grad():
+            out = model(inputs_embeds=x[None, :s], decoder_inputs_embeds=x[None, s:], output_attentions=True)
+        cross, own = out.cross_attentions[-1][0].mean(0)[-1], out.decoder_attentions[-1][0].mean(0)[-1]
+        return torch.cat([cross, own])
+
+    assert_close(joined(result), naive.rows(last_layer), rtol=1e-5, atol=1e-6)
 
 
 def test_cli_explain_and_batch_on_a_saved_seq2seq_model(tmp_path, capsys):
