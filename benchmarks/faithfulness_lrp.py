@@ -72,6 +72,7 @@ METHODS = {
     "integrated_gradients": {"n_steps": 32},
     "input_x_gradient": {},
     "saliency": {},
+    "lime": {"seed": 0},
 }
 
 
