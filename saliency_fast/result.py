@@ -70,12 +70,7 @@ class AttributionResult:
                 f"scores must have shape [n_targets, n_tokens] = [{n_targets}, {n_tokens}] "
                 f"(or [{n_targets}, {n_tokens}, D]), got {tuple(self.scores.shape)}"
             )
-        if self.mask is not None:
-            if not isinstance(self.mask, torch.Tensor) or self.mask.dtype != torch.bool:
-                raise TypeError(f"mask must be a bool torch.Tensor or None, got {_describe(self.mask)}")
-            if tuple(self.mask.shape) != (n_targets, n_tokens):
-                raise ValueError(f"mask must have shape [{n_targets}, {n_tokens}], got {tuple(self.mask.shape)}")
-            self.mask = self.mask.detach().cpu()
+        self.mask = _bool_mask("mask", self.mask, (n_targets, n_tokens))
         if not isinstance(self.metadata, dict):
             raise TypeError(f"metadata must be a dict, got {type(self.metadata).__name__}")
         self.token_ids = _int_list("token_ids", self.token_ids, n_tokens, "n_tokens")
@@ -119,12 +114,7 @@ class AttributionResult:
                 f"source_scores must have shape {list(expected)} ([n_targets, n_source] with the scores' embedding "
                 f"dim if any) over a non-empty source, got {list(self.source_scores.shape)}"
             )
-        if self.source_mask is not None:
-            if not isinstance(self.source_mask, torch.Tensor) or self.source_mask.dtype != torch.bool:
-                raise TypeError(f"source_mask must be a bool torch.Tensor or None, got {_describe(self.source_mask)}")
-            if tuple(self.source_mask.shape) != (n_targets, n_source):
-                raise ValueError(f"source_mask must have shape [{n_targets}, {n_source}], got {tuple(self.source_mask.shape)}")
-            self.source_mask = self.source_mask.detach().cpu()
+        self.source_mask = _bool_mask("source_mask", self.source_mask, (n_targets, n_source))
         self.source_token_ids = _int_list("source_token_ids", self.source_token_ids, n_source, "n_source")
         self.source_word_ids = _int_list("source_word_ids", self.source_word_ids, n_source, "n_source",
                                          allow_none_items=True)
@@ -442,6 +432,16 @@ def _int_list(name: str, value, length: int, length_name: str, allow_none_items:
     if len(value) != length:
         raise ValueError(f"{name} must have one entry per {length_name[2:]} ({length}), got {len(value)}")
     return list(value)
+
+
+def _bool_mask(name: str, value, shape: tuple[int, int]) -> torch.Tensor | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool torch.Tensor or None, got {_describe(value)}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{name} must have shape [{shape[0]}, {shape[1]}], got {tuple(value.shape)}")
+    return value.detach().cpu()
 
 
 def _float_tensor(name: str, value) -> torch.Tensor:

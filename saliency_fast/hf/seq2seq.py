@@ -136,6 +136,17 @@ def _tables(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
     return tables[0], tables[1]
 
 
+def _probe_input(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probes' tiny source and target ids and the logits the model gives them."""
+    encoder_table = _tables(model)[0]
+    n = min(4, encoder_table.num_embeddings)
+    source = torch.arange(n, device=encoder_table.weight.device).unsqueeze(0)
+    target = torch.tensor([[decoder_start_id(model), *range(min(3, n))]], device=source.device)
+    with torch.no_grad():
+        expected = model(input_ids=source, decoder_input_ids=target, use_cache=False).logits.float()
+    return source, target, expected
+
+
 def _probe_scales(model: nn.Module) -> tuple[float, float] | None:
     """The (source, target) multipliers under which embeddings reproduce the outputs of token ids."""
     encoder_table, decoder_table = _tables(model)
@@ -144,12 +155,8 @@ def _probe_scales(model: nn.Module) -> tuple[float, float] | None:
         scale = getattr(part, "embed_scale", None)
         if isinstance(scale, (int, float)):
             candidates.add(float(scale))
-    device = encoder_table.weight.device
-    n = min(4, encoder_table.num_embeddings)
-    source = torch.arange(n, device=device).unsqueeze(0)
-    target = torch.tensor([[decoder_start_id(model), *range(min(3, n))]], device=device)
+    source, target, expected = _probe_input(model)
     with torch.no_grad():
-        expected = model(input_ids=source, decoder_input_ids=target, use_cache=False).logits.float()
         for a in sorted(candidates):
             for b in sorted(candidates):
                 got = model(inputs_embeds=encoder_table(source) * a, decoder_inputs_embeds=decoder_table(target) * b,
@@ -180,12 +187,9 @@ def _probe_head(model: nn.Module) -> _Head | None:
     if not isinstance(head, nn.Linear) or scales is None:
         return None
     encoder_table, decoder_table = _tables(model)
-    n = min(4, encoder_table.num_embeddings)
-    source = torch.arange(n, device=head.weight.device).unsqueeze(0)
-    target = torch.tensor([[decoder_start_id(model), *range(min(3, n))]], device=head.weight.device)
+    source, target, expected = _probe_input(model)
     d_model = getattr(model.config, "d_model", None) or head.weight.shape[1]
     with torch.no_grad():
-        expected = model(input_ids=source, decoder_input_ids=target, use_cache=False).logits.float()
         try:
             hidden = _decoder_hidden(model, encoder_table(source) * scales[0], decoder_table(target) * scales[1])
         except (TypeError, ValueError, AttributeError):

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from saliency_fast.viz.scale import (
-    MISSING, color_limit, display_token, diverging_rgb, format_score, summary_fields, text_rgb,
+    MISSING, display_token, diverging_rgb, format_score, result_color_limit, summary_fields, text_rgb,
 )
 
 CELL_WIDTH = 7
@@ -33,17 +33,14 @@ def in_notebook() -> bool:
 def render(result, console: Console | None = None, top: int = 5) -> None:
     console = console or Console()
     scores, keep = result.token_scores(), result.meaningful()
-    if result.has_source:  # one colour scale for both sides, so they compare
-        source_scores, source_keep = result.source_token_scores(), result.source_meaningful()
-        limit = color_limit(torch.cat([source_scores, scores], 1), torch.cat([source_keep, keep], 1))
-    else:
-        limit = color_limit(scores, keep)
+    limit = result_color_limit(result)
     parts = [_header(result), _legend(limit)]
     # the terminal gets the first rows; the HTML and JSON have more
     n_rows = min(len(result.targets), MAX_TARGETS)
     scores, keep = scores[:n_rows], keep[:n_rows]
     if result.has_source:
-        sides = (("source", result.source_tokens, source_scores[:n_rows], source_keep[:n_rows], len(result.source_tokens)),
+        source_scores, source_keep = result.source_token_scores()[:n_rows], result.source_meaningful()[:n_rows]
+        sides = (("source", result.source_tokens, source_scores, source_keep, len(result.source_tokens)),
                  ("target prefix", result.tokens, scores, keep, len(result.tokens)))
         for side, tokens, side_scores, side_keep, n_given in sides:
             parts.append(Text(f"{side} tokens x generated tokens", style="bold"))

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import html
 
-import torch
-
 from saliency_fast.viz.scale import (
-    MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, diverging_rgb, format_score, hex_color,
+    MISSING, NEGATIVE, POSITIVE, ZERO, display_token, diverging_rgb, format_score, hex_color, result_color_limit,
     summary_fields, text_rgb,
 )
 
@@ -53,18 +51,14 @@ def document(result) -> str:
 def fragment(result) -> str:
     """The view as one ``<div>`` with its own ``<style>`` (for Jupyter and embedding)."""
     scores, keep = result.token_scores(), result.meaningful()
-    n_columns = len(result.tokens)
-    if result.has_source:  # one colour scale for both sides, so they compare
-        source_scores, source_keep = result.source_token_scores(), result.source_meaningful()
-        limit = color_limit(torch.cat([source_scores, scores], 1), torch.cat([source_keep, keep], 1))
-        n_columns += len(result.source_tokens)
-    else:
-        limit = color_limit(scores, keep)
+    limit = result_color_limit(result)
+    n_columns = len(result.tokens) + (len(result.source_tokens) if result.has_source else 0)
     # a page stays loadable: long generations show their first rows (the JSON has them all)
     n_rows = max(1, min(len(result.targets), MAX_CELLS // n_columns))
     scores, keep = scores[:n_rows], keep[:n_rows]
     if result.has_source:
-        source = _matrix(result.targets, result.source_tokens, source_scores[:n_rows], source_keep[:n_rows], limit,
+        source_scores, source_keep = result.source_token_scores()[:n_rows], result.source_meaningful()[:n_rows]
+        source = _matrix(result.targets, result.source_tokens, source_scores, source_keep, limit,
                          len(result.source_tokens), "generated \\ source")
         target = _matrix(result.targets, result.tokens, scores, keep, limit, len(result.tokens),
                          "generated \\ target prefix")

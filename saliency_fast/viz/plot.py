@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from saliency_fast._files import atomic_path
 from saliency_fast.viz.scale import (
-    MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, summary_fields,
+    MISSING, NEGATIVE, POSITIVE, ZERO, color_limit, display_token, result_color_limit, summary_fields,
 )
 
 KINDS = ("auto", "bars", "heatmap", "layers")
@@ -39,13 +39,10 @@ def figure(result, kind: str = "auto", path=None) -> Figure:
         kind = "heatmap" if result.is_generation or len(result.targets) > 1 else "bars"
     scores, keep = result.token_scores(), result.meaningful()
     values = np.where(keep.numpy(), scores.numpy(), np.nan)
+    limit = result_color_limit(result)
     source_values = None
-    if result.has_source:  # one colour scale for both sides, so they compare
-        source_scores, source_keep = result.source_token_scores(), result.source_meaningful()
-        limit = color_limit(torch.cat([source_scores, scores], 1), torch.cat([source_keep, keep], 1))
-        source_values = np.where(source_keep.numpy(), source_scores.numpy(), np.nan)
-    else:
-        limit = color_limit(scores, keep)
+    if result.has_source:
+        source_values = np.where(result.source_meaningful().numpy(), result.source_token_scores().numpy(), np.nan)
     if kind == "layers":
         fig = _layers(result, keep)
     elif kind == "bars":

@@ -18,6 +18,16 @@ def color_limit(values: torch.Tensor, keep: torch.Tensor) -> float:
     return limit if limit > 0 else 1.0
 
 
+def result_color_limit(result) -> float:
+    """:func:`color_limit` of a result's meaningful scores, over both sides of an encoder-decoder
+    result (source and target prefix share one scale, so they compare)."""
+    scores, keep = result.token_scores(), result.meaningful()
+    if result.has_source:
+        scores = torch.cat([result.source_token_scores(), scores], 1)
+        keep = torch.cat([result.source_meaningful(), keep], 1)
+    return color_limit(scores, keep)
+
+
 def diverging_rgb(value: float, limit: float) -> tuple[int, int, int]:
     t = max(-1.0, min(1.0, value / limit))
     end = POSITIVE if t >= 0 else NEGATIVE
