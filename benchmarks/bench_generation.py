@@ -24,9 +24,15 @@ at that width. The narrow model's kept activations fit the described pass
 (``saliency_fast/hf/decoder_pass.py``; its one block is the last, run at each target's row);
 GPT-2-small's at 4,096 tokens do not (11 GB), so the width run takes the generic autograd pass.
 
+``--long --long-arch llama`` (or qwen2, gemma): the 12 x 768 model of ``--arch`` itself, one child
+per ``--long-runs`` entry ``TOKENS:STEPS`` (default ``4096:16,1024:all``: the last 16 targets of a
+4,096-token text, then every target of a 1,024-token text). Ours only: inseq's step loop over
+1,023 prefixes of up to 1,023 tokens would take hours here.
+
     python benchmarks/bench_generation.py                 # both cases, saliency + IG
     python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed run each
     python benchmarks/bench_generation.py --long          # the 4,096-token memory run only
+    python benchmarks/bench_generation.py --long --long-arch llama --long-runs 1024:all
 """
 
 from __future__ import annotations
@@ -184,9 +190,12 @@ def long_child(args) -> None:
 
     n = args.long_tokens
     steps = args.long_steps or n - 1
-    model, tok = build(n_layer=args.long_layers, n_positions=n, n_embd=args.long_embd, n_head=args.long_heads)
+    if args.long_arch == "gpt2":
+        model, tok = build(n_layer=args.long_layers, n_positions=n, n_embd=args.long_embd, n_head=args.long_heads)
+    else:
+        model, tok = build(arch=args.long_arch, max_position_embeddings=max(n, 4096))
     explainer = saliency_fast.Explainer(model, tok)
-    prompt, full = texts(n - steps, steps, seed=1)
+    prompt, full = texts(n - steps, steps, seed=1, vocab=model.config.vocab_size)
     start, start_cpu = time.perf_counter(), time.process_time()
     result = generation.attribute_generation(
         explainer, prompt, generated_text=full, method="saliency", target="logit", aggregate="l2",
@@ -202,19 +211,28 @@ def long_child(args) -> None:
         logit = model(inputs_embeds=prefix.unsqueeze(0)).logits[0, -1, ids[t]]
         (grad,) = torch.autograd.grad(logit, prefix)
         errors.append(rel_error(result.scores[row, :t], grad.norm(dim=-1)))
-    print(json.dumps({"tokens": n, "steps": steps, "layers": args.long_layers, "embd": args.long_embd,
+    config = model.config
+    print(json.dumps({"tokens": n, "steps": steps, "arch": args.long_arch, "layers": config.num_hidden_layers,
+                      "embd": config.hidden_size, "engine": result.metadata["engine"],
                       "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
                       "peak_rss_gib": peak_gib,
                       "rows_checked": 3, "max_rel_err": max(errors), "finite": bool(result.scores[result.mask].isfinite().all())}))
 
 
 def long_run(args) -> None:
-    """Every step on the narrow model, then the last ``--width-steps`` steps at GPT-2-small width."""
-    runs = [(args.long_layers, args.long_embd, args.long_heads, args.long_steps)]
-    if args.width_steps:
-        runs.append((12, 768, 12, args.width_steps))
-    for layers, embd, heads, steps in runs:
-        cmd = [sys.executable, __file__, "--long-child", "--long-tokens", str(args.long_tokens),
+    """GPT-2: every step on the narrow model, then the last ``--width-steps`` steps at GPT-2-small
+    width; another ``--long-arch``: its 12 x 768 model, one run per ``--long-runs`` entry."""
+    if args.long_arch == "gpt2":
+        runs = [(args.long_tokens, args.long_layers, args.long_embd, args.long_heads, args.long_steps)]
+        if args.width_steps:
+            runs.append((args.long_tokens, 12, 768, 12, args.width_steps))
+    else:
+        runs = []
+        for entry in args.long_runs.split(","):
+            tokens, steps = entry.split(":")
+            runs.append((int(tokens), 12, 768, 12, 0 if steps == "all" else int(steps)))
+    for tokens, layers, embd, heads, steps in runs:
+        cmd = [sys.executable, __file__, "--long-child", "--long-tokens", str(tokens), "--long-arch", args.long_arch,
                "--long-layers", str(layers), "--long-embd", str(embd), "--long-heads", str(heads),
                "--long-steps", str(steps), "--max-batch-tokens", str(args.max_batch_tokens)]
         if args.progress:
@@ -227,11 +245,11 @@ def long_run(args) -> None:
 
 def _print_long(found: dict) -> None:
     every = "every step" if found["steps"] == found["tokens"] - 1 else f"the last {found['steps']} steps"
-    print(f"long sequence: {found['tokens']} tokens, GPT-2 with {found['layers']} layer(s) of {found['embd']} dims "
-          f"(n_positions={found['tokens']}), saliency at {every}: {found['seconds']:.1f} s "
+    print(f"long sequence: {found['tokens']} tokens, {found['arch']} with {found['layers']} layer(s) of "
+          f"{found['embd']} dims, saliency at {every}: {found['seconds']:.1f} s "
           f"({found['cpu_seconds']:.1f} s CPU on {found['threads']} thread(s)), peak RSS "
           f"{found['peak_rss_gib']:.2f} GiB (limit 8 GiB), max rel err of {found['rows_checked']} rows vs their "
-          f"prefix alone {found['max_rel_err']:.1e}, all scores finite: {found['finite']}")
+          f"prefix alone {found['max_rel_err']:.1e}, all scores finite: {found['finite']}, engine {found['engine']}")
 
 
 def main() -> None:
@@ -249,6 +267,10 @@ def main() -> None:
     parser.add_argument("--long", action="store_true", help="only the 4,096-token memory runs")
     parser.add_argument("--long-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--long-tokens", type=int, default=4096)
+    parser.add_argument("--long-arch", default="gpt2", choices=sorted(ARCHS),
+                        help="gpt2: the narrow + width runs; llama, qwen2, gemma: the 12 x 768 model, --long-runs")
+    parser.add_argument("--long-runs", default="4096:16,1024:all",
+                        help="TOKENS:STEPS runs of a --long-arch other than gpt2 (STEPS: last targets, or all)")
     parser.add_argument("--long-layers", type=int, default=1)
     parser.add_argument("--long-embd", type=int, default=128)
     parser.add_argument("--long-heads", type=int, default=2)
