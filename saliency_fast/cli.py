@@ -10,6 +10,7 @@ import json
 import pathlib
 import sys
 
+from saliency_fast.hf import method_registry
 from saliency_fast.cli_args import (DEFAULT_LABELS, EXPLAIN_TASKS, check_model_path, one_line_errors,
                                      parse_class_target, parse_labels, parse_positive_int)
 
@@ -67,9 +68,9 @@ def _add_explain_parser(sub) -> None:
                         "all-MiniLM-L6-v2)")
     parser.add_argument("--task", choices=EXPLAIN_TASKS, default="auto",
                         help="what the model does (default: auto, from the model class; zero-shot for the default model)")
-    parser.add_argument("--method", default="saliency",
-                        help="saliency, input_x_gradient, integrated_gradients, smoothgrad, vargrad, occlusion, "
-                        "attention, discretized_integrated_gradients, sequential_integrated_gradients, attnlrp, cp_lrp")
+    parser.add_argument("--method", default="saliency",  # checked by the registry, which names the choices
+                        help=", ".join(method_registry.method_names()) + " (generation: "
+                        + ", ".join(method_registry.method_names("generate")) + ")")
     parser.add_argument("--target", help="class index or label name (default: the prediction); for --task generate "
                         "the function of each generated token attributed: logit (default), prob, logprob, loss")
     parser.add_argument("--score", help="the scalar attributed: logit, prob, logprob, loss (classification heads); "

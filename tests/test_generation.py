@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import saliency_fast
-from saliency_fast.hf import causal_pass, decoder_pass, generation, generation_options, lm_head, probe_cache
+from saliency_fast.hf import causal_pass, decoder_pass, generation, generation_methods, generation_options, lm_head, probe_cache
 from saliency_fast.hf.explainer import NonFiniteAttributionError
 from tiny_models import tiny_gpt2
 
@@ -166,7 +166,7 @@ def test_discretized_integrated_gradients_equal_the_method_on_each_prefix(explai
 @pytest.mark.parametrize("kind", ["smoothgrad", "vargrad"])
 def test_noise_tunnel_equals_naive_loop_with_same_noise(explainer, kind):
     ours = run(explainer, kind, target="logit", aggregate="none", nt_samples=3, stdevs=0.05, seed=7)
-    noise = generation.sample_noise(3, (N_TOKENS, explainer.embedding.embedding_dim), 0.05, 7)
+    noise = generation_methods.sample_noise(3, (N_TOKENS, explainer.embedding.embedding_dim), 0.05, 7)
     assert_rows_close(ours.scores, naive(explainer, kind, "logit", noise=noise), rtol=1e-4)
 
 

@@ -11,7 +11,7 @@ import torch
 from tiny_models import SEQ2SEQ_FAMILIES, tiny_seq2seq
 
 from saliency_fast import Explainer, cli, load
-from saliency_fast.hf import generation, seq2seq
+from saliency_fast.hf import generation_methods, seq2seq
 from saliency_fast.hf import targets as target_fns
 from saliency_fast.methods import quadrature
 
@@ -116,7 +116,7 @@ def test_noise_tunnel_and_occlusion_equal_the_naive_loop(pair):
     smooth = attribute(model, tok, "smoothgrad", **noise_args)
     var = attribute(model, tok, "vargrad", **noise_args)
     naive = Naive(model, smooth, "logit")
-    noise = generation.sample_noise(3, naive.embeds.shape, 0.1, 7)
+    noise = generation_methods.sample_noise(3, naive.embeds.shape, 0.1, 7)
 
     def grads(j, x):
         return naive.gradient(x + noise[:, : x.shape[0]], j)

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import saliency_fast
-from saliency_fast.hf import baselines, batching, generation, last_token, method_registry
+from saliency_fast.hf import baselines, batching, last_token, method_registry
 from saliency_fast.hf.tasks import ClassifyTask
 from tiny_models import DECODER_ARCHITECTURES, gpt2_like_tokenizer, llama3_like_tokenizer, tiny_decoder
 
@@ -69,7 +69,7 @@ def test_the_tokenizers_are_built_like_the_published_ones():
 @pytest.mark.parametrize("arch", DECODER_ARCHITECTURES)
 def test_every_method_classifies_a_batch_without_pad(arch, tokenizer_name):
     tokenizer, model, before, explainer = _build(arch, "classification", tokenizer_name)
-    for method in method_registry.METHOD_CHOICES:
+    for method in method_registry.method_names("classify"):
         spec = method_registry.resolve_method(method)
         results = explainer.attribute(TEXTS, method=method, progress=False, **FEW_STEPS.get(method, {}))
         for text, result in zip(TEXTS, results):
@@ -84,7 +84,7 @@ def test_every_method_classifies_a_batch_without_pad(arch, tokenizer_name):
 def test_every_generation_method_runs_without_pad(arch, tokenizer_name):
     tokenizer, model, before, explainer = _build(arch, "causal_lm", tokenizer_name)
     n_tokens = len(tokenizer(FORCED)["input_ids"])
-    for method in generation._SUPPORTED:
+    for method in method_registry.method_names("generate"):
         spec = method_registry.resolve_method(method)
         result = explainer.attribute_generation(PROMPT, generated_text=FORCED, method=method, progress=False,
                                                 **FEW_STEPS.get(method, {}))
@@ -102,10 +102,10 @@ def test_every_method_runs_with_its_defaults(tokenizer_name):
     tokenizer = TOKENIZERS[tokenizer_name]()
     classifier = saliency_fast.Explainer(tiny_decoder("llama", "classification", tokenizer), tokenizer)
     lm = saliency_fast.Explainer(tiny_decoder("gpt2", "causal_lm", tokenizer), tokenizer)
-    for method in method_registry.METHOD_CHOICES:
+    for method in method_registry.method_names("classify"):
         spec = method_registry.resolve_method(method)
         _check_baseline_metadata(classifier.attribute(TEXTS[1], method=method), spec, tokenizer_name)
-        if method in generation._SUPPORTED:
+        if method in method_registry.method_names("generate"):
             result = lm.attribute_generation(PROMPT, generated_text=FORCED, method=method, progress=False)
             _check_baseline_metadata(result, spec, tokenizer_name)
 

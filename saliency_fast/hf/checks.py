@@ -19,7 +19,9 @@ def conservation_metadata(relevance: list[float], scores: list[float]) -> dict:
     return {"relevance_sum": [float(r) for r in relevance], "score": [float(s) for s in scores]}
 
 
-def check_attention_layers(layers) -> None:
+def check_attention_kwargs(kwargs: dict) -> None:
+    """The ``attention`` method's option: ``layers`` (the registry runs this before any work)."""
+    layers = kwargs.get("layers", "last")
     if not isinstance(layers, str) or layers not in ATTENTION_LAYERS:
         raise ValueError(f"layers must be one of {ATTENTION_LAYERS} for method 'attention', got {layers!r}")
 

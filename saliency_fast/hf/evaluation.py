@@ -96,5 +96,5 @@ def _method_plans(methods) -> list[tuple[str, dict]]:
         if not isinstance(kwargs, dict):
             raise TypeError(f"the options of method {name!r} must be a dict, got {type(kwargs).__name__}")
         # every name and option checked before the first method spends time
-        method_registry.check_method_kwargs(method_registry.resolve_method(name), kwargs)
+        method_registry.check_method_kwargs(method_registry.resolve_method(name, "classify"), kwargs)
     return [(name, dict(kwargs)) for name, kwargs in plans]

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 import saliency_fast
 from saliency_fast import ops
 from saliency_fast.hf import baselines, batching, method_registry, model_io, tasks
+from saliency_fast.hf.method_io import EmbeddingJob
 from saliency_fast.hf.layers import LayerRequest
 from saliency_fast.hf.packaged_model import POOLING_CHOICES, sentence_pooling
-from saliency_fast.hf.checks import (NonFiniteAttributionError, check_aggregate, check_attention_layers,
-                                    conservation_metadata, eager_attention)
+from saliency_fast.hf.checks import NonFiniteAttributionError, check_aggregate, conservation_metadata, eager_attention
 from saliency_fast.hf.targets import class_labels
 from saliency_fast.methods import _common
 
@@ -164,7 +164,7 @@ class Explainer:
 
         Args:
             texts: a string or a list of strings (prompts, for multiple choice).
-            method: one of :data:`~saliency_fast.hf.method_registry.METHOD_CHOICES`.
+            method: a method of :mod:`~saliency_fast.hf.method_registry` (``method_names("classify")``).
             target: ``None`` (the prediction), a class / label / choice index or name;
                 ``"all"`` for multiple choice gives a list of results, one per choice. Tagging
                 attributes every position (rows), the predicted tag or this class at each.
@@ -185,10 +185,8 @@ class Explainer:
         """
         if self.task == "generate":
             raise ValueError("this Explainer's task is 'generate' (a causal LM): use attribute_generation(prompt, ...)")
-        spec = method_registry.resolve_method(method)
+        spec = method_registry.resolve_method(method, "classify")
         method_registry.check_method_kwargs(spec, method_kwargs)
-        if spec.family == "attention":
-            check_attention_layers(method_kwargs.get("layers", "last"))
         items, single = model_io.check_texts(texts)
         check_aggregate(aggregate)
         layer_request = LayerRequest.pop(self.model, spec, method_kwargs, aggregate)  # layer=, layers=, layer_path=
@@ -334,7 +332,7 @@ class Explainer:
         baselines.check(baseline, self.embedding.embedding_dim)
         if not spec.uses_baseline:
             return None
-        return self.resolve_baseline(baseline, needs_token=spec.family == "discretized")
+        return self.resolve_baseline(baseline, needs_token=spec.token_baseline)
 
     def resolve_baseline(self, baseline, needs_token: bool = False) -> baselines.Baseline:
         """``baseline`` (a kind or a tensor) as used: a kind the tokenizer lacks falls back along
@@ -349,10 +347,10 @@ class Explainer:
         return _common.gradient_mode(self.model, keep)
 
     def lrp_mode(self, spec: method_registry.MethodSpec):
-        """The LRP rules of ``spec`` on the model (:func:`saliency_fast.methods.lrp.lrp_rules`) for an
-        ``lrp`` method, else a context giving None. Entered before :meth:`gradient_mode`, whose fused
-        activations then leave the rules' activations as they are."""
-        if spec.family != "lrp":
+        """The LRP rules of ``spec`` on the model (:func:`saliency_fast.methods.lrp.lrp_rules`) for a
+        method that runs under them (``spec.lrp_rules``), else a context giving None. Entered before
+        :meth:`gradient_mode`, whose fused activations then leave the rules' activations as they are."""
+        if not spec.lrp_rules:
             return contextlib.nullcontext()
         from saliency_fast.methods import lrp
 
@@ -411,11 +409,8 @@ class Explainer:
                 keep = ~batch.real() | (special if self.exclude_special_tokens else torch.zeros_like(special))
                 positions = torch.tensor([o + r.position for o, r in zip(batch.offsets, batch_rows)],
                                          device=self.device)
-                if spec.family == "attention":
-                    out = self._attention(task, batch, positions, method_kwargs.get("layers", "last"))
-                else:
-                    out = self._gradient_batch(spec, forward, batch, batch_rows, keep, positions, baseline, aggregate,
-                                               method_kwargs, layer_request)
+                out = self._method_batch(task, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate,
+                                         method_kwargs, layer_request)
                 if rules is not None:
                     rules.check_attention_seen()
                 for b, r in enumerate(bucket):
@@ -432,8 +427,8 @@ class Explainer:
                     )
         return found
 
-    def _gradient_batch(self, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate, method_kwargs,
-                        layer_request=None):
+    def _method_batch(self, task, spec, forward, batch, batch_rows, keep, positions, baseline, aggregate,
+                      method_kwargs, layer_request=None):
         embeds = self.embedding(batch.input_ids).detach()
         baseline_embeds = None if baseline is None else self._baselines(batch, baseline, keep)
         index = torch.tensor([r.index for r in batch_rows], device=self.device)
@@ -446,14 +441,16 @@ class Explainer:
             )
             layers = layers.masked_fill(keep.unsqueeze(1), float("nan"))  # as scores: no score for kept tokens
             return _Attributed(layers[:, -1], error, n_steps, layers)
-        out = method_registry.attribute_embeddings(
-            spec, forward, embeds, baseline_embeds, args, method_kwargs, keep=keep, input_ids=batch.input_ids,
-            embedding_matrix=self._embedding_matrix() if spec.family == "discretized" else None,
-            baseline_token_id=None if baseline is None else baseline.token_id,
-            special_token_ids=self._constant_token_ids(),
+        options = dict(method_kwargs)
+        dtype = options.pop("dtype", None)
+        out = spec.runner("classify")(EmbeddingJob(
+            forward=forward, inputs=embeds, baselines=baseline_embeds, args=args, kwargs=options, dtype=dtype,
+            keep=keep, input_ids=batch.input_ids,
             internal_batch_size=method_kwargs.get("internal_batch_size", max(self.batch_size, len(batch_rows))),
-            model=self.model,
-        )
+            model=self.model, baseline_token_id=None if baseline is None else baseline.token_id,
+            special_token_ids=self._constant_token_ids(), embedding_matrix=self._embedding_matrix,
+            attention=functools.partial(self._attention, task, batch, positions),
+        ))
         attr = out.attributions.detach()
         if not bool(torch.isfinite(attr[batch.real()]).all()):
             raise NonFiniteAttributionError(
@@ -467,7 +464,7 @@ class Explainer:
         conservation = None
         if out.scores is not None:  # LRP: the sum of relevance over the real tokens against the score
             conservation = ((attr * batch.real().unsqueeze(-1)).sum((1, 2)).float(), out.scores)
-        return _Attributed(scores, out.completeness_error, out.n_steps, conservation=conservation)
+        return _Attributed(scores, out.completeness_error, out.n_steps, out.layer_scores, conservation)
 
     def _embedding_matrix(self) -> torch.Tensor:
         """The rows the forward receives: the table itself, unless the module transforms it (scaled
@@ -498,9 +495,9 @@ class Explainer:
         with torch.no_grad():
             return baselines.baseline_embeds(self.embedding, batch.input_ids, baseline, keep)
 
-    def _attention(self, task, batch, positions, layers):
-        """Attention paid by the task's query position(s) to every token: heads averaged, the
-        last layer (``layers="last"``) or the mean over layers (``"mean"``), plus every layer."""
+    def _attention(self, task, batch, positions) -> torch.Tensor:
+        """Attention paid by the task's query position(s) to every token, heads averaged:
+        ``[B, n_layers, S]`` (what the ``attention`` method reads)."""
         with eager_attention(self.model), torch.no_grad():
             embeds = self.embedding(batch.input_ids)
             out = task.run_model(embeds, batch.attention_mask, batch.token_type_ids, batch.position_ids,
@@ -510,8 +507,7 @@ class Explainer:
             raise ValueError(f"method 'attention': {type(self.model).__name__} returns no attention weights")
         heads_mean = torch.stack([a.float().mean(1) for a in attentions], dim=1)  # [B, layers, query, key]
         queries = task.attention_queries(batch, positions).to(heads_mean.device)  # [B, query]
-        per_layer = torch.einsum("bq,blqk->blk", queries, heads_mean)
-        return _Attributed(per_layer[:, -1] if layers == "last" else per_layer.mean(1), layers=per_layer)
+        return torch.einsum("bq,blqk->blk", queries, heads_mean)
 
     def _result(self, task, unit, group, rows, attributed, spec, kind, baseline, aggregate, layer_request=None):
         group_rows = [rows[r] for r in group.rows]
@@ -521,7 +517,7 @@ class Explainer:
         metadata["n_steps"] = (n_steps[0] if len(n_steps) == 1 else [f.n_steps for f in found]) \
             if spec.reports_completeness else None
         metadata["completeness_error"] = [f.completeness_error for f in found] if spec.reports_completeness else None
-        if spec.family == "lrp":
+        if found[0].conservation is not None:
             metadata["conservation"] = conservation_metadata([f.conservation[0] for f in found],
                                                              [f.conservation[1] for f in found])
         if task.contrast is not None:

@@ -31,21 +31,18 @@ import torch
 
 import saliency_fast
 from saliency_fast.hf import baselines, causal_pass, method_registry, model_io, seq2seq, words
-from saliency_fast.hf.checks import check_aggregate, check_attention_layers, conservation_metadata
-from saliency_fast.hf.generation_options import IG_DEFAULTS, default_rows, positive_int
+from saliency_fast.hf.checks import check_aggregate
+from saliency_fast.hf.generation_options import positive_int
 from saliency_fast.hf.layers import LayerRequest
+from saliency_fast.hf.method_io import GenerationJob
 from saliency_fast.hf.lm_head import HEAD_CHOICES, CausalLMScorer
 from saliency_fast.hf.targets import CONTRAST_CHOICES, check_target_fn, is_contrastive
 from saliency_fast.methods import lean_backward
 from saliency_fast.methods._common import check_autocast_dtype
 
 ENGINE_KWARGS = frozenset({"dtype", "lm_head", "max_batch_tokens", "target_batch_size", "progress"})
-# Gradient methods the single pass runs; the others named by the registry are not available here.
-_SUPPORTED = ("saliency", "input_x_gradient", "integrated_gradients", "discretized_integrated_gradients",
-              "smoothgrad", "vargrad", "occlusion", "attention", "attnlrp", "cp_lrp")
 # Largest [n_generated, n_tokens, D] result aggregate="none" may build.
 _MAX_UNREDUCED_BYTES = 4 * 2**30
-_NOISE_DEFAULTS = {"nt_samples": 5, "stdevs": 1.0, "stdevs_relative": False, "seed": None}
 
 
 def attribute_generation(
@@ -69,7 +66,8 @@ def attribute_generation(
             first ``max_new_tokens`` tokens of its continuation.
         generated_text: the full text (prompt + continuation) to force; it must tokenize to the
             prompt's tokens followed by at least one more token. Encoder-decoder: the target text alone.
-        method: ``saliency``, ``input_x_gradient``, ``integrated_gradients``,
+        method: a method with a generation runner in :mod:`~saliency_fast.hf.method_registry`
+            (``method_names("generate")``): ``saliency``, ``input_x_gradient``, ``integrated_gradients``,
             ``discretized_integrated_gradients``, ``smoothgrad``, ``vargrad``, ``occlusion``,
             ``attention``, ``attnlrp`` or ``cp_lrp`` (relevance by the AttnLRP / CP-LRP rules).
         target: the attributed score of each generated token: ``logit``, ``prob``, ``logprob``
@@ -99,8 +97,6 @@ def attribute_generation(
     _check_contrast(target, contrast_targets)
     layer_request = LayerRequest.pop(explainer.model, spec, kwargs, aggregate)  # layer=, layers=, layer_path=
     resolved = explainer.baseline_for(spec, baseline)
-    if spec.family == "attention":
-        check_attention_layers(kwargs.get("layers", "last"))
     options = _engine_options(engine)
 
     model, tokenizer = explainer.model, explainer.tokenizer
@@ -128,7 +124,7 @@ def attribute_generation(
     if contrast_targets is not None:
         contrast_ids = contrast_token_ids(tokenizer, contrast_targets, n_tokens)
         target_ids = torch.stack([target_ids, torch.tensor(contrast_ids[n_prompt:], device=device)], dim=-1)
-    if aggregate == "none" and not spec.per_token and spec.family != "attention":
+    if aggregate == "none" and not spec.per_token:
         size = n_targets * n_tokens * explainer.embedding.embedding_dim * 4
         if size > _MAX_UNREDUCED_BYTES:
             raise ValueError(
@@ -153,11 +149,10 @@ def attribute_generation(
         max_batch_tokens=options["max_batch_tokens"],
         target_batch_size=options["target_batch_size"],
         progress=options["progress"],
-        described_pass=spec.family != "lrp",
+        described_pass=not spec.lrp_rules,
     )
     board = causal_pass.ScoreBoard(n_targets, embeds, None if spec.per_token else aggregate, _aggregate)
     metadata_extra = {"n_steps": None, "completeness_error": None}
-    layer_scores = None
     rows_bound = max(1, options["max_batch_tokens"] // cp.prefix_length)  # points x targets in a backward
     with explainer.lrp_mode(spec) as rules, \
             explainer.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()), \
@@ -165,22 +160,14 @@ def attribute_generation(
         if layer_request is not None:
             from saliency_fast.hf import causal_layers
 
-            layer_scores, metadata_extra = causal_layers.attribute(layer_request, cp, board, baseline_embeds, kwargs)
-        elif spec.family == "lrp":
-            metadata_extra = _relevance(cp, board, spec.name, rules)
-        elif spec.name in ("saliency", "input_x_gradient"):
-            causal_pass.saliency(cp, board, times_input=spec.name == "input_x_gradient")
-        elif spec.name == "integrated_gradients":
-            metadata_extra = _integrated_gradients(cp, board, baseline_embeds, kwargs)
-        elif spec.family == "discretized":
-            metadata_extra = _discretized(cp, board, explainer, embedding, input_ids, keep, resolved, kwargs)
-        elif spec.family == "noise":
-            _noise_tunnel(cp, board, spec.name, kwargs)
-        elif spec.name == "occlusion":
-            ppe = kwargs.get("perturbations_per_eval") or max(1, options["max_batch_tokens"] // cp.prefix_length)
-            causal_pass.occlusion(cp, board, baseline_embeds, keep, positive_int(ppe, "perturbations_per_eval"))
+            layer_scores, found = causal_layers.attribute(layer_request, cp, board, baseline_embeds, kwargs)
         else:
-            layer_scores = causal_pass.attention(cp, board, kwargs.get("layers", "last"))
+            out = spec.runner("generate")(GenerationJob(
+                cp=cp, board=board, baselines=baseline_embeds, baseline=resolved, kwargs=kwargs, embedding=embedding,
+                input_ids=input_ids, keep=keep, rules=rules, name=spec.name,
+            ))
+            layer_scores, found = out.layer_scores, out.metadata
+        metadata_extra.update(found)
 
     # row i scores token n_prompt + i: meaningful before that position, except kept (special) tokens
     targets_at = torch.arange(n_prompt, n_tokens).unsqueeze(1)
@@ -219,7 +206,8 @@ def attribute_generation(
         forced=generated_text is not None,
         dtype=None if options["dtype"] is None else str(options["dtype"]).replace("torch.", ""),
         lm_head=("rows" if target == "logit" else "targets") if cp.scorer.splits else "model",
-        engine=cp.engine_info or {"name": "autograd", "family": None, "reason": _autograd_reason(spec, layer_request)},
+        engine=cp.engine_info or {"name": "autograd", "family": None, "reason": "layer attribution runs through "
+                                  "autograd" if layer_request is not None else spec.autograd_reason},
     )
     if n_source:
         metadata.update(n_source_tokens=n_source, source_text=prompt)
@@ -239,22 +227,9 @@ def attribute_generation(
     )
 
 
-def _autograd_reason(spec, layer_request) -> str:
-    """Why a method that never selects an engine runs as it does."""
-    if layer_request is not None:
-        return "layer attribution runs through autograd"
-    if spec.family == "lrp":
-        return "rules put on the model's modules (LRP) need autograd"
-    if spec.per_token or spec.family == "attention":
-        return "forward passes only"
-    return "n_steps='auto' (nested rules, per target) runs through autograd"
-
-
 def _check_arguments(prompt, max_new_tokens, generated_text, method, target, aggregate, kwargs):
     """The method's spec, after every check that needs no tokenizing (bad input fails fast)."""
-    spec = method_registry.resolve_method(method)
-    if spec.name not in _SUPPORTED:
-        raise ValueError(f"method {method!r} is not available for generation; choose one of {_SUPPORTED}")
+    spec = method_registry.resolve_method(method, "generate")
     method_registry.check_method_kwargs(spec, kwargs)
     check_target_fn(target)
     check_aggregate(aggregate)
@@ -350,107 +325,6 @@ def greedy_ids(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> 
             do_sample=False, num_beams=1, pad_token_id=pad,
         )
     return [int(i) for i in out[0].tolist()]
-
-
-# --------------------------------------------------------------------------------- methods
-
-
-def _integrated_gradients(cp, board, baselines: torch.Tensor, kwargs: dict) -> dict:
-    from saliency_fast.methods import integrated_gradients as ig
-    from saliency_fast.methods import quadrature
-
-    options = {**IG_DEFAULTS, **kwargs}
-    n_steps, method = options["n_steps"], options["quadrature"]
-    if isinstance(n_steps, str):
-        if n_steps != "auto":
-            raise ValueError(f"n_steps must be a positive int or 'auto', got {n_steps!r}")
-        if method != "gausslegendre":
-            raise ValueError(f"n_steps='auto' uses nested Gauss-Kronrod-Patterson rules: quadrature must be "
-                             f"'gausslegendre', got {method!r}")
-        for name in ("rtol", "atol"):
-            ig._check_tolerance(name, options[name])
-        rule = causal_pass.PathRule(levels=quadrature.nested_levels(options["min_steps"], options["max_steps"]),
-                                    rtol=options["rtol"], atol=options["atol"])
-        n_points = rule.levels[-1].n_nodes
-    else:
-        alphas, weights = quadrature.nodes_and_weights(method, n_steps)
-        rule = causal_pass.PathRule(alphas.to(cp.embeds.device), weights.to(cp.embeds.device))
-        n_points = n_steps
-    targets = cp.target_batch_size if rule.levels is not None else cp.targets_per_backward(n_points)  # auto: autograd
-    per_batch = options.get("internal_batch_size") or default_rows(cp, n_points, targets)
-    found = causal_pass.integrated_gradients(cp, board, baselines, rule, positive_int(per_batch, "internal_batch_size"))
-    if rule.levels is not None:
-        ig._warn_unconverged(found, rule.rtol, rule.atol, options["max_steps"])
-    return {
-        "n_steps": n_steps if rule.levels is None else found.n_steps.tolist(),
-        "completeness_error": found.delta.abs().tolist(),
-    }
-
-
-def _relevance(cp, board, name: str, rules) -> dict:
-    """AttnLRP / CP-LRP (the rules are on the model): input x gradient in the single causal pass, every
-    target in its batched backward; conservation per target in the metadata."""
-    sums = causal_pass.saliency(cp, board, times_input=True, desc=name)
-    rules.check_attention_seen()
-    with torch.no_grad():
-        scores = cp.scores(cp.embeds[: cp.prefix_length].unsqueeze(0))[0]
-    return {"n_steps": None, "completeness_error": None,
-            "conservation": conservation_metadata(sums.tolist(), scores.tolist())}
-
-
-def _discretized(cp, board, explainer, embedding, input_ids, keep, baseline: baselines.Baseline, kwargs: dict) -> dict:
-    """DIG: the word paths of the whole sequence (each token's own, so every prefix's too), then
-    the single causal pass along them."""
-    from saliency_fast import dig_paths, knn
-    from saliency_fast.methods import dig
-
-    if baseline.token_id is None:
-        raise ValueError(f"baseline must be a token (pad, mask, unk or eos) for method "
-                         f"'discretized_integrated_gradients': its path ends at a word, got {baseline.requested!r}")
-    options = {"n_steps": dig.DEFAULT_N_STEPS, "n_neighbors": dig.DEFAULT_N_NEIGHBORS, "strategy": "greedy",
-               "factor": 0, "convention": "official", "knn_backend": None, **kwargs}
-    n_anchors, monotonize_steps = dig_paths.step_plan(options["n_steps"], options["convention"])
-    if isinstance(embedding, seq2seq.SequenceEmbedding) and not embedding.shared:
-        raise ValueError("method 'discretized_integrated_gradients' needs the source and target to share one "
-                         "unscaled embedding table (its paths run through that table's words); this model's differ")
-    matrix = embedding.weight.detach()
-    index = knn.neighbor_index(matrix, options["n_neighbors"], options["knn_backend"])
-    baseline_ids = torch.full_like(input_ids, baseline.token_id)
-    paths = dig_paths.build_paths(
-        input_ids.unsqueeze(0), baseline_ids.unsqueeze(0), matrix, index, n_anchors=n_anchors,
-        monotonize_steps=monotonize_steps, strategy=options["strategy"], factor=options["factor"],
-        constant=keep.unsqueeze(0), show_progress=cp.progress,
-    )[:, 0]
-    n_points = paths.shape[0] - 1
-    per_batch = options.get("internal_batch_size") or default_rows(cp, n_points, cp.targets_per_backward(n_points))
-    delta = causal_pass.discretized_integrated_gradients(
-        cp, board, paths, positive_int(per_batch, "internal_batch_size"))
-    return {"n_steps": n_points, "completeness_error": delta.abs().tolist()}
-
-
-def _noise_tunnel(cp, board, kind: str, kwargs: dict) -> None:
-    options = {**_NOISE_DEFAULTS, **kwargs}
-    n_samples = positive_int(options["nt_samples"], "nt_samples")
-    stdev = options["stdevs"]
-    if isinstance(stdev, bool) or not isinstance(stdev, numbers.Real) or stdev < 0:
-        raise ValueError(f"stdevs must be a number >= 0, got {stdev!r}")
-    if options["stdevs_relative"]:
-        stdev = float(stdev) * float(cp.embeds.float().std())
-    noise = sample_noise(n_samples, cp.embeds.shape, float(stdev), options["seed"])
-    per_batch = options.get("nt_samples_batch_size") or default_rows(cp, n_samples, cp.targets_per_backward(n_samples))
-    causal_pass.noise_tunnel(
-        cp, board, noise.to(device=cp.embeds.device, dtype=cp.embeds.dtype),
-        positive_int(per_batch, "nt_samples_batch_size"), kind,
-    )
-
-
-def sample_noise(n_samples: int, shape, stdev: float, seed: int | None) -> torch.Tensor:
-    """Gaussian noise ``[n_samples, *shape]`` (float32, CPU) for the noisy copies of the whole
-    sequence; each target's prefix reads the first rows of each sample. ``seed`` makes it repeatable."""
-    generator = None
-    if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
-    return torch.randn((n_samples, *shape), generator=generator) * stdev
 
 
 # --------------------------------------------------------------------------------- options

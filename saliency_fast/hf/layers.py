@@ -145,9 +145,9 @@ class LayerRequest:
     def pop(cls, model: nn.Module, spec, method_kwargs: dict, aggregate: str) -> LayerRequest | None:
         """Take ``layer``, ``layers`` and ``layer_path`` out of ``method_kwargs`` (in place) and check
         them with ``aggregate``; None when no layer is asked for. The method registry says which
-        methods take them (saliency, input_x_gradient, integrated_gradients); ``layers`` of the
-        ``attention`` method stays its own option."""
-        if spec.family == "attention":
+        methods take them (``spec.layers``: saliency, input_x_gradient, integrated_gradients); the
+        ``layers`` option of another method (``attention``) stays its own."""
+        if not spec.layers:
             return None
         layer, layers = method_kwargs.pop("layer", None), method_kwargs.pop("layers", None)
         path = method_kwargs.pop("layer_path", None)

@@ -1,208 +1,163 @@
-"""Attribution method names (as inseq spells them), resolved in one place for every HF task.
+"""Every attribution method of the Explainer, declared once: its name (as inseq spells it), the
+options it takes, what it reads (a baseline, a token baseline), what it gives (one score per token,
+a completeness error), and the runner of each task it supports: ``classify`` over word embeddings
+(classification, tagging, multiple choice, similarity, zero-shot) and ``generate`` in the single
+causal pass of generation. ``Explainer.attribute``, ``Explainer.attribute_generation`` (decoder-only
+and encoder-decoder), ``Explainer.evaluate``, the command line and the server all read this table
+and nothing else, so adding a method is one :class:`MethodSpec` here (or :func:`register`) and its
+runners in the method's own module.
 
-:func:`resolve_method` turns a name into a :class:`MethodSpec` (or a ``ValueError`` listing the
-names); :func:`check_method_kwargs` rejects keyword arguments the method does not take; and
-:func:`attribute_embeddings` runs a gradient or perturbation method on a forward function over
-word embeddings. The causal-generation engine uses the specs and the keyword checks but runs
-its own single-pass engine; ``attention`` is not a gradient method, the caller computes it.
+A runner is a callable or a ``"module:function"`` string imported on first use (this module imports
+neither torch nor the methods, so the command line and the server read the table cheaply):
+``classify(job: EmbeddingJob) -> MethodOutput`` and ``generate(job: GenerationJob) ->
+GenerationOutput`` (:mod:`saliency_fast.hf.method_io`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import Callable, Union
 
-import torch
-from torch import nn
-
-from saliency_fast.hf import token_level_methods
-from saliency_fast.hf.method_output import MethodOutput
+Runner = Union[Callable, str]
 
 # ``dtype``: opt-in autocast of the forward (bfloat16/float16), accumulation stays float32
 _IG_KWARGS = frozenset(
     {"n_steps", "quadrature", "internal_batch_size", "rtol", "atol", "min_steps", "max_steps", "dtype"}
 )
 # layer attribution (saliency_fast.hf.layers): the Explainer and the generation engine take them out first
-_LAYER_KWARGS = frozenset({"layer", "layers", "layer_path"})
+LAYER_KWARGS = frozenset({"layer", "layers", "layer_path"})
 _NOISE_KWARGS = frozenset({"nt_samples", "nt_samples_batch_size", "stdevs", "stdevs_relative", "seed", "dtype"})
 # LIME / KernelSHAP over tokens: ``seed`` seeds torch's RNG for the call (captum's samples for that seed)
 _SURROGATE_KWARGS = frozenset({"n_samples", "perturbations_per_eval", "seed", "dtype"})
+
+TASKS = ("classify", "generate")  # the runners a spec may have (every non-generation task is ``classify``)
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str
-    family: str  # gradient | path | noise | perturbation | attention | discretized | sequential | lrp
-    #              | surrogate | gradient_shap | deeplift | grad_cam
-    uses_baseline: bool  # reads the baseline embeddings
-    per_token: bool  # one number per token, copied over the embedding dim (perturbations)
-    reports_completeness: bool  # path methods: sum of attributions vs F(x) - F(baseline)
-    kwargs: frozenset[str]  # method keyword arguments it accepts
+    kwargs: frozenset[str]  # method keyword arguments it accepts (with ``layers``: the layer ones too)
+    classify: Runner | None = None  # (EmbeddingJob) -> MethodOutput
+    generate: Runner | None = None  # (GenerationJob) -> GenerationOutput
+    uses_baseline: bool = False  # reads the baseline embeddings
+    token_baseline: bool = False  # the baseline must be a token (the path ends at a word: DIG)
+    per_token: bool = False  # one number per token, not per embedding dim (no aggregation)
+    reports_completeness: bool = False  # path methods: sum of attributions vs F(x) - F(baseline)
+    layers: bool = False  # takes layer= / layers= / layer_path= (saliency_fast.hf.layers)
+    lrp_rules: bool = False  # runs under the LRP rules of its name on the model's modules (autograd only)
+    check: Runner | None = None  # (method kwargs) -> None: checks that fail fast, before any tokenizing
+    # metadata["engine"]["reason"] in generation when the runner selects no gradient engine
+    autograd_reason: str = "the method's gradients run through autograd"
 
+    @property
+    def accepted_kwargs(self) -> frozenset[str]:
+        return self.kwargs | LAYER_KWARGS if self.layers else self.kwargs
+
+    def runner(self, task: str) -> Callable:
+        """The callable that runs this method for ``task`` (``classify`` or ``generate``)."""
+        found = getattr(self, task)
+        if found is None:
+            raise ValueError(f"method {self.name!r} is not available for {_TASK_WORDS[task]}; "
+                             f"choose one of {method_names(task)}")
+        return _load(found)
+
+
+_TASK_WORDS = {"classify": "this task", "generate": "generation"}
+
+
+def _load(runner: Runner) -> Callable:
+    if callable(runner):
+        return runner
+    module, _, function = runner.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+_EMB, _GEN, _TOK = "saliency_fast.hf.embedding_methods", "saliency_fast.hf.generation_methods", \
+    "saliency_fast.hf.token_level_methods"
+
+
+def _both(name: str, classify_module: str = _EMB) -> dict:
+    return {"classify": f"{classify_module}:{name}", "generate": f"{_GEN}:{name}"}
+
+
+_AUTO_STEPS = "n_steps='auto' (nested rules, per target) runs through autograd"
+_FORWARD_ONLY = "forward passes only"
+_LRP = "rules put on the model's modules (LRP) need autograd"
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("saliency", "gradient", False, False, False, frozenset({"dtype"}) | _LAYER_KWARGS),
-        MethodSpec("input_x_gradient", "gradient", False, False, False, frozenset({"dtype"}) | _LAYER_KWARGS),
-        MethodSpec("integrated_gradients", "path", True, False, True, _IG_KWARGS | _LAYER_KWARGS),
-        MethodSpec("discretized_integrated_gradients", "discretized", True, False, True,
+        MethodSpec("saliency", frozenset({"dtype"}), **_both("saliency"), layers=True),
+        MethodSpec("input_x_gradient", frozenset({"dtype"}), **_both("input_x_gradient"), layers=True),
+        MethodSpec("integrated_gradients", _IG_KWARGS, **_both("integrated_gradients"), uses_baseline=True,
+                   reports_completeness=True, layers=True, autograd_reason=_AUTO_STEPS),
+        MethodSpec("discretized_integrated_gradients",
                    frozenset({"n_steps", "strategy", "n_neighbors", "factor", "internal_batch_size", "knn_backend",
-                              "convention", "dtype"})),
-        MethodSpec("sequential_integrated_gradients", "sequential", True, False, True,
-                   frozenset({"n_steps", "quadrature", "internal_batch_size", "dtype"})),
-        MethodSpec("smoothgrad", "noise", False, False, False, _NOISE_KWARGS),
-        MethodSpec("vargrad", "noise", False, False, False, _NOISE_KWARGS),
-        MethodSpec("occlusion", "perturbation", True, True, False, frozenset({"perturbations_per_eval", "dtype"})),
-        MethodSpec("attention", "attention", False, True, False, frozenset({"layers"})),
+                              "convention", "dtype"}),
+                   **_both("discretized_integrated_gradients"), uses_baseline=True, token_baseline=True,
+                   reports_completeness=True),
+        MethodSpec("sequential_integrated_gradients", frozenset({"n_steps", "quadrature", "internal_batch_size", "dtype"}),
+                   classify=f"{_EMB}:sequential_integrated_gradients", uses_baseline=True, reports_completeness=True),
+        MethodSpec("smoothgrad", _NOISE_KWARGS, **_both("smoothgrad")),
+        MethodSpec("vargrad", _NOISE_KWARGS, **_both("vargrad")),
+        MethodSpec("occlusion", frozenset({"perturbations_per_eval", "dtype"}), **_both("occlusion"),
+                   uses_baseline=True, per_token=True, autograd_reason=_FORWARD_ONLY),
+        MethodSpec("attention", frozenset({"layers"}), **_both("attention"), per_token=True,
+                   check="saliency_fast.hf.checks:check_attention_kwargs", autograd_reason=_FORWARD_ONLY),
         # input x gradient under the AttnLRP / CP-LRP rules (saliency_fast.methods.lrp), which the caller applies
-        MethodSpec("attnlrp", "lrp", False, False, False, frozenset({"dtype"})),
-        MethodSpec("cp_lrp", "lrp", False, False, False, frozenset({"dtype"})),
-        MethodSpec("lime", "surrogate", True, True, False, _SURROGATE_KWARGS | {"alpha"}),
-        MethodSpec("kernel_shap", "surrogate", True, True, False, _SURROGATE_KWARGS),
-        MethodSpec("gradient_shap", "gradient_shap", True, False, False,
-                   frozenset({"n_samples", "stdevs", "seed", "dtype"})),
-        MethodSpec("deeplift", "deeplift", True, False, False, frozenset({"dtype"})),
-        MethodSpec("grad_cam", "grad_cam", False, True, False, frozenset({"cam_layer", "dtype"})),
+        MethodSpec("attnlrp", frozenset({"dtype"}), **_both("lrp_relevance"), lrp_rules=True, autograd_reason=_LRP),
+        MethodSpec("cp_lrp", frozenset({"dtype"}), **_both("lrp_relevance"), lrp_rules=True, autograd_reason=_LRP),
+        MethodSpec("lime", _SURROGATE_KWARGS | {"alpha"}, classify=f"{_TOK}:lime", uses_baseline=True,
+                   per_token=True),
+        MethodSpec("kernel_shap", _SURROGATE_KWARGS, classify=f"{_TOK}:kernel_shap", uses_baseline=True,
+                   per_token=True),
+        MethodSpec("gradient_shap", frozenset({"n_samples", "stdevs", "seed", "dtype"}),
+                   classify=f"{_TOK}:gradient_shap", uses_baseline=True),
+        MethodSpec("deeplift", frozenset({"dtype"}), classify=f"{_TOK}:deeplift", uses_baseline=True),
+        MethodSpec("grad_cam", frozenset({"cam_layer", "dtype"}), classify=f"{_TOK}:grad_cam", per_token=True),
     )
 }
-METHOD_CHOICES = tuple(METHODS)
 
 
-def resolve_method(name) -> MethodSpec:
+def method_names(task: str | None = None) -> tuple[str, ...]:
+    """The registered methods (``task``: only those with a runner for it), in registration order."""
+    return tuple(name for name, spec in METHODS.items() if task is None or getattr(spec, task) is not None)
+
+
+def register(spec: MethodSpec) -> None:
+    """Add a method (its name must be new); :func:`unregister` removes it."""
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"spec must be a MethodSpec, got {type(spec).__name__}")
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    if spec.classify is None and spec.generate is None:
+        raise ValueError(f"method {spec.name!r} has no runner: give classify=, generate= or both")
+    METHODS[spec.name] = spec
+
+
+def unregister(name: str) -> None:
+    if name not in METHODS:
+        raise ValueError(f"method {name!r} is not registered")
+    del METHODS[name]
+
+
+def resolve_method(name, task: str | None = None) -> MethodSpec:
+    """The spec of ``name`` (``task``: it must have a runner for it), or a ``ValueError`` listing the names."""
     if not isinstance(name, str) or name not in METHODS:
-        raise ValueError(f"method must be one of {METHOD_CHOICES}, got {name!r}")
-    return METHODS[name]
+        raise ValueError(f"method must be one of {method_names()}, got {name!r}")
+    spec = METHODS[name]
+    if task is not None:
+        spec.runner(task)  # raises when the method has none for this task
+    return spec
 
 
 def check_method_kwargs(spec: MethodSpec, kwargs: dict) -> None:
-    unknown = sorted(set(kwargs) - spec.kwargs)
+    """Reject options the method does not take, then run the method's own early checks."""
+    accepted = spec.accepted_kwargs
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        accepted = ", ".join(sorted(spec.kwargs)) or "none"
-        raise TypeError(f"method {spec.name!r} got unexpected keyword arguments {unknown}; it accepts: {accepted}")
-
-
-def _method_class(name: str):
-    module = importlib.import_module("saliency_fast")
-    return getattr(module, name)
-
-
-def attribute_embeddings(
-    spec: MethodSpec,
-    forward,
-    inputs: torch.Tensor,
-    baselines: torch.Tensor | None,
-    additional_forward_args: tuple,
-    method_kwargs: dict,
-    *,
-    keep: torch.Tensor | None = None,
-    input_ids: torch.Tensor | None = None,
-    embedding_matrix: torch.Tensor | None = None,
-    baseline_token_id: int | None = None,
-    special_token_ids: list[int] | None = None,
-    internal_batch_size: int | None = None,
-    model: nn.Module | None = None,
-) -> MethodOutput:
-    """Attributions ``[B, S, D]`` of ``forward(inputs, *additional_forward_args) -> [B]``.
-
-    ``keep`` (bool ``[B, S]``) marks positions that are not attributed (special tokens, padding):
-    they already equal the baseline, and sequential IG makes no copy for them. DIG needs the
-    token ids, the embedding matrix (whose rows ``inputs`` are), the baseline token and the ids
-    that keep a constant path (``special_token_ids``, padding included). ``n_steps`` in the
-    output counts gradient evaluations per row. ``model`` is the module ``forward`` runs: DeepLIFT
-    puts its rules on its modules, Grad-CAM reads one of its blocks.
-    """
-    check_method_kwargs(spec, method_kwargs)
-    kwargs = dict(method_kwargs)
-    dtype = kwargs.pop("dtype", None)
-    if spec.family == "gradient":
-        cls = _method_class("Saliency" if spec.name == "saliency" else "InputXGradient")
-        extra = {"abs": False} if spec.name == "saliency" else {}
-        attr = cls(forward, dtype=dtype).attribute(inputs, additional_forward_args=additional_forward_args, **extra)
-        return MethodOutput(attr)
-    if spec.family == "lrp":
-        # the rules are on the model, applied by the caller (saliency_fast.methods.lrp.lrp_rules)
-        from saliency_fast.methods import _common, lrp
-
-        (relevance,), scores = lrp.relevance_and_scores(
-            forward, (inputs,), _common.Target.parse(None, len(inputs)), additional_forward_args, dtype
-        )
-        return MethodOutput(relevance, scores=scores)
-    if spec.family == "noise":
-        return _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype)
-    if spec.family == "perturbation":
-        occlusion = _method_class("Occlusion")(forward, dtype=dtype)
-        attr = occlusion.attribute(
-            inputs, sliding_window_shapes=(1, inputs.shape[-1]), strides=(1, inputs.shape[-1]), baselines=baselines,
-            additional_forward_args=additional_forward_args,
-            perturbations_per_eval=kwargs.get(
-                "perturbations_per_eval", max(1, (internal_batch_size or 1) // len(inputs))
-            ),
-        )
-        return MethodOutput(attr)
-    if spec.family in ("surrogate", "gradient_shap", "deeplift", "grad_cam"):
-        return token_level_methods.attribute(spec.name, forward, inputs, baselines, additional_forward_args, kwargs,
-                                              dtype, model=model, internal_batch_size=internal_batch_size)
-    kwargs.setdefault("internal_batch_size", internal_batch_size)
-    if spec.family == "path":
-        return _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs, dtype)
-    if spec.family == "sequential":
-        return _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype)
-    if spec.family == "discretized":
-        if baseline_token_id is None:
-            raise ValueError(
-                f"baseline must be a token (pad, mask, unk or eos) for method {spec.name!r}: its path ends at a word"
-            )
-        dig = importlib.import_module("saliency_fast.methods.dig")
-        found = dig.dig_attribute_embeddings(
-            forward, input_ids, embedding_matrix, baseline_token_id, additional_forward_args=additional_forward_args,
-            special_token_ids=special_token_ids, return_convergence_delta=True, dtype=dtype, **kwargs,
-        )
-        steps = torch.full((len(inputs),), found.n_points - 1, dtype=torch.long)  # no gradient at the input
-        return MethodOutput(found.attributions, found.convergence_delta.detach().abs(), steps)
-    raise ValueError(f"method {spec.name!r} is not a gradient or perturbation method; the caller computes it")
-
-
-def _integrated_gradients(forward, inputs, baselines, additional_forward_args, kwargs, dtype) -> MethodOutput:
-    ig = _method_class("IntegratedGradients")(forward, dtype=dtype)
-    quadrature = kwargs.pop("quadrature", "gausslegendre")
-    attr, delta = ig.attribute(
-        inputs, baselines=baselines, additional_forward_args=additional_forward_args, method=quadrature,
-        return_convergence_delta=True, **kwargs,
-    )
-    return MethodOutput(attr, delta.detach().abs(), ig.last_n_steps)
-
-
-def noise_options(kwargs: dict) -> dict:
-    """SmoothGrad/VarGrad options with their defaults: 5 samples; noise of 10 % of each example's
-    spread when neither ``stdevs`` nor ``stdevs_relative`` is given (captum's default, an absolute
-    1.0, is about 20x the spread of typical word embeddings and drowns the signal); ``seed``
-    (an int, or None for the global RNG) makes the noise repeatable."""
-    options = {"nt_samples": 5, "seed": None, **kwargs}
-    if "stdevs" not in kwargs and "stdevs_relative" not in kwargs:
-        options.update(stdevs=0.1, stdevs_relative=True)
-    return options
-
-
-def _noise_tunnel(spec, forward, inputs, additional_forward_args, kwargs, dtype) -> MethodOutput:
-    kwargs = noise_options(kwargs)
-    kwargs["generator"] = kwargs.pop("seed")
-    tunnel = _method_class("NoiseTunnel")(_method_class("Saliency")(forward, dtype=dtype))
-    attr = tunnel.attribute(
-        inputs, nt_type=spec.name, additional_forward_args=additional_forward_args, abs=False, **kwargs
-    )
-    return MethodOutput(attr)
-
-
-def _sequential_ig(forward, inputs, baselines, additional_forward_args, kwargs, keep, dtype) -> MethodOutput:
-    """Sequential IG (Enguehard, 2023) over the attributed tokens (not ``keep``); a row's
-    completeness error is the largest of its tokens' (each path has its own endpoints)."""
-    sig = _method_class("SequentialIntegratedGradients")(forward, dtype=dtype)
-    n_steps = kwargs.get("n_steps", 50)
-    attr, delta = sig.attribute(
-        inputs, baselines=baselines, additional_forward_args=additional_forward_args, n_steps=n_steps,
-        method=kwargs.get("quadrature", "gausslegendre"), internal_batch_size=kwargs.get("internal_batch_size"),
-        return_convergence_delta=True, token_mask=None if keep is None else ~keep,
-    )
-    steps = torch.full((inputs.shape[0],), n_steps, dtype=torch.long, device=inputs.device)
-    return MethodOutput(attr, delta.abs().amax(1).float(), steps)
+        names = ", ".join(sorted(accepted)) or "none"
+        raise TypeError(f"method {spec.name!r} got unexpected keyword arguments {unknown}; it accepts: {names}")
+    if spec.check is not None:
+        _load(spec.check)(kwargs)

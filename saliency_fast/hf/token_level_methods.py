@@ -1,7 +1,7 @@
 """LIME, KernelSHAP, GradientSHAP, DeepLIFT and Grad-CAM as Explainer methods, at token level.
 
 Each runs the captum-compatible class of :mod:`saliency_fast.methods` on the Explainer's forward
-over word embeddings:
+over word embeddings (one runner per method, named by :mod:`saliency_fast.hf.method_registry`):
 
 - ``lime`` / ``kernel_shap``: every token is one interpretable feature; a removed token takes the
   baseline's embedding (the ``baseline`` argument: the pad token by default, or ``mask``); special
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import saliency_fast
-from saliency_fast.hf.method_output import MethodOutput
+from saliency_fast.hf.method_io import EmbeddingJob, MethodOutput
 from saliency_fast.methods import noise_tunnel
 from saliency_fast.methods.gradient_shap import InputBaselineXGradient
 from saliency_fast.methods.linear_models import SkLearnLasso
@@ -71,49 +71,52 @@ def _seeded(seed, numpy_too: bool = False):
                 np.random.set_state(state)
 
 
-def attribute(name: str, forward, inputs: torch.Tensor, baselines: torch.Tensor | None, args: tuple, kwargs: dict,
-              dtype, *, model: nn.Module | None, internal_batch_size: int | None):
-    """Attributions ``[B, S, D]`` (per-token methods: the token's score on every embedding dim)."""
-    if name in ("lime", "kernel_shap"):
-        return MethodOutput(_surrogate(name, forward, inputs, baselines, args, kwargs, dtype, internal_batch_size))
-    if name == "gradient_shap":
-        inner = InputBaselineXGradient(forward, dtype=dtype)
-        stdevs = kwargs.get("stdevs", 0.0)
-        with _seeded(kwargs.get("seed"), numpy_too=True):
-            attr = noise_tunnel.NoiseTunnel(inner).attribute(
-                inputs, nt_type="smoothgrad", nt_samples=kwargs.get("n_samples", 5), stdevs=stdevs,
-                baselines=baselines, additional_forward_args=args,
-            )
-        return MethodOutput(attr)
-    if model is None:
-        raise ValueError(f"method {name!r} needs the model the forward function runs")
-    if name == "deeplift":
-        attr = saliency_fast.DeepLift(_ForwardModule(forward, model), dtype=dtype).attribute(
-            inputs, baselines, additional_forward_args=args)
-        return MethodOutput(attr)
+def lime(job: EmbeddingJob) -> MethodOutput:
+    alpha = job.kwargs.get("alpha", DEFAULT_LASSO_ALPHA)
+    return _surrogate(saliency_fast.Lime(job.forward, SkLearnLasso(alpha=alpha), dtype=job.dtype), job)
+
+
+def kernel_shap(job: EmbeddingJob) -> MethodOutput:
+    return _surrogate(saliency_fast.KernelShap(job.forward, dtype=job.dtype), job)
+
+
+def gradient_shap(job: EmbeddingJob) -> MethodOutput:
+    inner = InputBaselineXGradient(job.forward, dtype=job.dtype)
+    with _seeded(job.kwargs.get("seed"), numpy_too=True):
+        attr = noise_tunnel.NoiseTunnel(inner).attribute(
+            job.inputs, nt_type="smoothgrad", nt_samples=job.kwargs.get("n_samples", 5),
+            stdevs=job.kwargs.get("stdevs", 0.0), baselines=job.baselines, additional_forward_args=job.args,
+        )
+    return MethodOutput(attr)
+
+
+def deeplift(job: EmbeddingJob) -> MethodOutput:
+    attr = saliency_fast.DeepLift(_ForwardModule(job.forward, job.model), dtype=job.dtype).attribute(
+        job.inputs, job.baselines, additional_forward_args=job.args)
+    return MethodOutput(attr)
+
+
+def grad_cam(job: EmbeddingJob) -> MethodOutput:
     from saliency_fast.hf import layers
 
-    _, modules = layers.resolve_layers(model, layer=kwargs.get("cam_layer", -1))
-    cam = saliency_fast.LayerGradCam(forward, modules[0], dtype=dtype).attribute(
-        inputs, additional_forward_args=args, relu_attributions=True, channels_last=True)
+    _, modules = layers.resolve_layers(job.model, layer=job.kwargs.get("cam_layer", -1))
+    cam = saliency_fast.LayerGradCam(job.forward, modules[0], dtype=job.dtype).attribute(
+        job.inputs, additional_forward_args=job.args, relu_attributions=True, channels_last=True)
     cam = cam[0] if isinstance(cam, tuple) else cam
-    if cam.dim() != 3 or cam.shape[:2] != inputs.shape[:2]:
+    if cam.dim() != 3 or cam.shape[:2] != job.inputs.shape[:2]:
         raise ValueError(
             f"grad_cam needs a layer whose output is [batch, tokens, hidden]; cam_layer gives {tuple(cam.shape)}"
         )
-    return MethodOutput(cam.expand(-1, -1, inputs.shape[-1]))
+    return MethodOutput(cam.expand(-1, -1, job.inputs.shape[-1]))
 
 
-def _surrogate(name, forward, inputs, baselines, args, kwargs, dtype, internal_batch_size) -> torch.Tensor:
-    n_examples, n_tokens = inputs.shape[:2]
-    feature_mask = torch.arange(n_tokens, device=inputs.device).view(1, n_tokens, 1)
-    per_eval = kwargs.get("perturbations_per_eval", max(1, (internal_batch_size or 1) // n_examples))
-    if name == "lime":
-        method = saliency_fast.Lime(forward, SkLearnLasso(alpha=kwargs.get("alpha", DEFAULT_LASSO_ALPHA)), dtype=dtype)
-    else:
-        method = saliency_fast.KernelShap(forward, dtype=dtype)
-    with _seeded(kwargs.get("seed")):
-        return method.attribute(
-            inputs, baselines=baselines, additional_forward_args=args, feature_mask=feature_mask,
-            n_samples=kwargs.get("n_samples", DEFAULT_SURROGATE_SAMPLES), perturbations_per_eval=per_eval,
-        )
+def _surrogate(method, job: EmbeddingJob) -> MethodOutput:
+    """Every token one interpretable feature; one score per token on every embedding dim."""
+    n_examples, n_tokens = job.inputs.shape[:2]
+    feature_mask = torch.arange(n_tokens, device=job.inputs.device).view(1, n_tokens, 1)
+    per_eval = job.kwargs.get("perturbations_per_eval", max(1, (job.internal_batch_size or 1) // n_examples))
+    with _seeded(job.kwargs.get("seed")):
+        return MethodOutput(method.attribute(
+            job.inputs, baselines=job.baselines, additional_forward_args=job.args, feature_mask=feature_mask,
+            n_samples=job.kwargs.get("n_samples", DEFAULT_SURROGATE_SAMPLES), perturbations_per_eval=per_eval,
+        ))

@@ -13,7 +13,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from saliency_fast.hf.checks import AGGREGATE_CHOICES
-from saliency_fast.hf.method_registry import METHOD_CHOICES
+from saliency_fast.hf import method_registry
 from saliency_fast.hf.baselines import BASELINE_CHOICES
 
 # Bounds that keep one request from holding the model for minutes (a path method's cost grows with n_steps).
@@ -43,10 +43,13 @@ def _rebuild_error(status, message, headers, details) -> ServeError:
     return ServeError(status, message, headers, **details)
 
 
-def _one_of(choices: tuple[str, ...], what: str):
+def _one_of(choices, what: str):
+    """``choices``: the names, or a function giving them at call time (the method registry can grow)."""
+
     def check(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"{what} must be one of {list(choices)}")
+        names = choices() if callable(choices) else choices
+        if value not in names:
+            raise ValueError(f"{what} must be one of {list(names)}")
         return value
 
     return pydantic.AfterValidator(check)
@@ -74,7 +77,7 @@ class ExplainParameters(BaseModel):
     """How to explain: requests with equal parameters share Explainer calls."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    method: Annotated[str, _one_of(METHOD_CHOICES, "method")] = "saliency"
+    method: Annotated[str, _one_of(method_registry.method_names, "method")] = "saliency"
     target: int | str | None = None
     aggregate: Annotated[str, _one_of(AGGREGATE_CHOICES, "aggregate")] = "l2"
     n_steps: Annotated[int, Field(ge=1, le=MAX_N_STEPS)] | None = None
