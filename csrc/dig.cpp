@@ -4,38 +4,16 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "saliency_fast/arg_checks.h"
 #include "saliency_fast/dig_args.h"
 
 namespace saliency_fast::dig {
 namespace {
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_defined(const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.defined(), name, " must be a defined tensor");
-}
-
-// `t` shares device and dtype with `ref` (named ref_name).
-void check_like(const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
-  check_defined(name, t);
-  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ",
-                    ref.device(), "; expected the same device");
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
-                   " has ", ref.scalar_type(), "; expected the same dtype");
-}
-
-void check_shape(const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), name, " has shape ", t.sizes(), " but ", ref_name, " has ",
-                    ref.sizes(), "; expected the same shape");
-}
-
-void check_floating(const char* name, const at::Tensor& t) {
-  check_defined(name, t);
-  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), name,
-                   " must have a floating dtype (float32, float64, bfloat16, float16), got ", t.scalar_type());
-}
+using checks::check_defined;
+using checks::check_floating;
+using checks::check_like;
+using checks::check_same_shape;
 
 void check_steps(int64_t steps) {
   TORCH_CHECK_VALUE(steps >= 1, "steps must be >= 1, got ", steps);
@@ -79,9 +57,9 @@ MonotonizeArgs prepare_monotonize(const at::Tensor& anchor, const at::Tensor& cu
                                   int64_t steps) {
   check_floating("anchor", anchor);
   check_like("current", current, "anchor", anchor);
-  check_shape("current", current, "anchor", anchor);
+  check_same_shape("current", current, "anchor", anchor);
   check_like("baseline", baseline, "anchor", anchor);
-  check_shape("baseline", baseline, "anchor", anchor);
+  check_same_shape("baseline", baseline, "anchor", anchor);
   check_steps(steps);
   MonotonizeArgs args;
   args.anchor = anchor.contiguous();
@@ -106,7 +84,7 @@ CandidateArgs prepare_candidates(const at::Tensor& candidates, const at::Tensor&
                     "current must have shape (N, D) = (", n, ", ", d, ") to match candidates, got ",
                     current.sizes());
   check_like("baseline", baseline, "candidates", candidates);
-  check_shape("baseline", baseline, "current", current);
+  check_same_shape("baseline", baseline, "current", current);
   check_steps(steps);
   CandidateArgs args;
   args.candidates = candidates.contiguous();
@@ -144,7 +122,7 @@ CandidateArgs prepare_select(const at::Tensor& candidates, const at::Tensor& val
   args.strategy = parse_strategy(strategy);
   if (anchor_word.has_value() && anchor_word->defined()) {
     check_like("anchor_word", *anchor_word, "candidates", candidates);
-    check_shape("anchor_word", *anchor_word, "current", current);
+    check_same_shape("anchor_word", *anchor_word, "current", current);
     args.scored_against = anchor_word->contiguous();
   }
   args.valid = valid.contiguous();

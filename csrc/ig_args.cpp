@@ -1,5 +1,7 @@
 #include "saliency_fast/ig_args.h"
 
+#include "saliency_fast/arg_checks.h"
+
 #include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -9,41 +11,17 @@
 namespace saliency_fast::ig {
 namespace {
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_floating(const char* name, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), name,
-                   " must have a floating dtype (float32, float64, bfloat16, float16), got ", t.scalar_type());
-}
-
-void check_same_device(const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device(),
-                    "; expected the same device");
-}
-
-void check_same_shape(const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", t.sizes(), " but x has ", x.sizes(),
-                    "; expected the same shape");
-}
-
-void check_same_dtype(const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
-                   x.scalar_type(), "; expected the same dtype");
-}
-
-void check_one_dim(const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
-}
+using checks::check_floating;
+using checks::check_one_dim;
 
 void check_x_and_baseline(const at::Tensor& x, const at::Tensor& baseline) {
-  TORCH_CHECK_VALUE(x.defined() && baseline.defined(), "x and baseline must be defined tensors");
+  checks::check_defined("x", x);
+  checks::check_defined("baseline", baseline);
   check_floating("x", x);
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least one dim (the last is the embedding dim), got a scalar");
-  check_same_device("baseline", baseline, x);
-  check_same_dtype("baseline", baseline, x);
-  check_same_shape("baseline", baseline, x);
+  checks::check_same_device("baseline", baseline, "x", x);
+  checks::check_same_dtype("baseline", baseline, "x", x);
+  checks::check_same_shape("baseline", baseline, "x", x);
 }
 
 Reduce parse_reduce(std::string_view reduce) {
@@ -56,8 +34,8 @@ Reduce parse_reduce(std::string_view reduce) {
 
 // partial / acc: same device and shape as x, dtype x's or (for half types) float32.
 void check_accumulator(const char* name, const at::Tensor& t, const at::Tensor& x) {
-  check_same_device(name, t, x);
-  check_same_shape(name, t, x);
+  checks::check_same_device(name, t, "x", x);
+  checks::check_same_shape(name, t, "x", x);
   const auto opmath = at::toOpMathType(x.scalar_type());
   TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type() || t.scalar_type() == opmath, name, " must have dtype ",
                    x.scalar_type(), " or ", opmath, " (x's dtype or its accumulation dtype), got ", t.scalar_type());
@@ -67,13 +45,13 @@ AccumulateArgs prepare_accumulate_common(const at::Tensor& grads, const at::Tens
                                          const at::Tensor& baseline) {
   check_x_and_baseline(x, baseline);
   TORCH_CHECK_VALUE(grads.defined() && weights.defined(), "grads and weights must be defined tensors");
-  check_same_device("grads", grads, x);
-  check_same_dtype("grads", grads, x);
+  checks::check_same_device("grads", grads, "x", x);
+  checks::check_same_dtype("grads", grads, "x", x);
   TORCH_CHECK_VALUE(grads.dim() == x.dim() + 1 && grads.sizes().slice(1) == x.sizes(),
                     "grads must have shape (steps, *x.shape) with x.shape = ", x.sizes(), ", got ", grads.sizes());
   check_floating("weights", weights);
   check_one_dim("weights", weights);
-  check_same_device("weights", weights, x);
+  checks::check_same_device("weights", weights, "x", x);
   TORCH_CHECK_VALUE(weights.size(0) == grads.size(0), "weights must have one entry per step of grads (",
                     grads.size(0), "), got ", weights.size(0));
 
@@ -97,7 +75,7 @@ InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& basel
   TORCH_CHECK_VALUE(alphas.defined(), "alphas must be a defined tensor");
   check_floating("alphas", alphas);
   check_one_dim("alphas", alphas);
-  check_same_device("alphas", alphas, x);
+  checks::check_same_device("alphas", alphas, "x", x);
 
   InterpolateArgs args;
   args.x = x.contiguous();
@@ -112,8 +90,8 @@ InterpolateArgs prepare_interpolate(const at::Tensor& x, const at::Tensor& basel
     return args;
   }
   TORCH_CHECK_VALUE(out->defined(), "out must be a defined tensor");
-  check_same_device("out", *out, x);
-  check_same_dtype("out", *out, x);
+  checks::check_same_device("out", *out, "x", x);
+  checks::check_same_dtype("out", *out, "x", x);
   TORCH_CHECK_VALUE(out->sizes() == at::IntArrayRef(shape), "out must have shape (len(alphas), *x.shape) = ",
                     at::IntArrayRef(shape), ", got ", out->sizes());
   TORCH_CHECK_VALUE(out->is_contiguous(), "out must be contiguous (a buffer the op writes in place)");

@@ -7,27 +7,16 @@
 #include <ATen/ops/matmul.h>
 #include <torch/library.h>
 
+#include "saliency_fast/arg_checks.h"
 #include "saliency_fast/influence_args.h"
 
 namespace saliency_fast::influence {
 namespace {
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_like(const char* name, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(t.defined(), name, " must be a defined tensor");
-  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " is on ", t.device(), " but activations is on ", ref.device(),
-                    "; expected the same device");
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(),
-                   " but activations has ", ref.scalar_type(), "; expected the same dtype");
-}
-
 // x [n, t, d] projected by p [d, k] (or kept) in the accumulation dtype, contiguous.
 at::Tensor project(const at::Tensor& x, const std::optional<at::Tensor>& p, const char* p_name, at::ScalarType acc) {
   if (!p.has_value()) return x.to(acc).contiguous();
-  check_like(p_name, *p, x);
+  checks::check_like(p_name, *p, "activations", x);
   TORCH_CHECK_VALUE(p->dim() == 2 && p->size(0) == x.size(2), p_name, " must have shape (", x.size(2), ", k), got ",
                     p->sizes());
   return at::matmul(x.to(acc), p->to(acc)).contiguous();
@@ -38,12 +27,9 @@ at::Tensor project(const at::Tensor& x, const std::optional<at::Tensor>& p, cons
 LinearGradArgs prepare_linear_grad(const at::Tensor& activations, const at::Tensor& output_grads,
                                    const std::optional<at::Tensor>& in_projection,
                                    const std::optional<at::Tensor>& out_projection) {
-  TORCH_CHECK_VALUE(activations.defined(), "activations must be a defined tensor");
-  TORCH_CHECK_TYPE(is_float_dtype(activations.scalar_type()),
-                   "activations must have a floating dtype (float32, float64, bfloat16, float16), got ",
-                   activations.scalar_type());
+  checks::check_floating("activations", activations);
   TORCH_CHECK_VALUE(activations.dim() == 3, "activations must have shape (N, T, d_in), got ", activations.sizes());
-  check_like("output_grads", output_grads, activations);
+  checks::check_like("output_grads", output_grads, "activations", activations);
   TORCH_CHECK_VALUE(output_grads.dim() == 3 && output_grads.size(0) == activations.size(0) &&
                         output_grads.size(1) == activations.size(1),
                     "output_grads must have shape (N, T, d_out) = (", activations.size(0), ", ", activations.size(1),

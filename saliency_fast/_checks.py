@@ -1,4 +1,7 @@
-"""Argument validation shared by the public ops and the reference (the C++ ops check the same).
+"""Argument validation of the reference ops (:mod:`saliency_fast.reference`) and of the Python-side
+arguments of DIG's path building. The native ops check their own arguments, with the same
+exceptions and the same argument names (csrc/include/saliency_fast/arg_checks.h); the public ops in
+:mod:`saliency_fast.ops` add no check, so each call is checked once, by the backend that runs it.
 
 Each check raises ``TypeError`` for a wrong kind of thing (dtype, type) and ``ValueError`` for a
 wrong value (shape, device, unknown option), with a message that names the argument and says
@@ -79,7 +82,7 @@ def check_interpolate_out(out, x, alphas) -> None:
         raise ValueError("out must be contiguous (a buffer the op writes in place)")
 
 
-def check_accumulate_args(grads, weights, x, baseline, reduce, partial) -> None:
+def check_accumulate_args(grads, weights, x, baseline, reduce, partial, partial_name: str = "partial") -> None:
     x_and_baseline(x, baseline)
     tensor("grads", grads)
     tensor("weights", weights)
@@ -100,13 +103,13 @@ def check_accumulate_args(grads, weights, x, baseline, reduce, partial) -> None:
             f"weights must have one entry per step of grads ({grads.shape[0]}), got {weights.shape[0]}"
         )
     if partial is not None:
-        tensor("partial", partial)
-        same_device("partial", partial, "x", x)
-        same_shape("partial", partial, "x", x)
+        tensor(partial_name, partial)
+        same_device(partial_name, partial, "x", x)
+        same_shape(partial_name, partial, "x", x)
         accepted = {x.dtype, torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype}
         if partial.dtype not in accepted:
             raise TypeError(
-                f"partial must have dtype {' or '.join(sorted(map(str, accepted)))} (x's dtype or its "
+                f"{partial_name} must have dtype {' or '.join(sorted(map(str, accepted)))} (x's dtype or its "
                 f"accumulation dtype), got {partial.dtype}"
             )
 

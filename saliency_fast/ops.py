@@ -49,6 +49,24 @@ def _native_op(name: str):
     return getattr(torch.ops.saliency_fast, name).default
 
 
+def _native_gets(tensors: tuple, ints: tuple = (), strs: tuple = (), kernel: str | None = None) -> bool:
+    """Whether the native op runs these arguments. Each backend checks its arguments once: the
+    native op in C++ (csrc/include/saliency_fast/arg_checks.h), the reference with
+    :mod:`saliency_fast._checks`; the public op adds no check of its own. Arguments the native op
+    cannot even receive (not tensors, tensors on several devices, a count that is not an int) go
+    to the reference, whose checks name them. ``kernel``: also require this build to have the op's
+    kernel for the device (an older build may predate the DIG and influence ops)."""
+    present = [t for t in tensors if t is not None]
+    if not all(isinstance(t, torch.Tensor) for t in present):
+        return False
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ints) or not all(isinstance(v, str) for v in strs):
+        return False
+    device = present[0].device
+    if any(t.device != device for t in present) or not _use_native(device):
+        return False
+    return kernel is None or _has_kernel(kernel, "CUDA" if device.type == "cuda" else "CPU")
+
+
 def ig_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, *,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """``out[k] = baseline + alphas[k] * (x - baseline)``; see :func:`reference.ig_interpolate`.
@@ -57,18 +75,18 @@ def ig_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor
     into and return, so repeated calls reuse one buffer instead of touching fresh memory each time
     (not differentiable, as ``out=`` forms of torch ops are not).
     """
-    _checks.check_interpolate_args(x, baseline, alphas)
     if out is None:
-        if _use_native(x.device):
+        if _native_gets((x, baseline, alphas)):
             return _native_op("ig_interpolate")(x, baseline, alphas)
         return reference.ig_interpolate(x, baseline, alphas)
-    _checks.check_interpolate_out(out, x, alphas)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (out, x, baseline, alphas)):
+    if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (out, x, baseline, alphas)):
         raise RuntimeError("ig_interpolate(..., out=) is not differentiable; call it without out instead")
-    if _use_native(x.device):
+    if _native_gets((x, baseline, alphas, out)):
         _native_op("ig_interpolate_out")(x, baseline, alphas, out)
         return out
-    return out.copy_(reference.ig_interpolate(x, baseline, alphas))
+    result = reference.ig_interpolate(x, baseline, alphas)
+    _checks.check_interpolate_out(out, x, alphas)  # the reference writes a new tensor: the buffer is checked here
+    return out.copy_(result)
 
 
 def ig_accumulate(
@@ -81,8 +99,7 @@ def ig_accumulate(
 ) -> torch.Tensor:
     """``reduce(partial + (x - baseline) * sum_k weights[k] * grads[k])`` in one pass over ``grads``;
     see :func:`reference.ig_accumulate`."""
-    _checks.check_accumulate_args(grads, weights, x, baseline, reduce, partial)
-    if _use_native(x.device):
+    if _native_gets((grads, weights, x, baseline, partial), strs=(reduce,)):
         return _native_op("ig_accumulate")(grads, weights, x, baseline, reduce, partial)
     return reference.ig_accumulate(grads, weights, x, baseline, reduce, partial)
 
@@ -96,12 +113,12 @@ def ig_accumulate_(
     allocation per chunk. ``acc`` may be float32 for half-precision inputs. Not differentiable
     (use :func:`ig_accumulate` with ``partial`` when gradients must flow).
     """
-    _checks.check_accumulate_args(grads, weights, x, baseline, "none", acc)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (acc, grads, weights, x, baseline)):
+    if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (acc, grads, weights, x, baseline)):
         raise RuntimeError("ig_accumulate_ is not differentiable; use ig_accumulate(..., partial=acc) instead")
-    if _use_native(x.device):
+    if _native_gets((acc, grads, weights, x, baseline)):
         _native_op("ig_accumulate_")(acc, grads, weights, x, baseline)
     else:
+        _checks.check_accumulate_args(grads, weights, x, baseline, "none", acc, partial_name="acc")
         acc.copy_(reference.ig_accumulate(grads, weights, x, baseline, "none", acc))
     return acc
 
@@ -202,12 +219,6 @@ if _native.status().loaded:
 # gradients, on either backend. dig_monotonize is differentiable (piecewise linear).
 
 
-def _use_dig_native(name: str, device: torch.device) -> bool:
-    """Native when it is active for ``device`` and this build has the DIG kernel for it (an older
-    build of the extension may predate the DIG ops)."""
-    return _use_native(device) and _has_kernel(name, "CUDA" if device.type == "cuda" else "CPU")
-
-
 @functools.cache
 def _has_kernel(name: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_native.OP_NAMESPACE}::{name}", dispatch_key)
@@ -216,8 +227,7 @@ def _has_kernel(name: str, dispatch_key: str) -> bool:
 def dig_monotonize(anchor: torch.Tensor, current: torch.Tensor, baseline: torch.Tensor, steps: int) -> torch.Tensor:
     """DIG's monotonization of ``anchor`` between ``current`` and ``baseline``; see
     :func:`reference.dig_monotonize`."""
-    _checks.check_dig_monotonize_args(anchor, current, baseline, steps)
-    if _use_dig_native("dig_monotonize", anchor.device):
+    if _native_gets((anchor, current, baseline), ints=(steps,), kernel="dig_monotonize"):
         return _native_op("dig_monotonize")(anchor, current, baseline, steps)
     return reference.dig_monotonize(anchor, current, baseline, steps)
 
@@ -228,8 +238,7 @@ def dig_monotonic_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per candidate anchor: (monotonic dim count, correction norm); see
     :func:`reference.dig_monotonic_scores`."""
-    _checks.check_dig_scores_args(candidates, current, baseline, steps)
-    if _use_dig_native("dig_monotonic_scores", candidates.device):
+    if _native_gets((candidates, current, baseline), ints=(steps,), kernel="dig_monotonic_scores"):
         return tuple(_native_op("dig_monotonic_scores")(candidates, current, baseline, steps))
     return reference.dig_monotonic_scores(candidates, current, baseline, steps)
 
@@ -246,8 +255,8 @@ def dig_select_anchor(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused DIG step for a batch of tokens: (choice, monotonized choice); see
     :func:`reference.dig_select_anchor`."""
-    _checks.check_dig_select_args(candidates, valid, current, baseline, steps, strategy, anchor_word)
-    if _use_dig_native("dig_select_anchor", candidates.device):
+    if _native_gets((candidates, valid, current, baseline, anchor_word), ints=(steps,), strs=(strategy,),
+                    kernel="dig_select_anchor"):
         return tuple(
             _native_op("dig_select_anchor")(candidates, valid, current, baseline, steps, strategy, anchor_word)
         )
@@ -258,8 +267,7 @@ def dig_select_anchor(
 def dig_exact_distances(embedding: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Exact float64 squared distances from each query to its candidate rows of ``embedding``; see
     :func:`reference.dig_exact_distances`."""
-    _checks.check_dig_distances_args(embedding, queries, candidates)
-    if _use_dig_native("dig_exact_distances", embedding.device):
+    if _native_gets((embedding, queries, candidates), kernel="dig_exact_distances"):
         return _native_op("dig_exact_distances")(embedding, queries, candidates)
     return reference.dig_exact_distances(embedding, queries, candidates)
 
@@ -330,8 +338,7 @@ def per_example_linear_grad(
     """Each example's (projected) Linear weight gradient ``sum_t (g_t P_out)^T (a_t P_in)``,
     ``[N, k_out, k_in]`` in the accumulation dtype; see :func:`reference.per_example_linear_grad`.
     Not differentiable."""
-    _checks.check_per_example_linear_grad_args(activations, output_grads, in_projection, out_projection)
-    if _use_dig_native("per_example_linear_grad", activations.device):
+    if _native_gets((activations, output_grads, in_projection, out_projection), kernel="per_example_linear_grad"):
         return _native_op("per_example_linear_grad")(activations, output_grads, in_projection, out_projection)
     return reference.per_example_linear_grad(activations, output_grads, in_projection, out_projection)
 

@@ -57,7 +57,7 @@ def test_native_dig_ops_registered():
     if FORCED_REFERENCE:
         pytest.skip("SALIENCY_FAST_BACKEND=reference")
     for name in ("dig_monotonize", "dig_monotonic_scores", "dig_select_anchor", "dig_exact_distances"):
-        assert ops._use_dig_native(name, torch.device("cpu")), f"native {name} is not active"
+        assert ops._native_gets((torch.zeros(1),), kernel=name), f"native {name} is not active"
 
 
 @needs_native

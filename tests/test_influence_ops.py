@@ -41,7 +41,7 @@ def case(n, t, d_in, d_out, k_in, k_out, dtype, device="cpu"):
 def test_native_op_registered():
     if FORCED_REFERENCE:
         pytest.skip("SALIENCY_FAST_BACKEND=reference")
-    assert ops._use_dig_native("per_example_linear_grad", torch.device("cpu"))
+    assert ops._native_gets((torch.zeros(1),), kernel="per_example_linear_grad")
 
 
 @needs_native

@@ -401,8 +401,7 @@ def test_interpolate_bad_input(entry, change, error, name):
 def test_accumulate_inplace_bad_acc(entry, acc, error):
     a = _good()
     fn = op_of(entry, "ig_accumulate_")
-    # the public op checks acc as the running partial sum it is
-    with pytest.raises(error, match="acc" if entry == "native" else "partial"):
+    with pytest.raises(error, match="acc"):
         fn(acc, a["grads"], a["weights"], a["x"], a["baseline"])
 
 
@@ -534,3 +533,17 @@ def test_interpolate_bfloat16_rounds_denormals_and_nan_as_the_reference():
     assert torch.equal(expected.isnan(), found.isnan())
     finite = ~expected.isnan()
     assert torch.equal(expected[finite].view(torch.int16), found[finite].view(torch.int16))
+
+
+@needs_native
+@pytest.mark.parametrize(("change", "error", "name"), ACCUMULATE_ERRORS)
+def test_the_public_op_adds_no_check_of_its_own(change, error, name):
+    """Each backend checks once: with the native backend active, the public op's error is the native
+    op's own (csrc/include/saliency_fast/arg_checks.h), not a second check in Python."""
+    a = {**_good(), "reduce": "sum", "partial": None, **change}
+    args = (a["grads"], a["weights"], a["x"], a["baseline"], a["reduce"], a["partial"])
+    with pytest.raises(error) as public:
+        ops.ig_accumulate(*args)
+    with pytest.raises(error) as native_error:
+        native("ig_accumulate")(*args)
+    assert str(public.value) == str(native_error.value)
