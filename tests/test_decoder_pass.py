@@ -35,7 +35,7 @@ def engine_of(model, n_points=1, length=11, dtype=None):
 @pytest.mark.parametrize("family,overrides", [
     ("gpt2", {"n_layer": 3, "n_head": 4}), ("gpt2", {"scale_attn_by_inverse_layer_idx": True}),
     ("llama", {}), ("mistral", {"sliding_window": 3}), ("qwen2", {}), ("qwen3", {}), ("gemma", {}),
-    ("phi3", {}), ("phi3", {"partial_rotary_factor": 0.5}),
+    ("phi3", {}), ("phi3", {"partial_rotary_factor": 0.5}), ("opt", {}),
 ])
 @pytest.mark.parametrize("n_points", [1, 3])
 def test_backward_equals_autograd_on_each_prefix(family, overrides, n_points):

@@ -25,7 +25,7 @@ FULL = "the movie was good w5 w7 bad i w12 w3"
 N_PROMPT = 3
 FAMILIES = sorted(CAUSAL_FAMILIES)
 # the families a description in saliency_fast/hf/families/ covers: the described pass runs there
-DESCRIBED = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
+DESCRIBED = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "opt"}
 
 
 @functools.cache

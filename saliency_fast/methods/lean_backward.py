@@ -56,6 +56,9 @@ def _gelu(approximate: str) -> _Fused:
 
 _SILU = _Fused(F.silu, torch.ops.aten.silu_backward)
 _MISH = _Fused(F.mish, torch.ops.aten.mish_backward)
+# ReLU for the described decoder pass (OPT's MLP); not in the table below, so nn.ReLU modules are
+# never wrapped: DeepLIFT's rules find them by class
+RELU = _Fused(F.relu, lambda grad, x: torch.ops.aten.threshold_backward(grad, x, 0))
 # activation classes -> their fused pair (the same function: transformers' tanh-GELUs are the
 # tanh approximation written out in Python, eight ops forward and more backward)
 _FUSED_BY_CLASS = {

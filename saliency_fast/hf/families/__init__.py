@@ -10,9 +10,9 @@ module listed in :data:`FAMILIES` plus its test against autograd (tests/test_dec
 from __future__ import annotations
 
 from saliency_fast.hf.decoder_blocks import Decoder
-from saliency_fast.hf.families import gemma, gpt2, llama, phi3
+from saliency_fast.hf.families import gemma, gpt2, llama, opt, phi3
 
-FAMILIES = (gpt2, llama, gemma, phi3)
+FAMILIES = (gpt2, llama, gemma, phi3, opt)
 
 
 def describe(model) -> Decoder | None:

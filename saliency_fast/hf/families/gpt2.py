@@ -19,16 +19,16 @@ def describe(model) -> Decoder | None:
         if fused is None or hasattr(block, "crossattention"):
             return None
         blocks.append(Block(
-            norm1=_norm(block.ln_1),
+            norm1=layer_norm(block.ln_1),
             attention=Attention(_conv(attn.c_attn), _conv(attn.c_proj), attn.num_heads, attn.num_heads,
                                 attn.head_dim, attn.scaling),
-            norm2=_norm(block.ln_2),
+            norm2=layer_norm(block.ln_2),
             mlp=MLP(_conv(mlp.c_fc), _conv(mlp.c_proj), fused),
         ))
-    return Decoder("gpt2", blocks, _norm(body.ln_f), positions=body.wpe.weight.detach())
+    return Decoder("gpt2", blocks, layer_norm(body.ln_f), positions=body.wpe.weight.detach())
 
 
-def _norm(norm: nn.LayerNorm) -> Norm:
+def layer_norm(norm: nn.LayerNorm) -> Norm:
     return Norm(norm.weight.detach(), None if norm.bias is None else norm.bias.detach(), norm.eps)
 
 
