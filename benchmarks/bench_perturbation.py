@@ -69,7 +69,7 @@ def workload(n_texts: int):
     baselines = explainer._baselines(batch, explainer.resolve_baseline("pad"), keep).detach()
     index = torch.tensor([r.index for r in rows])
     args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, torch.zeros_like(index), None)
-    forward = functools.partial(explainer_module._score_forward, task, "margin")
+    forward = functools.partial(explainer_module._score_forward_by_length, task, "margin")
     n_tokens = embeds.shape[1]
     feature_mask = torch.arange(n_tokens).view(1, n_tokens, 1)
     return forward, embeds, baselines, args, feature_mask

@@ -399,7 +399,9 @@ class Explainer:
         found: list[_Attributed | None] = [None] * len(rows)
         buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
         show = len(buckets) > 1 if progress is None else bool(progress)
-        forward = functools.partial(_score_forward, task, kind)
+        # forward-only methods stack texts of different lengths: each runs at its own
+        score_forward = _score_forward_by_length if spec.family in ("surrogate", "perturbation") else _score_forward
+        forward = functools.partial(score_forward, task, kind)
         with self.lrp_mode(spec) as rules, self.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()):
             for bucket in tqdm(buckets, desc=f"{spec.name}", unit="batch", disable=not show):
                 batch_rows = [rows[r] for r in bucket]
@@ -558,6 +560,43 @@ def _score_forward(task, kind, inputs_embeds, attention_mask, token_type_ids, po
     the per-row tensors in ``additional_forward_args`` like any other argument)."""
     outputs = task.outputs(inputs_embeds, attention_mask, token_type_ids, position_ids)
     return task.score(outputs, index, position, extra, kind)
+
+
+def _score_forward_by_length(task, kind, inputs_embeds, attention_mask, token_type_ids, position_ids, index, position,
+                             extra):
+    """:func:`_score_forward` with each row run at its own length: rows are grouped by how far their
+    attention mask reaches (trailing padding cut off), one forward per length. The perturbation
+    methods use it: their forwards stack perturbed copies of texts of different lengths, and a
+    right-padded column that no query attends changes no score."""
+    width = attention_mask.shape[1]
+    if attention_mask.dim() != 2 or inputs_embeds.shape[0] == 0:
+        return _score_forward(task, kind, inputs_embeds, attention_mask, token_type_ids, position_ids, index,
+                              position, extra)
+    columns = torch.arange(1, width + 1, device=attention_mask.device)
+    extents = (attention_mask.ne(0) * columns).amax(1).clamp_min(1)  # last attended column + 1
+    lengths = extents.unique()
+    if len(lengths) == 1 and int(lengths[0]) == width:
+        return _score_forward(task, kind, inputs_embeds, attention_mask, token_type_ids, position_ids, index,
+                              position, extra)
+
+    def cut(t, rows, length):
+        return None if t is None else t[rows, :length]
+
+    def pick(t, rows):
+        return None if t is None else t[rows]
+
+    out = None
+    for length in lengths.tolist():
+        rows = (extents == length).nonzero().squeeze(1)
+        scores = _score_forward(
+            task, kind, cut(inputs_embeds, rows, length), cut(attention_mask, rows, length),
+            cut(token_type_ids, rows, length), cut(position_ids, rows, length), pick(index, rows), pick(position, rows),
+            pick(extra, rows),
+        )
+        if out is None:
+            out = scores.new_empty((inputs_embeds.shape[0], *scores.shape[1:]))
+        out[rows] = scores
+    return out
 
 
 def _stack_extra(extras: list[torch.Tensor | None], device) -> torch.Tensor | None:

@@ -368,8 +368,11 @@ class _Problem:
         self.target = _common.Target.parse(target, n_rows)
         self.args = _common.format_additional_forward_args(additional_forward_args, n_rows)
         self.per_example = True
+        self.original_outputs = None  # the unperturbed outputs, per example, when the test below ran
         if n_rows > 1:  # captum's test: one value per example, or one for the whole batch
             test = targeted_outputs(method.forward_func, method.dtype, inputs, self.target, self.args, n_rows)
+            if test.numel() == n_rows:
+                self.original_outputs = test.reshape(-1).float().clone()
             if test.numel() == 1:
                 if perturbations_per_eval != 1:
                     raise ValueError(
@@ -424,7 +427,14 @@ class _Problem:
         distinct = [torch.unique(s | self.null_features(u), dim=0, return_inverse=True) for u, s in zip(units, samples)]
         job_units = torch.cat([torch.full((len(d),), u, dtype=torch.long) for u, (d, _) in zip(units, distinct)])
         rows = torch.cat([d for d, _ in distinct])
-        outputs, weights = self._evaluate(job_units, rows, perturbations_per_eval * len(units), show_progress)
+        # the subset that keeps every feature is the unperturbed input: its output is known when the
+        # test forward ran, so it skips the forwards (its similarity weight is still computed)
+        known = rows.bool().all(1) if self.original_outputs is not None else torch.zeros(len(rows), dtype=torch.bool)
+        if bool(known.any()):
+            outputs, weights = self._evaluate(job_units, rows, perturbations_per_eval * len(units), show_progress,
+                                              skip=known)
+        else:
+            outputs, weights = self._evaluate(job_units, rows, perturbations_per_eval * len(units), show_progress)
         offsets = [0]
         for d, _ in distinct:
             offsets.append(offsets[-1] + len(d))
@@ -452,10 +462,27 @@ class _Problem:
             changed.index_add_(0, m[unit].reshape(-1), differs)
         return (changed == 0).long()
 
-    def _evaluate(self, units, rows, per_forward: int, show_progress: bool):
+    def _evaluate(self, units, rows, per_forward: int, show_progress: bool, skip: torch.Tensor | None = None):
         """Targeted outputs of the (unit, sample) pairs, ``per_forward`` rows to a forward pass, and
-        their similarity weights when those depend on the inputs alone (else None)."""
+        their similarity weights when those depend on the inputs alone (else None). Pairs marked in
+        ``skip`` keep every feature: their output is the unit's original output, no forward."""
+        if skip is not None:
+            evaluated = (~skip).nonzero().squeeze(1)
+            outputs, weights = self._evaluate(units[evaluated], rows[evaluated], per_forward, show_progress)
+            full = self.original_outputs[units].to(outputs.device)
+            full[evaluated] = outputs
+            if weights is None:
+                return full, None
+            skipped = skip.nonzero().squeeze(1)
+            device = self.inputs[0].device
+            at, kept = units[skipped].to(device), rows[skipped].to(device)
+            all_weights = torch.empty(len(units), dtype=weights.dtype, device=weights.device)
+            all_weights[evaluated] = weights
+            all_weights[skipped] = self.method.similarities(self, at, kept, self.perturbed(at, kept)).to(weights.device)
+            return full, all_weights
         method = self.method
+        if len(units) == 0:
+            return torch.empty(0, device=self.inputs[0].device), None
         outputs, weights = [], []
         starts = range(0, len(units), per_forward)
         for start in tqdm(starts, disable=not show_progress, desc=f"{_display_name(method)} attribution"):
