@@ -1,5 +1,6 @@
 """Contrastive targets: ``contrast_prob_diff`` / ``contrast_logit_diff`` against inseq's step functions
-(generation) and against the difference of two plain targets (classification)."""
+(decoder-only and encoder-decoder generation) and against the difference of two plain targets
+(classification)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import saliency_fast
-from tiny_models import bert_tokenizer, tiny_bert, tiny_gpt2
+from tiny_models import SEQ2SEQ_FAMILIES, bert_tokenizer, tiny_bert, tiny_gpt2, tiny_seq2seq
 
 PROMPT = "the movie was"
 FULL = "the movie was good w5 w7 bad i w12"
@@ -58,6 +59,44 @@ def test_generation_contrast_equals_difference_of_plain_targets(explainer):
         model(inputs_embeds=embeds).logits[0, -1, contrast_ids[t]].backward()
         contrast = (embeds * embeds.grad).sum(-1)[0]
         torch.testing.assert_close(diff.scores[row, :t], plain.scores[row, :t] - contrast, rtol=1e-4, atol=1e-6)
+
+
+SOURCE, TARGET, CONTRAST_TARGET = "the movie was good", "le film est bon", "un chat est mauvais"
+
+
+@pytest.mark.parametrize("family", SEQ2SEQ_FAMILIES)
+@pytest.mark.parametrize("ours_name,inseq_name", [("contrast_prob_diff", "contrast_prob_diff"),
+                                                  ("contrast_logit_diff", "contrast_logits_diff")])
+def test_encoder_decoder_matches_inseq(family, ours_name, inseq_name):
+    """Source and target attributions of p(token) - p(contrast token) at the original prefix, the
+    contrast aligned 1:1 with the target (three of its four words differ)."""
+    inseq = pytest.importorskip("inseq")
+    peer_model, peer_tok = tiny_seq2seq(family)  # inseq configures the model and tokenizer it is given
+    with pytest.warns(UserWarning, match="force the original inputs"):
+        out = inseq.load_model(peer_model, "input_x_gradient", tokenizer=peer_tok).attribute(
+            SOURCE, TARGET, attribute_target=True, attributed_fn=inseq_name, contrast_targets=CONTRAST_TARGET,
+            show_progress=False)
+    seq = out.sequence_attributions[0]
+    expected = torch.cat([seq.source_attributions, seq.target_attributions], 0).permute(1, 0, 2).float()
+    model, tok = tiny_seq2seq(family)
+    ours = saliency_fast.Explainer(model, tok, exclude_special_tokens=False).attribute_generation(
+        SOURCE, generated_text=TARGET, method="input_x_gradient", target=ours_name, contrast_targets=CONTRAST_TARGET,
+        aggregate="none", progress=False, target_batch_size=2)  # chunks of targets: the pairs split with them
+    differing = torch.nan_to_num(expected).abs().amax((1, 2)) > 0
+    assert int(differing.sum()) == 3  # rows where the contrast token is the target have no gradient
+    rows_close(torch.cat([ours.source_scores, ours.scores], 1), expected)
+    assert ours.metadata["contrast_targets"] == tok.convert_ids_to_tokens(
+        tok(text_target=CONTRAST_TARGET)["input_ids"])[: len(ours.targets)]
+
+
+def test_encoder_decoder_contrast_errors_are_clear():
+    explainer = saliency_fast.Explainer(*tiny_seq2seq("bart"))
+    with pytest.raises(ValueError, match="fewer than the"):
+        explainer.attribute_generation(SOURCE, generated_text=TARGET, target="contrast_prob_diff",
+                                       contrast_targets="un chat", progress=False)
+    with pytest.raises(ValueError, match="contrast_targets is empty"):
+        explainer.attribute_generation(SOURCE, generated_text=TARGET, target="contrast_prob_diff",
+                                       contrast_targets=" ", progress=False)
 
 
 @pytest.mark.parametrize("kind,base", [("contrast_prob_diff", "prob"), ("contrast_logit_diff", "logit")])

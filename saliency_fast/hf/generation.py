@@ -74,7 +74,8 @@ def attribute_generation(
             or ``loss`` (cross-entropy with the generated token as label); ``contrast_prob_diff`` /
             ``contrast_logit_diff``: its probability / logit minus that of the token at the same
             position of ``contrast_targets`` (a keyword argument: the full contrastive text, prompt
-            + alternative continuation), as inseq's contrastive step functions.
+            + alternative continuation; encoder-decoder: the alternative target text alone), as
+            inseq's contrastive step functions.
         aggregate: ``none``, ``sum``, ``l2``, ``abs_sum`` or ``dot`` over the embedding dim
             (not used by ``occlusion`` and ``attention``, which give one number per token).
         baseline: ``pad``, ``mask``, ``unk``, ``eos``, ``zero`` or a tensor ``[D]`` / ``[n_tokens, D]``
@@ -101,12 +102,13 @@ def attribute_generation(
 
     model, tokenizer = explainer.model, explainer.tokenizer
     # n_prompt: the leading tokens that are not targets (encoder-decoder: the source and the start token)
+    contrast_ids = None  # aligned with ids: the competing token at each position
     if seq2seq.is_encoder_decoder(model):
-        if contrast_targets is not None:
-            raise ValueError("contrastive targets (contrast_targets=) are not available for encoder-decoder models yet")
         pair = seq2seq.sequence_ids(model, tokenizer, prompt, max_new_tokens, generated_text)
         ids, n_source = pair.ids, len(pair.source)
         n_prompt = n_source + 1
+        if contrast_targets is not None:
+            contrast_ids = pair.source + seq2seq.contrast_target_ids(model, tokenizer, contrast_targets, len(pair.target))
         embedding = seq2seq.SequenceEmbedding(model, n_source)
         scorer = seq2seq.Seq2SeqScorer(model, n_source, options["lm_head"])
     else:
@@ -120,10 +122,11 @@ def attribute_generation(
     n_tokens, n_targets = len(ids), len(ids) - n_prompt
     _check_baseline_rows(resolved, n_tokens)
     target_ids = input_ids[n_prompt:]
-    contrast_ids = None
     if contrast_targets is not None:
-        contrast_ids = contrast_token_ids(tokenizer, contrast_targets, n_tokens)
-        target_ids = torch.stack([target_ids, torch.tensor(contrast_ids[n_prompt:], device=device)], dim=-1)
+        if contrast_ids is None:
+            contrast_ids = contrast_token_ids(tokenizer, contrast_targets, n_tokens)
+        contrast_ids = contrast_ids[n_prompt:]  # the competing token of each target
+        target_ids = torch.stack([target_ids, torch.tensor(contrast_ids, device=device)], dim=-1)
     if aggregate == "none" and not spec.per_token:
         size = n_targets * n_tokens * explainer.embedding.embedding_dim * 4
         if size > _MAX_UNREDUCED_BYTES:
@@ -198,8 +201,8 @@ def attribute_generation(
     metadata.update(metadata_extra)
     if layer_request is not None:
         metadata.update(layer_request.metadata())
-    if contrast_ids is not None:  # the competing token of each target
-        metadata["contrast_targets"] = model_io.token_texts(tokenizer, contrast_ids[n_prompt:])
+    if contrast_ids is not None:
+        metadata["contrast_targets"] = model_io.token_texts(tokenizer, contrast_ids)
     metadata.update(
         n_prompt_tokens=n_prompt,
         generated_text=tokenizer.decode(ids, skip_special_tokens=False),
@@ -251,12 +254,13 @@ def _check_arguments(prompt, max_new_tokens, generated_text, method, target, agg
 def _check_contrast(target: str, contrast_targets) -> None:
     if is_contrastive(target) and contrast_targets is None:
         raise ValueError(f"target {target!r} needs contrast_targets: the full contrastive text (prompt + alternative "
-                         "continuation), aligned token by token with the generated text")
+                         "continuation; encoder-decoder: the alternative target text), aligned token by token with "
+                         "the generated text")
     if contrast_targets is not None and not is_contrastive(target):
         raise ValueError(f"contrast_targets applies to the targets {CONTRAST_CHOICES}, not target={target!r}")
     if contrast_targets is not None and not isinstance(contrast_targets, str):
-        raise TypeError(f"contrast_targets must be a string (prompt + alternative continuation), "
-                        f"got {type(contrast_targets).__name__}")
+        raise TypeError("contrast_targets must be a string (prompt + alternative continuation; encoder-decoder: the "
+                        f"alternative target text), got {type(contrast_targets).__name__}")
 
 
 # ----------------------------------------------------------------------------------- tokens

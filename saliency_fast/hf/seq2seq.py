@@ -61,6 +61,19 @@ def sequence_ids(model, tokenizer, prompt: str, max_new_tokens: int | None, gene
     return Seq2SeqIds(source, target)
 
 
+def contrast_target_ids(model, tokenizer, contrast_text: str, n_target: int) -> list[int]:
+    """The contrastive target text's ids as a target's (the decoder start token first, then
+    ``text_target=`` tokens), cut to ``n_target``: token ``j`` competes with the target's token ``j``
+    (inseq's default 1:1 alignment of ``contrast_targets``)."""
+    if not contrast_text.strip():
+        raise ValueError("contrast_targets is empty; for an encoder-decoder model it is the alternative target text")
+    ids = [decoder_start_id(model)] + [int(i) for i in tokenizer(text_target=contrast_text, add_special_tokens=True)["input_ids"]]
+    if len(ids) < n_target:
+        raise ValueError(f"contrast_targets has {len(ids) - 1} tokens, fewer than the {n_target - 1} of the target: "
+                         "it is aligned token by token, so it needs at least as many")
+    return ids[:n_target]
+
+
 def decoder_start_id(model) -> int:
     for config in (getattr(model, "generation_config", None), model.config):
         start = getattr(config, "decoder_start_token_id", None)
@@ -226,7 +239,7 @@ class Seq2SeqScorer:
         if self.splits:
             return self.head_scores(self.hidden(embeds)[:, positions], token_ids, target)
         logits = self.logits_at(embeds, positions)
-        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        index = token_ids.to(logits.device).expand(*logits.shape[:-1], *token_ids.shape[1:])  # [T, 2]: contrastive
         return target_fns.score_from_logits(logits, index, target).float()
 
     def hidden(self, embeds: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -245,7 +258,7 @@ class Seq2SeqScorer:
             out = _row_logits(head, hidden, token_ids)
             return out if bias is None else out + bias.index_select(0, token_ids.to(bias.device)).float()
         logits = head(hidden) if bias is None else head(hidden) + bias
-        index = token_ids.to(logits.device).expand(logits.shape[:-1])
+        index = token_ids.to(logits.device).expand(*logits.shape[:-1], *token_ids.shape[1:])
         return target_fns.score_from_logits(logits, index, target).float()
 
     def _forward(self, embeds: torch.Tensor, **kwargs):
