@@ -87,6 +87,18 @@ def _cp_gated_mlp(self, x):
     return self.down_proj(self.act_fn(self.gate_proj(x).detach()) * self.up_proj(x))
 
 
+# Phi-3's MLP (one gate_up_proj whose first half is the gate): lxt's gated_mlp_forward /
+# cp_gated_mlp_forward above applied to the two halves (lxt 2.1 has no Phi-3 module map)
+def _fused_gated_mlp(self, x):
+    gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+    return self.down_proj(_Divide.apply(_Identity.apply(self.activation_fn, gate) * up, 2))
+
+
+def _cp_fused_gated_mlp(self, x):
+    gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+    return self.down_proj(self.activation_fn(gate.detach()) * up)
+
+
 def _wrap_attention(eager, rule):
     def attention(module, query, key, value, *args, **kwargs):
         if rule == "cp_lrp":
@@ -103,6 +115,9 @@ def _patch_map(modeling, family: str, rule: str) -> dict:
     """class -> its forward under ``rule``, as lxt's ``models/<family>.py`` maps them."""
     if family == "gpt2":  # lxt: the same MLP and LayerNorm patches for both rules
         return {modeling.GPT2MLP: _gpt2_mlp, torch.nn.LayerNorm: _layer_norm}
+    if family == "phi3":
+        return {modeling.Phi3MLP: _cp_fused_gated_mlp if rule == "cp_lrp" else _fused_gated_mlp,
+                modeling.Phi3RMSNorm: _rms_norm}
     prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
     return {getattr(modeling, f"{prefix}MLP"): _cp_gated_mlp if rule == "cp_lrp" else _gated_mlp,
             getattr(modeling, f"{prefix}RMSNorm"): _rms_norm}
@@ -110,7 +125,7 @@ def _patch_map(modeling, family: str, rule: str) -> dict:
 
 @contextlib.contextmanager
 def lxt_rules(model, family: str, rule: str):
-    """lxt's patch map for ``family`` (``llama``, ``qwen2``, ``gpt2``) and ``rule`` on ``model``'s
+    """lxt's patch map for ``family`` (``llama``, ``qwen2``, ``gpt2``, ``phi3``) and ``rule`` on ``model``'s
     classes, with eager attention; everything restored on exit."""
     modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     patches = _patch_map(modeling, family, rule)

@@ -16,6 +16,7 @@ RULES = ("attnlrp", "cp_lrp")
 FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),  # fused gate_up_proj
 }
 OTHER_FAMILIES = {
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),

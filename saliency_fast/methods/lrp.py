@@ -20,7 +20,7 @@ everything back on exit, also on error. It works on the modules a family is buil
 on one model class: activation modules (transformers' ``ACT2FN`` and torch's), normalisation modules
 (``nn.LayerNorm``, any ``*RMSNorm`` / ``*LayerNorm`` computing its scale with ``rsqrt``/``sqrt``),
 gated MLPs (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``; T5's ``wi_0``, ``wi_1``, ``wo``,
-``act``) and attention through
+``act``; Phi-3's fused ``gate_up_proj`` with ``down_proj``, ``activation_fn``) and attention through
 transformers' ``AttentionInterface`` (every family that registers its attention there: GPT-2, BERT,
 Llama, Mistral, Qwen2/3, Gemma, ...). A normalisation whose scale cannot be found, or a forward in
 which no attention went through the interface, is an error, never plain gradients in disguise.
@@ -101,25 +101,31 @@ class _IdentityRuleActivation(nn.Module):
 
 
 # (gate, up, down, activation) attribute names of gated MLPs: Llama-style (Llama, Mistral, Qwen2/3,
-# Gemma, OLMo 2, ...) and T5's gated-GELU feed-forward (flan-T5)
-GATED_MLP_NAMES = (("gate_proj", "up_proj", "down_proj", "act_fn"), ("wi_0", "wi_1", "wo", "act"))
+# Gemma, OLMo 2, ...), T5's gated-GELU feed-forward (flan-T5), and Phi-3's fused projection
+# (gate_up_proj: the gate's half first, then the up half; no separate up projection)
+GATED_MLP_NAMES = (("gate_proj", "up_proj", "down_proj", "act_fn"), ("wi_0", "wi_1", "wo", "act"),
+                   ("gate_up_proj", None, "down_proj", "activation_fn"))
 
 
 class _GatedMLPRule(nn.Module):
     """``down(act(gate(x)) * up(x))``: AttnLRP halves the product's gradient (its activation already
-    carries the identity rule); CP-LRP passes none through the gate. The module's dropout is not run
+    carries the identity rule); CP-LRP passes none through the gate. With a fused projection (no up
+    name) gate and up are the two halves of one projection. The module's dropout is not run
     (attribution runs in eval mode, where it is the identity)."""
 
-    def __init__(self, inner: nn.Module, rule: str, names: tuple[str, str, str, str]):
+    def __init__(self, inner: nn.Module, rule: str, names: tuple[str, str | None, str, str]):
         super().__init__()
         self.inner, self.rule = inner, rule
-        self.gate, self.up, self.down, self.act = (getattr(inner, n) for n in names)
+        self.gate, self.up, self.down, self.act = (None if n is None else getattr(inner, n) for n in names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x)
+        if self.up is None:
+            gate, up = self.gate(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate(x), self.up(x)
         if self.rule == "cp_lrp":
-            return self.down(self.act(gate.detach()) * self.up(x))
-        return self.down(divide_gradient(self.act(gate) * self.up(x), 2.0))
+            return self.down(self.act(gate.detach()) * up)
+        return self.down(divide_gradient(self.act(gate) * up, 2.0))
 
 
 class _ConstantScale(TorchFunctionMode):
@@ -225,9 +231,9 @@ def _is_norm(module: nn.Module) -> bool:
     )
 
 
-def _gated_mlp_names(module: nn.Module) -> tuple[str, str, str, str] | None:
+def _gated_mlp_names(module: nn.Module) -> tuple[str, str | None, str, str] | None:
     return next((names for names in GATED_MLP_NAMES
-                 if all(isinstance(getattr(module, n, None), nn.Module) for n in names)), None)
+                 if all(isinstance(getattr(module, n, None), nn.Module) for n in names if n is not None)), None)
 
 
 def _swap(model: nn.Module, matches, wrap) -> list[tuple[nn.Module, str, nn.Module]]:
