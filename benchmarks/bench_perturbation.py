@@ -11,14 +11,23 @@ padded batch, ``target``, ``feature_mask``, ``baselines``, ``n_samples`` and the
 draw the same samples and fit the same surrogates (LIME: sklearn's Lasso, alpha 1e-4; KernelSHAP:
 weighted least squares); the attributions are checked equal before timing.
 
-captum explains the examples one after the other, ``perturbations_per_eval`` samples of one text
-per forward; ours puts that many samples of every text in one forward, evaluates a subset drawn
-twice (or differing only in tokens whose removal changes nothing) once, and fits all surrogates
-at once. Two captum rows: at its default ``perturbations_per_eval=1``, and at ours.
+The forward is the Explainer's for perturbation methods: each row runs at its own length (trailing
+padding cut off), for captum as for us. captum explains the examples one after the other,
+``perturbations_per_eval`` samples of one text per forward; ours puts that many samples of every
+text in one forward, evaluates a subset drawn twice (or differing only in tokens whose removal
+changes nothing) once, takes the unperturbed text's output from the forward that checks the
+output shape, and fits all surrogates at once. Two captum rows: at ours ``perturbations_per_eval``
+(the equal comparison), and at captum's default 1.
+
+The floor: each side's forwards, recorded and replayed alone (the model's time on exactly the
+perturbations that side evaluates); it is printed with the rows run (forward rows and token rows,
+each row at its length) and the forward FLOPs, and the rows carry it. On a CPU the two sides are
+bound by these forwards, so the ratio at equal ``perturbations_per_eval`` is close to the ratio of
+token rows: what deduplication saves.
 
 Timing: one thread (``torch.set_num_threads(1)``), :func:`benchmarks._timing.interleaved` (the
-contenders take turns run by run, so a shared machine's drift hits all), median of the runs after
-one warm-up each (the call whose outputs are compared).
+contenders and the two floors take turns run by run, so a shared machine's drift hits all), median
+of the runs after one warm-up each (the call whose outputs are compared).
 """
 
 from __future__ import annotations
@@ -75,6 +84,36 @@ def workload(n_texts: int):
     return forward, embeds, baselines, args, feature_mask
 
 
+class Recording:
+    """The forward, recording each call's arguments: the forwards a method ran, replayed alone give
+    its floor (the model's time on exactly those perturbations)."""
+
+    def __init__(self, forward) -> None:
+        self.forward, self.calls = forward, []
+
+    def __call__(self, *args):
+        self.calls.append(args)
+        return self.forward(*args)
+
+    def token_rows(self) -> int:
+        """Rows x tokens run: each row at its own length (the forward cuts trailing padding)."""
+        return sum(int(call[1].ne(0).cumsum(1).argmax(1).add(1).sum()) for call in self.calls)
+
+    def rows(self) -> int:
+        return sum(call[0].shape[0] for call in self.calls)
+
+    def replay(self) -> None:
+        with torch.inference_mode():
+            for call in self.calls:
+                self.forward(*call)
+
+
+def minilm_flops_per_token(length: int, hidden: int = 384, layers: int = 6, ffn: int = 1536) -> float:
+    """Multiply-adds x 2 of one token through MiniLM's layers: Q, K, V, O (4 h^2), the MLP (2 h f),
+    attention scores and mix (2 L h)."""
+    return 2.0 * layers * (4 * hidden * hidden + 2 * hidden * ffn + 2 * length * hidden)
+
+
 def contenders(method: str, forward, per_eval: int):
     if method == "lime":
         return {
@@ -106,12 +145,34 @@ def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int) -> 
     for name, diff in diffs.items():
         if diff > 1e-3:
             raise AssertionError(f"{method}: {name} differs from captum by {diff:.2e} of the largest attribution")
-    timings = interleaved(calls, runs=runs, warmup=0)  # the call above was each one's warm-up
+    floors = {}
+    for name in ("ours", "captum"):  # the forwards each side runs at ppe=per_eval, recorded on one more call
+        recording = Recording(forward)
+        methods[name].forward_func = recording
+        call(name, per_eval)()
+        methods[name].forward_func = forward
+        floors[name] = recording
+    lengths = args[0].sum(1).float()
+    duplicates = 1 - (floors["ours"].rows() - n_texts) / (n_texts * n_samples)  # less the unperturbed test forward
+    print(f"{method}: {n_texts} texts, {float(lengths.mean()):.1f} tokens on average (special tokens included); "
+          f"forward rows: captum {floors['captum'].rows()}, ours {floors['ours'].rows()} ({duplicates:.0%} of the "
+          f"samples are repeats or the unperturbed text); token rows: captum {floors['captum'].token_rows()}, ours "
+          f"{floors['ours'].token_rows()}", flush=True)
+    # the floors (each side's forwards replayed alone) take turns with the contenders
+    calls.update({"ours forwards": floors["ours"].replay, "captum forwards": floors["captum"].replay})
+    timings = interleaved(calls, runs=runs, warmup=0)  # the calls above were each one's warm-up
     timings = {name: dataclasses.replace(t, warmup=1) for name, t in timings.items()}
+    per_token = minilm_flops_per_token(round(float(lengths.mean())))
+    for name, f in floors.items():
+        print(f"  {name}'s forwards alone: {timings[name + ' forwards'].median:.2f} s, "
+              f"{f.token_rows() * per_token / 1e9:.0f} GFLOP", flush=True)
+    work = (f"{duplicates:.0%} repeats; forwards of {floors['ours'].token_rows()} token rows against captum's "
+            f"{floors['captum'].token_rows()} (captum's forwards alone: {timings['captum forwards'].median:.2f} s)")
     workload_name = f"MiniLM zero-shot {method}, {n_texts} texts x {n_samples} samples, ours ppe={per_eval}"
     return [
         _results.row(workload_name, f"captum 0.9.0 {method} ({peer.split(' ', 1)[1]})", timings[peer],
-                     timings["ours"], max_diff=diffs["ours"], peer_dtype="float32", ours_dtype="float32", floor_s=None)
+                     timings["ours"], max_diff=diffs["ours"], peer_dtype="float32", ours_dtype="float32",
+                     floor_s=timings["ours forwards"].median, accuracy=work)
         for peer in (f"captum ppe={per_eval}", "captum ppe=1")
     ]
 

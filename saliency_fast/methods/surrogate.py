@@ -288,6 +288,10 @@ class Lime(LimeBase):
         """Whether the similarity weights depend on the perturbed inputs alone (not on the sample)."""
         return isinstance(self.similarity_func, _ExpKernel)
 
+    def weights_read_inputs(self) -> bool:
+        """Whether :meth:`similarities` reads the perturbed inputs (a user's similarity function may)."""
+        return True
+
     def similarities(self, problem: _Problem, units: torch.Tensor, samples: torch.Tensor, perturbed) -> torch.Tensor:
         """Similarity weights ``(n,)`` of the perturbed inputs ``perturbed`` (per input, ``(n, *unit
         shape)``) of examples ``units`` made by ``samples``."""
@@ -345,6 +349,9 @@ class KernelShap(Lime):
 
     def weights_from_inputs(self) -> bool:
         return False
+
+    def weights_read_inputs(self) -> bool:
+        return False  # the Shapley kernel's weights depend on the subset size alone
 
     def similarities(self, problem: _Problem, units: torch.Tensor, samples: torch.Tensor, perturbed) -> torch.Tensor:
         kept = samples.sum(1)
@@ -447,7 +454,8 @@ class _Problem:
                 ws.append(weights[index])
             else:  # weights of the samples themselves (they may differ where the inputs do not)
                 at = torch.full((len(s),), unit, dtype=torch.long, device=s.device)
-                ws.append(self.method.similarities(self, at, s, self.perturbed(at, s)).to(outputs.device))
+                perturbed = self.perturbed(at, s) if self.method.weights_read_inputs() else None
+                ws.append(self.method.similarities(self, at, s, perturbed).to(outputs.device))
         model = self.method.interpretable_model
         device = self.inputs[0].device
         if callable(getattr(model, "fit_many", None)) and len({len(s) for s in samples}) == 1:
