@@ -105,3 +105,30 @@ def test_new_methods_reject_bad_options_and_generation(bert):
     gpt2, gpt2_tok = tiny_gpt2()
     with pytest.raises(ValueError, match="not available for generation"):
         Explainer(gpt2, gpt2_tok).attribute_generation("a b c", max_new_tokens=2, method="lime")
+
+
+def test_perturbation_forwards_run_each_text_at_its_own_length(bert, monkeypatch):
+    """The forward of the perturbation methods cuts each row's trailing padding: rows of a padded
+    batch of texts of three lengths run in three forwards, and score what the padded forward does."""
+    from saliency_fast.hf import explainer as explainer_module
+
+    model, tok = bert
+    explainer = Explainer(model, tok)
+    texts = ["good", "the movie was surprisingly good", "not bad at all"]
+    task = explainer._make_task(choices=None, reference=None, labels=None)
+    units = task.encode(texts)
+    rows, _ = task.plan(units, explainer.predict(task, units), None)
+    batch = explainer._pad(units)
+    embeds = explainer.embedding(batch.input_ids).detach().repeat(2, 1, 1)  # perturbed copies: rows repeat
+    index = torch.tensor([r.index for r in rows]).repeat(2)
+    args = (batch.attention_mask.repeat(2, 1), batch.token_type_ids.repeat(2, 1), None, index, torch.zeros_like(index),
+            None)
+    with torch.no_grad():
+        padded = explainer_module._score_forward(task, "prob", embeds, *args)
+        widths = []
+        plain = explainer_module._score_forward
+        monkeypatch.setattr(explainer_module, "_score_forward",
+                            lambda task, kind, e, *rest: widths.append(e.shape[1]) or plain(task, kind, e, *rest))
+        cut = explainer_module._score_forward_by_length(task, "prob", embeds, *args)
+    assert sorted(widths) == sorted(set(batch.lengths)) and len(widths) == 3
+    torch.testing.assert_close(cut, padded, rtol=1e-5, atol=1e-6)
