@@ -184,13 +184,17 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=8)
     parser.add_argument("--per-eval", type=int, default=50, help="perturbations_per_eval (ours and captum's row)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--methods", default="lime,kernel_shap", help="comma-separated: lime, kernel_shap")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="measured on the CPU only so far")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     samples, runs = (30, 2) if args.quick else (args.samples, args.runs)
     rows = []
-    for method in ("lime", "kernel_shap"):
+    methods = args.methods.split(",")
+    if not methods or any(m not in ("lime", "kernel_shap") for m in methods):
+        parser.error(f"--methods: lime and/or kernel_shap, got {args.methods!r}")
+    for method in methods:
         for row in run(method, samples, args.per_eval, runs, args.texts):
             rows.append(row)
             print(f"{row['workload']:<60} vs {row['peer']:<32} captum {row['peer_s']:7.2f} s  ours "
