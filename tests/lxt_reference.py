@@ -16,7 +16,10 @@ written here from lxt's definitions (``lxt/efficient/rules.py``, ``patches.py``,
 - ``gated_mlp_forward`` (AttnLRP): ``down(divide_gradient(identity_rule(act, gate(x)) * up(x), 2))``;
   ``cp_gated_mlp_forward`` (CP-LRP): ``down(act(stop_gradient(gate(x))) * up(x))``;
 - attention (AttnLRP): query and key gradients divided by 4, value by 2, around the eager attention;
-  (CP-LRP): query and key detached.
+  (CP-LRP): query and key detached;
+- Phi-3 and Gemma 2, which lxt 2.1 does not map: its gated-MLP rules on Phi-3's fused projection
+  halves, lxt's Gemma 3 norm for Gemma 2's, and Gemma 2's soft-capping (``cap * tanh(x / cap)`` of the
+  attention logits and of the final logits) under the identity rule, as an element-wise activation.
 
 It differs from saliency_fast's mechanism on purpose: class-level patches of the family's classes and
 of its module-global ``eager_attention_forward`` (the model runs with eager attention), against our
@@ -74,6 +77,43 @@ def _layer_norm(self, x):
     return y
 
 
+def _gemma_rms_norm(self, x):
+    """Gemma's RMSNorm (weight stored as ``w - 1``) with the RMS held constant: lxt's gemma3 norm."""
+    out = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).detach()
+    return (out * (1.0 + self.weight.float())).type_as(x)
+
+
+def _soft_cap(x, cap):
+    """``cap * tanh(x / cap)`` under the identity rule (an element-wise activation, as lxt rules them)."""
+    return _Identity.apply(lambda v: torch.tanh(v / cap) * cap, x)
+
+
+def _gemma2_eager(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
+    """Gemma 2's eager attention written out, its soft-capped logits under the identity rule."""
+    from transformers.models.gemma2.modeling_gemma2 import repeat_kv
+
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (module.head_dim**-0.5 if scaling is None else scaling)
+    if softcap is not None:
+        scores = _soft_cap(scores, softcap)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class _SoftCappedHead(torch.nn.Module):
+    """The LM head followed by Gemma 2's final soft-capping under the identity rule (the model's own
+    capping is switched off meanwhile)."""
+
+    def __init__(self, head, cap):
+        super().__init__()
+        self.head, self.cap = head, cap
+
+    def forward(self, hidden):
+        return _soft_cap(self.head(hidden), self.cap)
+
+
 def _gpt2_mlp(self, hidden_states):
     return self.c_proj(_Identity.apply(self.act, self.c_fc(hidden_states)))
 
@@ -115,6 +155,9 @@ def _patch_map(modeling, family: str, rule: str) -> dict:
     """class -> its forward under ``rule``, as lxt's ``models/<family>.py`` maps them."""
     if family == "gpt2":  # lxt: the same MLP and LayerNorm patches for both rules
         return {modeling.GPT2MLP: _gpt2_mlp, torch.nn.LayerNorm: _layer_norm}
+    if family == "gemma2":
+        return {modeling.Gemma2MLP: _cp_gated_mlp if rule == "cp_lrp" else _gated_mlp,
+                modeling.Gemma2RMSNorm: _gemma_rms_norm}
     if family == "phi3":
         return {modeling.Phi3MLP: _cp_fused_gated_mlp if rule == "cp_lrp" else _fused_gated_mlp,
                 modeling.Phi3RMSNorm: _rms_norm}
@@ -125,7 +168,7 @@ def _patch_map(modeling, family: str, rule: str) -> dict:
 
 @contextlib.contextmanager
 def lxt_rules(model, family: str, rule: str):
-    """lxt's patch map for ``family`` (``llama``, ``qwen2``, ``gpt2``, ``phi3``) and ``rule`` on ``model``'s
+    """lxt's patch map for ``family`` (``llama``, ``qwen2``, ``gpt2``, ``phi3``, ``gemma2``) and ``rule`` on ``model``'s
     classes, with eager attention; everything restored on exit."""
     modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     patches = _patch_map(modeling, family, rule)
@@ -133,8 +176,12 @@ def lxt_rules(model, family: str, rule: str):
              model.config._attn_implementation)
     for cls, forward in patches.items():
         cls.forward = forward
-    modeling.eager_attention_forward = _wrap_attention(saved[2], rule)
+    modeling.eager_attention_forward = _wrap_attention(_gemma2_eager if family == "gemma2" else saved[2], rule)
     model.set_attn_implementation("eager")
+    cap = getattr(model.config, "final_logit_softcapping", None) if family == "gemma2" else None
+    if cap is not None:
+        head = model.lm_head
+        model.lm_head, model.config.final_logit_softcapping = _SoftCappedHead(head, cap), None
     try:
         yield
     finally:
@@ -142,6 +189,8 @@ def lxt_rules(model, family: str, rule: str):
             cls.forward = forward
         modeling.eager_attention_forward = saved[2]
         model.set_attn_implementation(saved[3])
+        if cap is not None:
+            model.lm_head, model.config.final_logit_softcapping = head, cap
 
 
 def generation_relevance(model, ids: list[int], n_prompt: int, family: str, rule: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),  # fused gate_up_proj
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),  # soft-capped attention and logits
 }
 OTHER_FAMILIES = {
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
@@ -35,6 +36,9 @@ def lrp_decoder(family: str, seed: int = 0, **overrides):
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if family == "gemma":
         kwargs["head_dim"] = 8
+    if family == "gemma2":  # caps low enough that their tanh bends the small logits of a tiny model
+        kwargs.update(head_dim=8, attn_logit_softcapping=0.05, final_logit_softcapping=0.5, sliding_window=4,
+                      query_pre_attn_scalar=1)
     kwargs.update(overrides)
     torch.manual_seed(seed)
     model = model_cls(config_cls(**kwargs)).eval()
@@ -86,6 +90,21 @@ def test_captum_style_class_equals_lxt_rules(family, rule):
     with torch.no_grad():
         logits = last_logits(embeds)[:, 7]
     torch.testing.assert_close(delta, ours.sum((1, 2)) - logits, rtol=1e-5, atol=1e-6)
+
+
+def test_gemma2_attention_soft_capping_alone_gets_the_identity_rule():
+    """Without final soft-capping only the attention call caps (the model's forward is not wrapped)."""
+    model, _ = lrp_decoder("gemma2", seed=2, final_logit_softcapping=None)
+    embeds = model.get_input_embeddings()(torch.randint(0, 200, (1, 9))).detach()
+
+    def last_logits(e):
+        return model(inputs_embeds=e, use_cache=False).logits[:, -1]
+
+    ours = saliency_fast.AttnLRP(model, last_logits).attribute(embeds, target=3)
+    leaf = embeds.clone().requires_grad_(True)
+    with lxt_rules(model, "gemma2", "attnlrp"):
+        last_logits(leaf)[:, 3].sum().backward()
+    assert rel_error(ours, (leaf * leaf.grad).detach()) <= 1e-4
 
 
 def test_cp_lrp_conserves_the_logit_of_a_bias_free_llama():

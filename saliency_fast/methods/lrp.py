@@ -172,6 +172,22 @@ def _rms_norm_constant_scale(x, normalized_shape, weight=None, eps=None):
     return y if weight is None else y * weight
 
 
+class _SoftCapRule(TorchFunctionMode):
+    """Within the block, ``torch.tanh`` passes its gradient by the identity rule: soft-capping
+    ``cap * tanh(x / cap)`` (Gemma 2's attention logits and final logits) is an element-wise
+    activation, so its gradient becomes ``cap * tanh(x / cap) / x``. Used only around the calls
+    that soft-cap (the attention call given ``softcap``; the forward of a model whose config sets
+    ``final_logit_softcapping``)."""
+
+    _TANH = (torch.tanh, torch.Tensor.tanh)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._TANH and not kwargs and torch.is_grad_enabled() and args[0].requires_grad:
+            return _IdentityRule.apply(args[0], func)
+        return func(*args, **kwargs)
+
+
 class _NormRule(nn.Module):
     def __init__(self, inner: nn.Module):
         super().__init__()
@@ -274,6 +290,9 @@ def _attention_with_rules(original):
             query, key, value = divide_gradient(query, 4.0), divide_gradient(key, 4.0), divide_gradient(value, 2.0)
         if "dropout" in kwargs:
             kwargs["dropout"] = 0.0
+        if kwargs.get("softcap") is not None:  # Gemma 2's soft-capped attention logits
+            with _SoftCapRule():
+                return inner(module, query, key, value, *args, **kwargs)
         return inner(module, query, key, value, *args, **kwargs)
 
     attention.saliency_fast_lrp = True
@@ -336,6 +355,7 @@ class LRPRules:
         self.model, self.rule = model, check_rule(rule)
         self.attention_calls = 0
         self._swapped: list = []
+        self._hooks: list = []
         self._interfaces: list = []
         self._modules: list[int] = []
 
@@ -355,6 +375,7 @@ class LRPRules:
             self._swapped += _swap(self.model, _is_norm, _NormRule)
             # as lxt: no dropout under the rules, also for a model left in train mode
             self._swapped += _swap(self.model, lambda m: isinstance(m, nn.modules.dropout._DropoutNd), _NoDropout)
+            self._hooks += _soft_capped_logits(self.model)
             with _LOCK:
                 for interface, name in _attention_interfaces(self.model):
                     _install(interface, name)
@@ -376,9 +397,34 @@ class LRPRules:
                     del _ACTIVE[key]
             for interface, name in self._interfaces:
                 _uninstall(interface, name)
+        for hook in self._hooks:
+            hook.remove()
         for parent, name, child in reversed(self._swapped):
             setattr(parent, name, child)
-        self._swapped, self._interfaces, self._modules = [], [], []
+        self._swapped, self._hooks, self._interfaces, self._modules = [], [], [], []
+
+
+def _soft_capped_logits(model: nn.Module) -> list:
+    """Hooks that run the forward of every module whose config sets ``final_logit_softcapping``
+    (Gemma 2's causal LM, which caps its logits in its own forward) under :class:`_SoftCapRule`."""
+    handles = []
+    for module in model.modules():
+        if getattr(getattr(module, "config", None), "final_logit_softcapping", None) is None:
+            continue
+        if not hasattr(module, "get_output_embeddings") or module.get_output_embeddings() is None:
+            continue  # the body: its config is shared, its forward caps nothing
+        modes: list[_SoftCapRule] = []
+
+        def enter(_module, _args, modes=modes):
+            modes.append(_SoftCapRule())
+            modes[-1].__enter__()
+
+        def leave(_module, _args, _output, modes=modes):
+            modes.pop().__exit__(None, None, None)
+
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave, always_call=True))
+    return handles
 
 
 def _unwrapped_identity_rule(module: nn.Module) -> nn.Module:
