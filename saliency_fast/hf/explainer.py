@@ -400,7 +400,7 @@ class Explainer:
         buckets = batching.length_buckets([len(units[r.unit].input_ids) for r in rows], self.batch_size)
         show = len(buckets) > 1 if progress is None else bool(progress)
         # forward-only methods stack texts of different lengths: each runs at its own
-        score_forward = _score_forward_by_length if spec.family in ("surrogate", "perturbation") else _score_forward
+        score_forward = _score_forward_by_length if spec.perturbs else _score_forward
         forward = functools.partial(score_forward, task, kind)
         with self.lrp_mode(spec) as rules, self.gradient_mode(keep=tuple(layer_request.modules) if layer_request else ()):
             for bucket in tqdm(buckets, desc=f"{spec.name}", unit="batch", disable=not show):

@@ -46,6 +46,8 @@ class MethodSpec:
     reports_completeness: bool = False  # path methods: sum of attributions vs F(x) - F(baseline)
     layers: bool = False  # takes layer= / layers= / layer_path= (saliency_fast.hf.layers)
     lrp_rules: bool = False  # runs under the LRP rules of its name on the model's modules (autograd only)
+    # forwards of perturbed copies only (no gradient): the classify forward runs each row at its own length
+    perturbs: bool = False
     check: Runner | None = None  # (method kwargs) -> None: checks that fail fast, before any tokenizing
     # metadata["engine"]["reason"] in generation when the runner selects no gradient engine
     autograd_reason: str = "the method's gradients run through autograd"
@@ -102,16 +104,16 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("smoothgrad", _NOISE_KWARGS, **_both("smoothgrad")),
         MethodSpec("vargrad", _NOISE_KWARGS, **_both("vargrad")),
         MethodSpec("occlusion", frozenset({"perturbations_per_eval", "dtype"}), **_both("occlusion"),
-                   uses_baseline=True, per_token=True, autograd_reason=_FORWARD_ONLY),
+                   uses_baseline=True, per_token=True, perturbs=True, autograd_reason=_FORWARD_ONLY),
         MethodSpec("attention", frozenset({"layers"}), **_both("attention"), per_token=True,
                    check="saliency_fast.hf.checks:check_attention_kwargs", autograd_reason=_FORWARD_ONLY),
         # input x gradient under the AttnLRP / CP-LRP rules (saliency_fast.methods.lrp), which the caller applies
         MethodSpec("attnlrp", frozenset({"dtype"}), **_both("lrp_relevance"), lrp_rules=True, autograd_reason=_LRP),
         MethodSpec("cp_lrp", frozenset({"dtype"}), **_both("lrp_relevance"), lrp_rules=True, autograd_reason=_LRP),
         MethodSpec("lime", _SURROGATE_KWARGS | {"alpha"}, classify=f"{_TOK}:lime", uses_baseline=True,
-                   per_token=True),
+                   per_token=True, perturbs=True),
         MethodSpec("kernel_shap", _SURROGATE_KWARGS, classify=f"{_TOK}:kernel_shap", uses_baseline=True,
-                   per_token=True),
+                   per_token=True, perturbs=True),
         MethodSpec("gradient_shap", frozenset({"n_samples", "stdevs", "seed", "dtype"}),
                    classify=f"{_TOK}:gradient_shap", uses_baseline=True),
         MethodSpec("deeplift", frozenset({"dtype"}), classify=f"{_TOK}:deeplift", uses_baseline=True),
