@@ -113,6 +113,29 @@ def top_overlap(exact_scores: torch.Tensor, found: torch.Tensor) -> float:
     return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact_top, found)) / exact_top.numel()
 
 
+def save_peer(stem: str, sizes: str, timing, scores: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"scores": scores.contiguous()}, f"{stem}.safetensors")
+    pathlib.Path(f"{stem}.json").write_text(json.dumps({"sizes": sizes, "times": timing.times,
+                                                        "cpu_times": timing.cpu_times, "warmup": timing.warmup,
+                                                        "threads": torch.get_num_threads()}))
+    print(f"captum: {timing.median:.1f} s; saved to {stem}.json / .safetensors")
+
+
+def load_peer(stem: str, sizes: str):
+    """captum's Timing and scores from a --peer-only run (safetensors and JSON: nothing unpickled)."""
+    from safetensors.torch import load_file
+
+    from benchmarks._timing import Timing
+
+    saved = json.loads(pathlib.Path(f"{stem}.json").read_text())
+    if saved["sizes"] != sizes:
+        raise ValueError(f"--peer-from {stem}: saved for {saved['sizes']!r}, this run is {sizes!r}")
+    timing = Timing(tuple(saved["times"]), tuple(saved["cpu_times"]), saved["warmup"])
+    return timing, load_file(f"{stem}.safetensors")["scores"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=5000)
@@ -124,6 +147,12 @@ def main() -> None:
     parser.add_argument("--skip-captum", action="store_true", help="ours only (no peer, no checks)")
     parser.add_argument("--device", default="cpu", help="torch device of the model and data (default cpu)")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
+    parser.add_argument("--peer-only", metavar="STEM",
+                        help="run captum only (its warm-up, then one timed run) and save its time to STEM.json and "
+                             "its scores to STEM.safetensors: the full size's captum run takes most of an hour, so it "
+                             "can run apart (in the background) and be read back with --peer-from")
+    parser.add_argument("--peer-from", metavar="STEM",
+                        help="captum's time and scores from a --peer-only run of the same sizes instead of running it")
     args = parser.parse_args()
     if args.quick:
         args.train, args.test = 400, 20
@@ -193,7 +222,9 @@ def main() -> None:
     small = TensorDataset(*(t[:64] for t in train.tensors))
     small_query = tuple(t[:4] for t in test)
     contenders = {"ours exact": ours_exact, "ours projected": ours_projected}
-    if not args.skip_captum:
+    if args.peer_only:
+        contenders = {"captum exact": captum_exact}
+    elif not (args.skip_captum or args.peer_from):
         contenders = {"captum exact": captum_exact, **contenders}
     for fn in contenders.values():  # a warm-up each on a small slice (the full runs take minutes)
         fn(small, small_query)
@@ -203,11 +234,16 @@ def main() -> None:
         return lambda: outputs.__setitem__(name, fn(train, test))
 
     timings = interleaved({name: keep(name, fn) for name, fn in contenders.items()}, runs=1, warmup=0, progress=True)
+    sizes = f"{args.train} train x {args.test} test, 3 checkpoints"
+    if args.peer_only:
+        save_peer(args.peer_only, sizes, timings["captum exact"], outputs["captum exact"])
+        return
+    if args.peer_from:
+        timings["captum exact"], outputs["captum exact"] = load_peer(args.peer_from, sizes)
     ours = outputs["ours exact"]
     share = index_seconds["last"] / timings["ours projected"].median
     print(f"index build + query ({index_seconds['backend']}): {index_seconds['last']:.2f} s = {100 * share:.1f} % of "
           f"the projected run")
-    sizes = f"{args.train} train x {args.test} test, 3 checkpoints"
     rows = []
     if "captum exact" not in outputs:  # the overlap against our exact scores (equal to captum's where both ran)
         print(f"projected top-10 overlap with our exact top-10: {top_overlap(ours, outputs['ours projected'][0]):.3f}")
