@@ -65,20 +65,18 @@ def per_example_losses(loss_fn: Callable, reduction: str, outputs: torch.Tensor,
 
 
 class _LinearCapture:
-    """Hooks that keep a Linear layer's input activations and output gradients, ``[N, T, d]``."""
+    """A forward hook that keeps a Linear layer's input activations and output, so that the
+    output's gradient can be asked of autograd directly (no weight gradient is computed)."""
 
     def __init__(self, module: nn.Linear):
         self.activations: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None
         self.output_grads: torch.Tensor | None = None
         self._handle = module.register_forward_hook(self._forward)
 
     def _forward(self, module, inputs, output):
         self.activations = inputs[0].detach()
-        if output.requires_grad:
-            output.register_hook(self._backward)
-
-    def _backward(self, grad):
-        self.output_grads = grad.detach()
+        self.output = output if output.requires_grad else None
 
     def remove(self):
         self._handle.remove()
@@ -86,6 +84,36 @@ class _LinearCapture:
     def as_sequences(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         a, g = self.activations, self.output_grads
         return a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
+
+
+def capture_output_grads(
+    model: nn.Module,
+    named_modules: Sequence[tuple[str, nn.Linear]],
+    inputs: tuple,
+    targets,
+    loss_fn: Callable,
+    reduction: str,
+) -> tuple[list[_LinearCapture], int]:
+    """One batched forward and one backward to the Linear layers' outputs: their captured
+    activations and output gradients (each example's own loss gradient), and the batch size."""
+    captures = [_LinearCapture(module) for _, module in named_modules]
+    try:
+        layer_parameters(named_modules)
+        with torch.enable_grad():
+            outputs = model(*inputs)
+            n = outputs.shape[0]
+            total = per_example_losses(loss_fn, reduction, outputs, targets)
+            for (name, _), capture in zip(named_modules, captures):
+                if capture.activations is None or capture.output is None:
+                    raise RuntimeError(f"layers: {name!r} was not used in the forward pass (no gradient to take)")
+            found = torch.autograd.grad(total, [c.output for c in captures], allow_unused=True)
+    finally:
+        for capture in captures:
+            capture.remove()
+    for capture, grad in zip(captures, found):
+        capture.output_grads = torch.zeros_like(capture.output) if grad is None else grad.detach()
+        capture.output = None
+    return captures, n
 
 
 def linear_factors(
@@ -98,22 +126,8 @@ def linear_factors(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per Linear layer, its input activations ``[N, T, d_in]`` and output gradients
     ``[N, T, d_out]`` (each example's own loss gradient) from one batched forward and backward."""
-    captures = [_LinearCapture(module) for _, module in layers]
-    try:
-        with torch.enable_grad():
-            outputs = model(*inputs)
-            n = outputs.shape[0]
-            total = per_example_losses(loss_fn, reduction, outputs, targets)
-            torch.autograd.grad(total, layer_parameters(layers), allow_unused=True)
-    finally:
-        for capture in captures:
-            capture.remove()
-    factors = []
-    for (name, _), capture in zip(layers, captures):
-        if capture.activations is None or capture.output_grads is None:
-            raise RuntimeError(f"layers: {name!r} was not used in the forward pass (no gradient to take)")
-        factors.append(capture.as_sequences(n))
-    return factors
+    captures, n = capture_output_grads(model, layers, inputs, targets, loss_fn, reduction)
+    return [capture.as_sequences(n) for capture in captures]
 
 
 def gradients_from_factors(

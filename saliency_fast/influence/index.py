@@ -8,9 +8,10 @@ Layout of the output directory::
     checkpoint-<c>/part-<s>.safetensors  rows of shard s under checkpoint c: "vectors" [rows, dim]
                                        (float32, already times sqrt(lr_c))
 
-Checkpoints are the outer loop (each is loaded once), shards the inner. Every file appears by an
-atomic rename, so a shard is done exactly when its file exists: a job killed at any instant
-resumes with nothing lost or doubled. Searching streams the shards into the index one at a time
+Shards are the outer loop, checkpoints the inner: each checkpoint is loaded once, and the
+modules all checkpoints share run once per batch (:mod:`saliency_fast.influence.shared_forward`).
+Every file appears by an atomic rename, so a shard is done exactly when its file exists: a job
+killed at any instant resumes with nothing lost or doubled. Searching streams the shards into the index one at a time
 (checkpoints side by side), never holding full-size gradients.
 """
 
@@ -30,7 +31,8 @@ from tqdm.auto import tqdm
 
 from saliency_fast import __version__
 from saliency_fast._files import atomic_path, atomic_write_text
-from saliency_fast.influence import projected
+from saliency_fast.influence import gradients as grads_lib
+from saliency_fast.influence import projected, shared_forward
 from saliency_fast.influence.search import InnerProductIndex
 
 METADATA = "metadata.json"
@@ -118,32 +120,46 @@ def build_index(
     n_shards = -(-n_rows // shard_size)
     with _locked(output):
         projections = _start(output, job, projected.make_projections(resolved, projection_dim, seed))
-        todo = [
-            (c, s) for c in range(len(checkpoints)) for s in range(n_shards) if not shard_path(output, c, s).exists()
-        ]
-        done_rows = (len(checkpoints) * n_shards - len(todo)) * shard_size
+        todo = {}  # shard -> the checkpoints whose part of it is still to write
+        for s in range(n_shards):
+            missing = [c for c in range(len(checkpoints)) if not shard_path(output, c, s).exists()]
+            if missing:
+                todo[s] = missing
         total = len(checkpoints) * n_rows
+        done_rows = total - sum(len(cs) * (min(n_rows, (s + 1) * shard_size) - s * shard_size) for s, cs in todo.items())
         started = time.perf_counter()
-        with tqdm(total=total, initial=min(done_rows, total), unit="ex", desc="training gradients",
-                  disable=not progress) as bar:
-            loaded = None
-            for c, s in todo:
-                path, lr = checkpoints[c]
-                if loaded != c:
-                    load_checkpoint(model, path)
-                    loaded = c
-                start, stop = s * shard_size, min(n_rows, (s + 1) * shard_size)
-                rows = []
-                for b in range(start, stop, batch_size):
-                    inputs, targets = batch_fn(b, min(stop, b + batch_size))
-                    rows.append(projected.projected_gradients(model, resolved, projections, inputs, targets, loss_fn))
-                    bar.update(rows[-1].shape[0])
-                vectors = torch.cat(rows) * float(lr) ** 0.5
-                with atomic_path(shard_path(output, c, s)) as tmp:
-                    save_file({"vectors": vectors.cpu().contiguous()}, str(tmp))
+        with tqdm(total=total, initial=done_rows, unit="ex", desc="training gradients", disable=not progress) as bar:
+            if todo:
+                with _checkpoints_shared(model, resolved, checkpoints, load_checkpoint) as states:
+                    for s, missing in todo.items():
+                        _write_shard(output, s, missing, states, checkpoints, resolved, projections,
+                                     range(s * shard_size, min(n_rows, (s + 1) * shard_size)), batch_fn, loss_fn,
+                                     batch_size, bar)
     metadata = json.loads((output / METADATA).read_text())
     metadata["seconds"] = time.perf_counter() - started
     return metadata
+
+
+def _checkpoints_shared(model, resolved, checkpoints, load_checkpoint):
+    return shared_forward.checkpoints_shared(model, [path for path, _ in checkpoints], load_checkpoint,
+                                             [name for name, _ in resolved], grads_lib.layer_parameters(resolved))
+
+
+def _write_shard(output, shard, missing, states, checkpoints, resolved, projections, rows, batch_fn, loss_fn,
+                 batch_size, bar) -> None:
+    """Shard ``shard``'s vectors under each checkpoint in ``missing``: batches outer (each
+    batch built once), checkpoints inner; each file appears by an atomic rename."""
+    parts = {c: [] for c in missing}
+    for b in range(rows.start, rows.stop, batch_size):
+        inputs, targets = batch_fn(b, min(rows.stop, b + batch_size))
+        for c in missing:
+            states.activate(c)
+            parts[c].append(projected.projected_gradients(states.model, resolved, projections, inputs, targets, loss_fn))
+            bar.update(parts[c][-1].shape[0])
+    for c in missing:
+        vectors = torch.cat(parts[c]) * float(checkpoints[c][1]) ** 0.5
+        with atomic_path(shard_path(output, c, shard)) as tmp:
+            save_file({"vectors": vectors.cpu().contiguous()}, str(tmp))
 
 
 def load_projections(output) -> dict[str, torch.Tensor]:
@@ -189,12 +205,12 @@ def query_vectors(
     job = job_metadata(output)["job"]
     resolved = projected.check_linear_layers(model, job["layers"])
     projections = load_projections(output)
-    parts = []
-    for path, lr in job["checkpoints"]:
-        load_checkpoint(model, path)
-        rows = [
-            projected.projected_gradients(model, resolved, projections, *batch_fn(b, min(n_rows, b + batch_size)), loss_fn)
-            for b in range(0, n_rows, batch_size)
-        ]
-        parts.append(torch.cat(rows) * float(lr) ** 0.5)
-    return torch.cat(parts, dim=1)
+    checkpoints = [(path, lr) for path, lr in job["checkpoints"]]
+    parts = [[] for _ in checkpoints]
+    with _checkpoints_shared(model, resolved, checkpoints, load_checkpoint) as states:
+        for b in range(0, n_rows, batch_size):
+            inputs, targets = batch_fn(b, min(n_rows, b + batch_size))
+            for c in range(len(checkpoints)):
+                states.activate(c)
+                parts[c].append(projected.projected_gradients(model, resolved, projections, inputs, targets, loss_fn))
+    return torch.cat([torch.cat(rows) * float(lr) ** 0.5 for rows, (_, lr) in zip(parts, checkpoints)], dim=1)

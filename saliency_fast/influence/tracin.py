@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from saliency_fast import ops
 from saliency_fast.influence import gradients as grads_lib
+from saliency_fast.influence import shared_forward
 from saliency_fast.influence.checkpoints import checkpoint_paths, load_flexible_state_dict
 from saliency_fast.influence.search import InnerProductIndex
 
@@ -170,14 +171,30 @@ class TracInCPBase:
     def _aggregate(self, q) -> Any:
         raise NotImplementedError("aggregate=True is supported by TracInCP only")
 
-    def _test_quantities(self, inputs, aggregate: bool = False) -> list:
+    def _gradient_layers(self) -> tuple[list[str], list[nn.Parameter]]:
+        """The names of the modules whose gradients are taken, and their parameters (subclasses)."""
+        raise NotImplementedError
+
+    def _checkpoint_states(self):
+        """Every checkpoint loaded once; within it, the modules all checkpoints share run once per
+        batch (see :mod:`saliency_fast.influence.shared_forward`), so callers loop over batches
+        outside and checkpoints inside."""
+        names, params = self._gradient_layers()
+        return shared_forward.checkpoints_shared(self.model, self.checkpoints, lambda _, c: self._load(c), names,
+                                                 params)
+
+    def _test_quantities(self, inputs, states, aggregate: bool = False) -> list:
         """Per checkpoint: (learning rate, the test batches' quantities, concatenated)."""
-        loader = format_inputs(inputs)
+        per_batch = []
+        for batch in format_inputs(inputs):
+            row = []
+            for c in range(len(states)):
+                states.activate(c)
+                row.append(self._batch_quantities(batch, test=True))
+            per_batch.append(row)
         per_checkpoint = []
-        for checkpoint in self.checkpoints:
-            lr = self._load(checkpoint)
-            batches = [self._batch_quantities(batch, test=True) for batch in loader]
-            q = self._concat(batches)
+        for c, lr in enumerate(states.loaded):
+            q = self._concat([row[c] for row in per_batch])
             per_checkpoint.append((lr, self._aggregate(q) if aggregate else q))
         return per_checkpoint
 
@@ -187,33 +204,32 @@ class TracInCPBase:
             return torch.cat(batches)
         return type(batches[0])(torch.cat(parts) for parts in zip(*batches))
 
-    def _score_train(self, test_quantities: list, show_progress: bool, desc: str) -> torch.Tensor:
-        """``[n_test, n_train]`` TracIn scores: checkpoints outer, training batches inner."""
-        total = None
-        for (lr, test_q), checkpoint in zip(test_quantities, self.checkpoints):
-            self._load(checkpoint)
-            rows = [
-                self._pair_scores(test_q, self._batch_quantities(batch, test=False))
-                for batch in _progress(self.train_dataloader, show_progress, desc, self.train_dataloader_len)
-            ]
-            scores = torch.cat(rows, dim=1) * lr
-            total = scores if total is None else total + scores
-        return total
+    def _score_train(self, test_quantities: list, states, show_progress: bool, desc: str) -> torch.Tensor:
+        """``[n_test, n_train]`` TracIn scores: training batches outer, checkpoints inner."""
+        columns = []
+        for batch in _progress(self.train_dataloader, show_progress, desc, self.train_dataloader_len):
+            total = None
+            for c, (lr, test_q) in enumerate(test_quantities):
+                states.activate(c)
+                scores = self._pair_scores(test_q, self._batch_quantities(batch, test=False)) * lr
+                total = scores if total is None else total + scores
+            columns.append(total)
+        return torch.cat(columns, dim=1)
 
     def _influence(self, inputs, show_progress: bool = False, aggregate: bool = False) -> torch.Tensor:
-        test_quantities = self._test_quantities(inputs, aggregate)
         desc = f"Using {self.get_name()} to compute influence for training batches"
-        return self._score_train(test_quantities, show_progress, desc)
+        with self._checkpoint_states() as states:
+            return self._score_train(self._test_quantities(inputs, states, aggregate), states, show_progress, desc)
 
     def _get_k_most_influential(
         self, inputs, k: int = 5, proponents: bool = True, show_progress: bool = False, aggregate: bool = False
     ) -> KMostInfluentialResults:
-        test_quantities = self._test_quantities(inputs, aggregate)
         desc = (
             f"Using {self.get_name()} to perform computation for getting "
             f"{'proponents' if proponents else 'opponents'}. Processing training batches"
         )
-        scores = self._score_train(test_quantities, show_progress, desc)
+        with self._checkpoint_states() as states:
+            scores = self._score_train(self._test_quantities(inputs, states, aggregate), states, show_progress, desc)
         values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1, largest=proponents)
         return KMostInfluentialResults(indices, values)
 
@@ -243,15 +259,29 @@ class TracInCPBase:
             total = scores if total is None else total + scores
         return total
 
+    def _self_influence_by_batches(self, inputs, show_progress: bool = False) -> torch.Tensor:
+        """Batches outer, checkpoints inner (each loaded once; shared modules run once a batch)."""
+        batches = _progress(
+            format_inputs(inputs), show_progress, f"Using {self.get_name()} to compute self influence. Processing batch"
+        )
+        rows = []
+        with self._checkpoint_states() as states:
+            for batch in batches:
+                total = None
+                for c, lr in enumerate(states.loaded):
+                    states.activate(c)
+                    scores = self._self_scores(self._batch_quantities(batch, test=False)) * lr
+                    total = scores if total is None else total + scores
+                rows.append(total)
+        return torch.cat(rows)
+
     def self_influence(self, inputs=None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
         """Each example's influence on itself, ``sum_c lr_c |grad|^2`` (the training set when
         ``inputs`` is None)."""
         inputs = self.train_dataloader if inputs is None else inputs
         if outer_loop_by_checkpoints:
             return self._self_influence_by_checkpoints(inputs, show_progress)
-        loader = format_inputs(inputs)
-        batches = _progress(loader, show_progress, f"Using {self.get_name()} to compute self influence. Processing batch")
-        return torch.cat([self._self_influence_by_checkpoints(batch) for batch in batches])
+        return self._self_influence_by_batches(inputs, show_progress)
 
 
 class _LinearFactors:
@@ -344,6 +374,9 @@ class TracInCP(TracInCPBase):
         self.layers = layers
         self._layers = grads_lib.resolve_layers(model, layers)
         self.layer_modules = None if layers is None else [m for _, m in self._layers]
+
+    def _gradient_layers(self) -> tuple[list[str], list[nn.Parameter]]:
+        return [name for name, _ in self._layers], grads_lib.layer_parameters(self._layers)
 
     def _batch_quantities(self, batch, test: bool):
         loss_fn = self.test_loss_fn if test else self.loss_fn
@@ -445,15 +478,13 @@ class TracInCPFast(TracInCPBase):
         loss_fn = self.test_loss_fn if test else self.loss_fn
         reduction = self.test_reduction_type if test else self.reduction_type
         assert reduction in ("sum", "mean"), 'reduction_type must be either "mean" or "sum"'
-        capture = grads_lib._LinearCapture(self.final_fc_layer)
-        try:
-            with torch.enable_grad():
-                out = self.model(*batch[:-1])
-                total = grads_lib.per_example_losses(loss_fn, reduction, out, batch[-1])
-                torch.autograd.grad(total, list(self.final_fc_layer.parameters()), allow_unused=True)
-        finally:
-            capture.remove()
+        (capture,), _ = grads_lib.capture_output_grads(self.model, [("final_fc_layer", self.final_fc_layer)],
+                                                       tuple(batch[:-1]), batch[-1], loss_fn, reduction)
         return capture.output_grads.flatten(1), capture.activations.flatten(1)
+
+    def _gradient_layers(self) -> tuple[list[str], list[nn.Parameter]]:
+        names = [name for name, m in self.model.named_modules() if m is self.final_fc_layer]
+        return names, list(self.final_fc_layer.parameters())
 
     def _batch_quantities(self, batch, test: bool):
         return self._capture(batch, test)
