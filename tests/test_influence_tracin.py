@@ -116,3 +116,37 @@ def test_projection_factor_dims(budget, d_in, d_out, expected):
     from saliency_fast.influence.projected import factor_dims
 
     assert factor_dims(budget, d_in, d_out) == expected
+
+
+def test_fitted_projection_keeps_gradients_in_the_sample_subspace():
+    """Gradients whose factors lie in low-rank subspaces keep their inner products exactly under
+    the fitted (PCA) projection; a random one of the same size does not."""
+    from saliency_fast.influence.projected import layer_vectors, make_projections
+
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 30)
+    basis_a, basis_g = torch.randn(3, 40, dtype=torch.float64), torch.randn(4, 30, dtype=torch.float64)
+
+    def factors(n):
+        return torch.randn(n, 5, 3, dtype=torch.float64) @ basis_a, torch.randn(n, 5, 4, dtype=torch.float64) @ basis_g
+
+    sample, (a, g) = factors(16), factors(6)
+    exact = layer_vectors(layer, a, g, None, None)
+    fitted = make_projections([("fc", layer)], 16, 0, "pca", [[sample]], [1.0])
+    assert {k: v.shape for k, v in fitted.items()} == {"fc.in": (41, 4), "fc.out": (30, 4)}  # rank 3 + bias, 4
+    vectors = layer_vectors(layer, a, g, fitted["fc.in"].double(), fitted["fc.out"].double())
+    torch.testing.assert_close(vectors @ vectors.T, exact @ exact.T, rtol=1e-5, atol=0)  # float32 projections
+    drawn = make_projections([("fc", layer)], 16, 0, "random")
+    rough = layer_vectors(layer, a, g, drawn["fc.in"].double(), drawn["fc.out"].double())
+    assert not torch.allclose(rough @ rough.T, exact @ exact.T, rtol=1e-2)
+
+
+def test_small_layers_are_kept_exact_and_narrow_sides_unprojected():
+    from saliency_fast.influence.projected import fitted_dims, make_projections
+
+    layers = [("small", nn.Linear(7, 3)), ("head", nn.Linear(384, 2)), ("wide", nn.Linear(384, 384))]
+    drawn = make_projections(layers, 256, 0, "random")
+    assert set(drawn) == {"head.in", "wide.in", "wide.out"}  # 3 x 8 fits; the head's 2 outputs stay
+    assert fitted_dims(layers, drawn) == {"small": [8, 3], "head": [128, 2], "wide": [16, 16]}
+    with pytest.raises(ValueError, match="projection must be one of"):
+        make_projections(layers, 256, 0, "gaussian")

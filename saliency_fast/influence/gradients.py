@@ -130,34 +130,11 @@ def linear_factors(
     return [capture.as_sequences(n) for capture in captures]
 
 
-def gradients_from_factors(
-    layers: Sequence[tuple[str, nn.Module]],
-    factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    projections: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
-) -> list[torch.Tensor]:
-    """For each layer its weight gradient ``[N, k_out, k_in]`` (projected when
-    ``projections[name]`` is given) and, when it has a bias and no projection, its bias gradient
-    ``[N, d_out]``."""
-    grads = []
-    for (name, module), (a, g) in zip(layers, factors):
-        p_in, p_out = (projections or {}).get(name, (None, None))
-        grads.append(ops.per_example_linear_grad(a, g, p_in, p_out))
-        if module.bias is not None and p_in is None and p_out is None:
-            grads.append(g.sum(1).to(grads[-1].dtype))
-    return grads
-
-
-def linear_gradients(
-    model: nn.Module,
-    layers: Sequence[tuple[str, nn.Module]],
-    inputs: tuple,
-    targets,
-    loss_fn: Callable,
-    reduction: str,
-    projections: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
-) -> list[torch.Tensor]:
-    """Per-example gradients of Linear layers (see :func:`gradients_from_factors`)."""
-    return gradients_from_factors(layers, linear_factors(model, layers, inputs, targets, loss_fn, reduction), projections)
+def cat_steps(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[N, T, d]`` factors of several batches joined along examples, shorter sequences padded
+    with zero positions (which add nothing to any gradient)."""
+    steps = max(p.shape[1] for p in parts)
+    return torch.cat([nn.functional.pad(p, (0, 0, 0, steps - p.shape[1])) for p in parts])
 
 
 def factored_dot(a1, g1, a2, g2) -> torch.Tensor:
@@ -216,18 +193,3 @@ def _row(targets, i: int):
 
 def all_linear(layers: Sequence[tuple[str, nn.Module]]) -> bool:
     return all(isinstance(module, nn.Linear) for _, module in layers)
-
-
-def per_example_gradients(
-    model: nn.Module,
-    layers: Sequence[tuple[str, nn.Module]],
-    inputs: tuple,
-    targets,
-    loss_fn: Callable,
-    reduction: str,
-) -> list[torch.Tensor]:
-    """Exact per-example gradients of the chosen layers' parameters, one ``[N, *shape]`` tensor
-    per parameter: the Linear route when every layer is Linear, else the looped one."""
-    if all_linear(layers):
-        return linear_gradients(model, layers, inputs, targets, loss_fn, reduction)
-    return looped_gradients(model, layers, inputs, targets, loss_fn, reduction)

@@ -37,7 +37,14 @@ from saliency_fast.influence.search import InnerProductIndex
 
 METADATA = "metadata.json"
 PROJECTIONS = "projections.safetensors"
-FORMAT = 1
+FORMAT = 2  # 2: bias folded into the input side, projections fitted (PCA) or orthogonal
+PROJECTION_RULE = (
+    "per Linear layer, vec(P_out^T [G, b] P_in): the d_out x (d_in + 1) weight-and-bias gradient, projected on each "
+    "side (Kronecker-factored, k_in * k_out <= projection_dim); a side at full width is not projected and a layer "
+    "whose whole gradient has <= projection_dim entries is kept exact; 'pca': P_in, P_out the leading eigenvectors of "
+    "sum G^T G and sum G G^T over the first fit_rows training rows (all checkpoints, learning-rate weighted), the split "
+    "(k_in a power of two) that keeps most of their energy; 'random': random orthogonal, the budget split evenly"
+)
 
 # (inputs tuple for model(*inputs), targets) of rows start:stop
 BatchFn = Callable[[int, int], tuple[tuple, torch.Tensor]]
@@ -60,24 +67,29 @@ def _locked(output: pathlib.Path):
         yield
 
 
-def _start(output: pathlib.Path, job: dict, projections: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Record the job, or check that the directory holds this same job (resume); returns the
-    projections to use (the recorded ones when resuming)."""
+def _recorded(output: pathlib.Path, job: dict) -> bool:
+    """Whether ``output`` already holds this job (resume); ValueError when it holds another."""
     existing = output / METADATA
-    if existing.exists():
-        recorded = json.loads(existing.read_text())
-        if recorded.get("job") != job:
-            different = sorted(k for k in job if recorded.get("job", {}).get(k) != job[k])
-            raise ValueError(
-                f"output {str(output)!r} holds another influence job (it differs in {', '.join(different)}); "
-                "use a new directory or pass overwrite=True"
-            )
-        return load_file(str(output / PROJECTIONS)) if projections else {}
+    if not existing.exists():
+        return False
+    recorded = json.loads(existing.read_text())
+    if recorded.get("job") != job:
+        different = sorted(k for k in job if recorded.get("job", {}).get(k) != job[k])
+        raise ValueError(
+            f"output {str(output)!r} holds another influence job (it differs in {', '.join(different)}); "
+            "use a new directory or pass overwrite=True"
+        )
+    return True
+
+
+def _record(output: pathlib.Path, job: dict, projections: dict[str, torch.Tensor], layer_dims: dict) -> None:
+    """The projections, then the metadata (the job exists once its metadata does)."""
     if projections:
         with atomic_path(output / PROJECTIONS) as tmp:
             save_file(projections, str(tmp))
-    atomic_write_text(existing, json.dumps({"format": FORMAT, "version": __version__, "job": job}, indent=1))
-    return projections
+    metadata = {"format": FORMAT, "version": __version__, "job": job, "layer_dims": layer_dims,
+                "projection_rule": PROJECTION_RULE}
+    atomic_write_text(output / METADATA, json.dumps(metadata, indent=1))
 
 
 def build_index(
@@ -92,6 +104,8 @@ def build_index(
     *,
     data_fingerprint: str,
     projection_dim: int | None = 256,
+    projection: str = "pca",
+    fit_rows: int = 256,
     seed: int = 0,
     shard_size: int = 1024,
     batch_size: int = 32,
@@ -99,9 +113,15 @@ def build_index(
     progress: bool = True,
 ) -> dict:
     """Write (or finish) the projected training gradients of every checkpoint into ``output``;
-    returns the job's metadata. ``checkpoints`` are ``(path, learning_rate)`` pairs."""
+    returns the job's metadata. ``checkpoints`` are ``(path, learning_rate)`` pairs.
+    ``projection``: ``"pca"`` fits each layer's projection to the gradients of the first
+    ``fit_rows`` training rows, ``"random"`` draws it from ``seed``
+    (:func:`saliency_fast.influence.projected.make_projections`)."""
     output = pathlib.Path(output)
     resolved = projected.check_linear_layers(model, layers)
+    projected.check_projection(projection_dim, projection)
+    if isinstance(fit_rows, bool) or not isinstance(fit_rows, int) or fit_rows < 1:
+        raise ValueError(f"fit_rows must be a positive int, got {fit_rows!r}")
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
     if overwrite and output.exists():
@@ -111,7 +131,9 @@ def build_index(
     job = {
         "layers": list(layers),
         "projection_dim": projection_dim,
-        "seed": seed,
+        "projection": projection if projection_dim is not None else None,
+        "fit_rows": min(fit_rows, n_rows) if projection_dim is not None and projection == "pca" else None,
+        "seed": seed if projection_dim is not None and projection == "random" else None,
         "checkpoints": [[str(path), float(lr)] for path, lr in checkpoints],
         "rows": n_rows,
         "shard_size": shard_size,
@@ -119,7 +141,7 @@ def build_index(
     }
     n_shards = -(-n_rows // shard_size)
     with _locked(output):
-        projections = _start(output, job, projected.make_projections(resolved, projection_dim, seed))
+        resuming = _recorded(output, job)
         todo = {}  # shard -> the checkpoints whose part of it is still to write
         for s in range(n_shards):
             missing = [c for c in range(len(checkpoints)) if not shard_path(output, c, s).exists()]
@@ -129,8 +151,15 @@ def build_index(
         done_rows = total - sum(len(cs) * (min(n_rows, (s + 1) * shard_size) - s * shard_size) for s, cs in todo.items())
         started = time.perf_counter()
         with tqdm(total=total, initial=done_rows, unit="ex", desc="training gradients", disable=not progress) as bar:
-            if todo:
+            if todo or not resuming:
                 with _checkpoints_shared(model, resolved, checkpoints, load_checkpoint) as states:
+                    if resuming:
+                        projections = load_projections(output)
+                    else:
+                        sample = _fit_sample(states, resolved, job, batch_fn, loss_fn, batch_size)
+                        projections = projected.make_projections(
+                            resolved, projection_dim, seed, projection, sample, [lr for _, lr in checkpoints])
+                        _record(output, job, projections, projected.fitted_dims(resolved, projections))
                     for s, missing in todo.items():
                         _write_shard(output, s, missing, states, checkpoints, resolved, projections,
                                      range(s * shard_size, min(n_rows, (s + 1) * shard_size)), batch_fn, loss_fn,
@@ -138,6 +167,22 @@ def build_index(
     metadata = json.loads((output / METADATA).read_text())
     metadata["seconds"] = time.perf_counter() - started
     return metadata
+
+
+def _fit_sample(states, resolved, job, batch_fn, loss_fn, batch_size) -> list | None:
+    """Per checkpoint, per layer, the factors ``(a, g)`` of the first ``fit_rows`` training rows
+    (None unless the projection is fitted)."""
+    if not job["fit_rows"]:
+        return None
+    sample = []
+    for c in range(len(states)):
+        states.activate(c)
+        parts = [grads_lib.linear_factors(states.model, resolved, *batch_fn(b, min(job["fit_rows"], b + batch_size)),
+                                          loss_fn, "sum")
+                 for b in range(0, job["fit_rows"], batch_size)]
+        sample.append([tuple(grads_lib.cat_steps([p[i][j] for p in parts]) for j in range(2))
+                       for i in range(len(resolved))])
+    return sample
 
 
 def _checkpoints_shared(model, resolved, checkpoints, load_checkpoint):

@@ -298,14 +298,8 @@ class _LinearFactors:
     def concat(cls, parts: list[_LinearFactors]) -> _LinearFactors:
         """Batches joined along examples; shorter sequences padded with zero positions (which
         add nothing to any gradient)."""
-        factors = []
-        for i in range(len(parts[0].factors)):
-            steps = max(p.factors[i][0].shape[1] for p in parts)
-            factors.append(tuple(
-                torch.cat([torch.nn.functional.pad(p.factors[i][j], (0, 0, 0, steps - p.factors[i][j].shape[1]))
-                           for p in parts])
-                for j in range(2)
-            ))
+        factors = [tuple(grads_lib.cat_steps([p.factors[i][j] for p in parts]) for j in range(2))
+                   for i in range(len(parts[0].factors))]
         return cls(parts[0].layers, factors)
 
     def weight(self, i: int) -> torch.Tensor:
