@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliency_fast import __version__
+from saliency_fast._ray_pool import check_pool_arguments, map_shards
 from saliency_fast._files import atomic_path, atomic_write_text
 from saliency_fast.influence import gradients as grads_lib
 from saliency_fast.influence import projected, shared_forward
@@ -37,6 +38,7 @@ from saliency_fast.influence.search import InnerProductIndex
 
 METADATA = "metadata.json"
 PROJECTIONS = "projections.safetensors"
+ENGINES = ("local", "ray")
 FORMAT = 2  # 2: bias folded into the input side, projections fitted (PCA) or orthogonal
 PROJECTION_RULE = (
     "per Linear layer, vec(P_out^T [G, b] P_in): the d_out x (d_in + 1) weight-and-bias gradient, projected on each "
@@ -111,13 +113,22 @@ def build_index(
     batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
+    engine: str = "local",
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
 ) -> dict:
     """Write (or finish) the projected training gradients of every checkpoint into ``output``;
     returns the job's metadata. ``checkpoints`` are ``(path, learning_rate)`` pairs.
     ``projection``: ``"pca"`` fits each layer's projection to the gradients of the first
     ``fit_rows`` training rows, ``"random"`` draws it from ``seed``
-    (:func:`saliency_fast.influence.projected.make_projections`)."""
+    (:func:`saliency_fast.influence.projected.make_projections`). ``engine="ray"`` writes the
+    shards on a Ray actor pool (``actors``, ``cpus_per_actor``: as the attribution jobs' Ray
+    engine; the model, load function and ``batch_fn`` travel to the actors, and ``output`` must be
+    on a file system they share); the projections are fitted here first either way."""
     output = pathlib.Path(output)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    check_pool_arguments(actors, cpus_per_actor)
     resolved = projected.check_linear_layers(model, layers)
     projected.check_projection(projection_dim, projection)
     if isinstance(fit_rows, bool) or not isinstance(fit_rows, int) or fit_rows < 1:
@@ -160,10 +171,14 @@ def build_index(
                         projections = projected.make_projections(
                             resolved, projection_dim, seed, projection, sample, [lr for _, lr in checkpoints])
                         _record(output, job, projections, projected.fitted_dims(resolved, projections))
-                    for s, missing in todo.items():
-                        _write_shard(output, s, missing, states, checkpoints, resolved, projections,
-                                     range(s * shard_size, min(n_rows, (s + 1) * shard_size)), batch_fn, loss_fn,
-                                     batch_size, bar)
+                    if engine == "local":
+                        for s, missing in todo.items():
+                            _write_shard(output, s, missing, states, checkpoints, resolved, projections,
+                                         range(s * shard_size, min(n_rows, (s + 1) * shard_size)), batch_fn,
+                                         loss_fn, batch_size, bar)
+                if todo and engine == "ray":
+                    _write_on_ray(output, model, checkpoints, load_checkpoint, batch_fn, loss_fn, batch_size, list(todo),
+                                  actors, cpus_per_actor, bar)
     metadata = json.loads((output / METADATA).read_text())
     metadata["seconds"] = time.perf_counter() - started
     return metadata
@@ -200,11 +215,70 @@ def _write_shard(output, shard, missing, states, checkpoints, resolved, projecti
         for c in missing:
             states.activate(c)
             parts[c].append(projected.projected_gradients(states.model, resolved, projections, inputs, targets, loss_fn))
-            bar.update(parts[c][-1].shape[0])
+            if bar is not None:
+                bar.update(parts[c][-1].shape[0])
     for c in missing:
         vectors = torch.cat(parts[c]) * float(checkpoints[c][1]) ** 0.5
         with atomic_path(shard_path(output, c, shard)) as tmp:
             save_file({"vectors": vectors.cpu().contiguous()}, str(tmp))
+
+
+class IndexShardWorker:
+    """Ray Data actor of the index job: the model with every checkpoint loaded once (and the
+    shared modules memoized, as locally); batches of shard indices in, one outcome row per shard
+    out (a failure is an outcome, not an exception: it would fail the whole dataset)."""
+
+    def __init__(self, output, model, checkpoints, load_checkpoint, batch_fn, loss_fn, batch_size):
+        self.output = pathlib.Path(output)
+        self.job = job_metadata(output)["job"]
+        self.model, self.checkpoints, self.batch_fn, self.loss_fn = model, checkpoints, batch_fn, loss_fn
+        self.batch_size = batch_size
+        self.resolved = projected.check_linear_layers(model, self.job["layers"])
+        self.projections = load_projections(output)
+        self._scope = contextlib.ExitStack()  # held for the actor's life
+        self.states = self._scope.enter_context(_checkpoints_shared(model, self.resolved, checkpoints, load_checkpoint))
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        outcomes = []
+        for s in batch.column("shard").to_pylist():
+            started = time.perf_counter()
+            rows = range(s * self.job["shard_size"], min(self.job["rows"], (s + 1) * self.job["shard_size"]))
+            missing = [c for c in range(len(self.checkpoints)) if not shard_path(self.output, c, s).exists()]
+            error = None
+            try:
+                _write_shard(self.output, s, missing, self.states, self.checkpoints, self.resolved, self.projections,
+                             rows, self.batch_fn, self.loss_fn, self.batch_size, None)
+            except Exception as exc:  # the shard is retried by the next run of the job
+                error = f"{type(exc).__name__}: {exc}"
+            outcomes.append({"shard": s, "rows": len(rows) * len(missing), "seconds": time.perf_counter() - started,
+                             "error": error})
+        return pa.Table.from_pylist(outcomes, schema=pa.schema([("shard", pa.int64()), ("rows", pa.int64()),
+                                                                ("seconds", pa.float64()), ("error", pa.string())]))
+
+
+def _write_on_ray(output, model, checkpoints, load_checkpoint, batch_fn, loss_fn, batch_size, shards, actors,
+                  cpus_per_actor, bar) -> None:
+    """The pending ``shards`` on a Ray actor pool (:func:`saliency_fast._ray_pool.map_shards`);
+    RuntimeError naming the shards that failed once all have run (their files are missing, so the
+    next run of the job redoes them)."""
+    device = next(model.parameters()).device
+    outcomes = map_shards(
+        IndexShardWorker,
+        {"output": str(output.resolve()), "model": model, "checkpoints": list(checkpoints),
+         "load_checkpoint": load_checkpoint, "batch_fn": batch_fn, "loss_fn": loss_fn, "batch_size": batch_size},
+        shards, actors=actors, cpus_per_actor=cpus_per_actor, use_gpus=device.type == "cuda",
+    )
+    next(outcomes)  # the pool's size
+    failed = []
+    for outcome in outcomes:
+        bar.update(outcome["rows"])
+        if outcome["error"]:
+            failed.append(f"shard {outcome['shard']}: {outcome['error']}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} shard(s) of the influence index failed (run the job again to retry them): "
+                           + "; ".join(failed))
 
 
 def load_projections(output) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ import pathlib
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from saliency_fast._ray_pool import check_pool_arguments, import_ray, map_shards
 from saliency_fast.jobs.attributor import Attributor, JobConfigError
 from saliency_fast.jobs.config import JobConfig
 from saliency_fast.jobs.plan import Plan, make_plan
@@ -70,59 +71,36 @@ def run_ray(config: JobConfig, input: str | os.PathLike, output: str | os.PathLi
     them), or 1 without GPUs;
     ``cpus_per_actor`` to 1, or less where the cluster's CPUs would all go to actors.
     """
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError("the Ray engine needs Ray Data: pip install 'saliency-fast[ray]'") from exc
-    if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
-        raise ValueError(f"actors must be a positive integer, got {actors!r}")
-    if cpus_per_actor is not None and not (isinstance(cpus_per_actor, (int, float)) and cpus_per_actor > 0):
-        raise ValueError(f"cpus_per_actor must be a positive number, got {cpus_per_actor!r}")
+    import_ray()
+    check_pool_arguments(actors, cpus_per_actor)
     plan = make_plan(input, config)
     job = JobDir(output)
     with job.locked():
         pending = job.start(plan, config, overwrite=overwrite)
         try:
             if pending:
-                _run_pending(ray, job, plan, config, pending, actors, cpus_per_actor, progress)
+                _run_pending(job, plan, config, pending, actors, cpus_per_actor, progress)
         finally:
             summary = job.finish()
     return summary
 
 
-def _run_pending(ray, job: JobDir, plan: Plan, config: JobConfig, pending, actors, cpus_per_actor, progress) -> None:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0.0) if config.device is None or config.device.startswith("cuda") else 0.0
-    size = min(actors or max(int(gpus), 1), len(pending))
-    if cpus_per_actor is None:
-        # leave at least one CPU to Ray's own tasks (see the module docstring)
-        cpus_per_actor = min(1.0, max(resources.get("CPU", 1.0) - 1.0, 0.25) / size)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours counts texts, not blocks
-    context.print_on_execution_start = False
-    shards = ray.data.from_items([{"shard": s.index} for s in pending], override_num_blocks=len(pending))
-    outcomes = shards.map_batches(
+def _run_pending(job: JobDir, plan: Plan, config: JobConfig, pending, actors, cpus_per_actor, progress) -> None:
+    rows = map_shards(
         ShardWorker,
-        fn_constructor_kwargs={
-            "config_json": config.to_json(), "plan_json": json.dumps(plan.to_dict()), "output": str(job.root.resolve()),
-        },
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
-        num_cpus=cpus_per_actor,
-        num_gpus=min(1.0, gpus / size),  # more actors than GPUs share them
+        {"config_json": config.to_json(), "plan_json": json.dumps(plan.to_dict()), "output": str(job.root.resolve())},
+        [s.index for s in pending], actors=actors, cpus_per_actor=cpus_per_actor,
+        use_gpus=config.device is None or config.device.startswith("cuda"),
     )
+    size = next(rows)
     finished_rows = plan.rows - sum(s.rows for s in pending)
     with tqdm(total=plan.rows, initial=finished_rows, unit="text", desc=f"attributing ({size} Ray actors)",
               disable=not progress) as bar:
-        for batch in outcomes.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                outcome = ShardOutcome(**row)
-                job.record(outcome)
-                bar.update(outcome.rows)
-                if outcome.config_error:
-                    raise JobConfigError(outcome.error)
-                if outcome.status == FAILED:
-                    bar.write(f"shard {plan.shards[outcome.index].name} failed: {outcome.error}")
+        for row in rows:
+            outcome = ShardOutcome(**row)
+            job.record(outcome)
+            bar.update(outcome.rows)
+            if outcome.config_error:
+                raise JobConfigError(outcome.error)
+            if outcome.status == FAILED:
+                bar.write(f"shard {plan.shards[outcome.index].name} failed: {outcome.error}")
