@@ -29,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layers", help="comma-separated Linear module names (default: last block + head)")
     parser.add_argument("--projection-dim", type=int, default=256,
                         help="per-layer projection size; 0 for exact gradients (default 256)")
+    parser.add_argument("--projection", choices=("pca", "random"), default="pca",
+                        help="fitted to the training gradients (pca, default) or random orthogonal")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--batch-size", type=parse_positive_int, default=32)
@@ -102,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     output = pathlib.Path(args.output)
     results = explainer.influence(
         train[args.text_column], train[args.label_column], test[args.text_column], k=args.k, layers=layers,
-        projection_dim=args.projection_dim or None, checkpoints=_checkpoints(args.checkpoint), output=output,
-        backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.no_progress,
+        projection_dim=args.projection_dim or None, projection=args.projection,
+        checkpoints=_checkpoints(args.checkpoint), output=output, backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.no_progress,
     )
     dicts = [r.to_dict() for r in results]
     from saliency_fast._files import atomic_write_text

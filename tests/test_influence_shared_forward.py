@@ -142,3 +142,27 @@ def test_index_with_shared_prefix_equals_exact_tracin(head_only, tmp_path):
     expected = TracInCP(model, data, [p for p, _ in checkpoints], load_checkpoint, layers=layers, loss_fn=loss,
                         batch_size=5, sample_wise_grads_per_batch=True).influence(test)
     torch.testing.assert_close(scores, expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_fitted_index_vectors_equal_the_direct_projected_gradients(head_only, tmp_path):
+    """The rows the projection is fitted on give shard 0's first vectors; every stored vector is
+    still sqrt(lr) times the projected gradient computed directly."""
+    from safetensors.torch import load_file
+
+    from saliency_fast.influence import projected
+
+    model, checkpoints, data, _ = head_only
+    x, y = data.tensors
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    out = tmp_path / "index"
+    meta = index_lib.build_index(out, model, ["block", "head"], checkpoints, load_checkpoint, len(x),
+                                 lambda a, b: ((x[a:b],), y[a:b]), loss, data_fingerprint="t", projection_dim=16,
+                                 fit_rows=8, shard_size=12, batch_size=4, progress=False)
+    assert meta["job"]["projection"] == "pca" and meta["layer_dims"]["head"][1] <= 3
+    projections = index_lib.load_projections(out)
+    layers = projected.check_linear_layers(model, ["block", "head"])
+    for c, (path, lr) in enumerate(checkpoints):
+        load_checkpoint(model, path)
+        direct = projected.projected_gradients(model, layers, projections, (x,), y, loss) * lr**0.5
+        stored = torch.cat([load_file(index_lib.shard_path(out, c, s))["vectors"] for s in range(2)])
+        torch.testing.assert_close(stored, direct, rtol=1e-5, atol=1e-6)

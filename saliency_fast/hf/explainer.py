@@ -277,12 +277,15 @@ class Explainer:
 
     def influence(self, train_texts, train_labels, test_texts, k: int = 10, layers: list[str] | None = None,
                   projection_dim: int | None = 256, checkpoints=None, output=None, backend: str | None = None,
-                  batch_size: int | None = None, shard_size: int = 1024, seed: int = 0, progress: bool = False):
+                  batch_size: int | None = None, shard_size: int = 1024, seed: int = 0, progress: bool = False,
+                  projection: str = "pca"):
         """For each test text, the ``k`` training texts that most raised (``proponents``) and
         lowered (``opponents``) the probability of its predicted class: TracIn over ``layers``
         (default: the last block's Linear layers and the head), each layer's per-example
-        gradient projected to about ``projection_dim`` (None: exact), summed over
-        ``checkpoints`` weighted by learning rate, and searched with FAISS.
+        gradient projected to at most ``projection_dim`` numbers (None: exact), summed over
+        ``checkpoints`` weighted by learning rate, and searched with FAISS. ``projection``:
+        ``"pca"`` fits each layer's projection to the first 256 training texts' gradients,
+        ``"random"`` draws it from ``seed`` (docs/influence.md).
 
         ``checkpoints``: None (the model's current weights), or paths / ``(path, learning_rate)``
         pairs of state dicts (``.safetensors``, or ``torch.save`` files read with
@@ -297,7 +300,7 @@ class Explainer:
         return influence_lib.influence(
             self, train_texts, train_labels, test_texts, k=k, layers=layers, projection_dim=projection_dim,
             checkpoints=checkpoints, output=output, backend=backend, batch_size=batch_size, shard_size=shard_size,
-            seed=seed, progress=progress,
+            seed=seed, progress=progress, projection=projection,
         )
 
     # ------------------------------------------------------------------------- shared helpers

@@ -184,6 +184,7 @@ def influence(
     shard_size: int = 1024,
     seed: int = 0,
     progress: bool = True,
+    projection: str = "pca",
 ) -> list[InfluenceResult]:
     """See :meth:`saliency_fast.Explainer.influence`."""
     model = explainer.model
@@ -217,10 +218,11 @@ def influence(
         pairs = _resolve_checkpoints(model, checkpoints, root / "weights")
         loss = nn.CrossEntropyLoss(reduction="sum")
         predicted = _predict(explainer, test_texts, batch_size)
-        index_lib.build_index(
+        built = index_lib.build_index(
             root / "index", forward, prefixed, pairs, _load_into_forward, len(train_texts),
             _Batches(explainer, train_texts, train_labels), loss, data_fingerprint=_fingerprint(train_texts, train_labels),
-            projection_dim=projection_dim, seed=seed, shard_size=shard_size, batch_size=batch_size, progress=progress,
+            projection_dim=projection_dim, projection=projection, seed=seed, shard_size=shard_size,
+            batch_size=batch_size, progress=progress,
         )
         queries = index_lib.query_vectors(forward, root / "index", _load_into_forward, len(test_texts),
                                           _Batches(explainer, test_texts, predicted), loss, batch_size)
@@ -232,7 +234,10 @@ def influence(
         if temporary is not None:
             temporary.cleanup()
     info = {
-        "method": "tracin", "layers": layers, "projection_dim": projection_dim, "seed": seed,
+        "method": "tracin", "layers": layers, "projection_dim": projection_dim,
+        "projection": built["job"]["projection"], "fit_rows": built["job"]["fit_rows"], "seed": built["job"]["seed"],
+        "layer_dims": {name.removeprefix("model."): dims for name, dims in built["layer_dims"].items()},
+        "projection_rule": built["projection_rule"],
         "checkpoints": [{"path": p, "learning_rate": lr} for p, lr in pairs] if checkpoints is not None else "current weights",
         "index": index.backend, "index_dim": index.dim, "train_size": len(train_texts), "model": explainer.model_name,
         "output": None if temporary else str(root),

@@ -164,6 +164,7 @@ def build_index(
         with tqdm(total=total, initial=done_rows, unit="ex", desc="training gradients", disable=not progress) as bar:
             if todo or not resuming:
                 with _checkpoints_shared(model, resolved, checkpoints, load_checkpoint) as states:
+                    sample = None
                     if resuming:
                         projections = load_projections(output)
                     else:
@@ -173,9 +174,14 @@ def build_index(
                         _record(output, job, projections, projected.fitted_dims(resolved, projections))
                     if engine == "local":
                         for s, missing in todo.items():
+                            # the fitting rows' factors give shard 0's first vectors (not computed twice)
+                            head = None
+                            if s == 0 and sample is not None and job["fit_rows"] <= shard_size:
+                                head = [projected.vectors_from_factors(resolved, projections, factors)
+                                        for factors in sample]
                             _write_shard(output, s, missing, states, checkpoints, resolved, projections,
                                          range(s * shard_size, min(n_rows, (s + 1) * shard_size)), batch_fn,
-                                         loss_fn, batch_size, bar)
+                                         loss_fn, batch_size, bar, head)
                 if todo and engine == "ray":
                     _write_on_ray(output, model, checkpoints, load_checkpoint, batch_fn, loss_fn, batch_size, list(todo),
                                   actors, cpus_per_actor, bar)
@@ -186,18 +192,17 @@ def build_index(
 
 def _fit_sample(states, resolved, job, batch_fn, loss_fn, batch_size) -> list | None:
     """Per checkpoint, per layer, the factors ``(a, g)`` of the first ``fit_rows`` training rows
-    (None unless the projection is fitted)."""
+    (None unless the projection is fitted); batches outer, checkpoints inner, as in the shards."""
     if not job["fit_rows"]:
         return None
-    sample = []
-    for c in range(len(states)):
-        states.activate(c)
-        parts = [grads_lib.linear_factors(states.model, resolved, *batch_fn(b, min(job["fit_rows"], b + batch_size)),
-                                          loss_fn, "sum")
-                 for b in range(0, job["fit_rows"], batch_size)]
-        sample.append([tuple(grads_lib.cat_steps([p[i][j] for p in parts]) for j in range(2))
-                       for i in range(len(resolved))])
-    return sample
+    parts = [[] for _ in range(len(states))]
+    for b in range(0, job["fit_rows"], batch_size):
+        inputs, targets = batch_fn(b, min(job["fit_rows"], b + batch_size))
+        for c in range(len(states)):
+            states.activate(c)
+            parts[c].append(grads_lib.linear_factors(states.model, resolved, inputs, targets, loss_fn, "sum"))
+    return [[tuple(grads_lib.cat_steps([p[i][j] for p in batches]) for j in range(2)) for i in range(len(resolved))]
+            for batches in parts]
 
 
 def _checkpoints_shared(model, resolved, checkpoints, load_checkpoint):
@@ -206,11 +211,15 @@ def _checkpoints_shared(model, resolved, checkpoints, load_checkpoint):
 
 
 def _write_shard(output, shard, missing, states, checkpoints, resolved, projections, rows, batch_fn, loss_fn,
-                 batch_size, bar) -> None:
+                 batch_size, bar, head=None) -> None:
     """Shard ``shard``'s vectors under each checkpoint in ``missing``: batches outer (each
-    batch built once), checkpoints inner; each file appears by an atomic rename."""
-    parts = {c: [] for c in missing}
-    for b in range(rows.start, rows.stop, batch_size):
+    batch built once), checkpoints inner; each file appears by an atomic rename. ``head``: per
+    checkpoint, the vectors of the shard's first rows, already computed."""
+    parts = {c: [] if head is None else [head[c]] for c in missing}
+    done = 0 if head is None else head[0].shape[0]
+    if bar is not None:
+        bar.update(done * len(missing))
+    for b in range(rows.start + done, rows.stop, batch_size):
         inputs, targets = batch_fn(b, min(rows.stop, b + batch_size))
         for c in missing:
             states.activate(c)
