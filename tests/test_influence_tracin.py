@@ -150,3 +150,17 @@ def test_small_layers_are_kept_exact_and_narrow_sides_unprojected():
     assert fitted_dims(layers, drawn) == {"small": [8, 3], "head": [128, 2], "wide": [16, 16]}
     with pytest.raises(ValueError, match="projection must be one of"):
         make_projections(layers, 256, 0, "gaussian")
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(fit_rows=0), "fit_rows must be a positive int"),
+                                           (dict(projection="gaussian"), "projection must be one of"),
+                                           (dict(projection_dim=0), "projection_dim must be a positive int"),
+                                           (dict(engine="spark"), "engine must be one of"),
+                                           (dict(actors=0), "actors must be a positive integer")])
+def test_index_job_bad_arguments(tmp_path, kwargs, match):
+    from saliency_fast.influence.index import build_index
+
+    with pytest.raises(ValueError, match=match):
+        build_index(tmp_path, TokenClassifier(), ["inner"], [("unused.pt", 1.0)], load_checkpoint, 4,
+                    lambda a, b: None, nn.CrossEntropyLoss(reduction="sum"), data_fingerprint="t", **kwargs)
+    assert not any(tmp_path.iterdir())  # refused before any work
