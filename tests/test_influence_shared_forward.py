@@ -83,9 +83,15 @@ def test_varying_tensors_and_shared_modules(head_only):
             torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
 
 
-def test_shared_prefix_runs_once_per_batch_and_scores_equal_captum(head_only):
-    model, checkpoints, data, test = head_only
-    paths = [p for p, _ in checkpoints]
+@pytest.mark.parametrize("trained, encoder_calls", [({"head"}, 1 + 3), ({"encoder", "block", "head"}, 3 * (1 + 3))])
+def test_shared_modules_run_once_per_batch_and_scores_equal_captum(tmp_path, trained, encoder_calls):
+    """Only the head trains: the encoder runs once per batch (one test batch, three training
+    batches); everything trains: once per batch and checkpoint. captum's scores either way."""
+    torch.manual_seed(1)
+    model = Classifier().double().eval()
+    paths = [p for p, _ in save_checkpoints(model, tmp_path, trained)]
+    data = TensorDataset(torch.randn(20, 5, 6, dtype=torch.float64), torch.randint(0, 3, (20,)))
+    test = (torch.randn(4, 5, 6, dtype=torch.float64), torch.randint(0, 3, (4,)))
     peer = CaptumTracInCP(model, data, paths, load_checkpoint, layers=["block", "head"],
                           loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=7).influence(test)
     model.encoder.calls = 0
@@ -93,25 +99,8 @@ def test_shared_prefix_runs_once_per_batch_and_scores_equal_captum(head_only):
                     loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=7,
                     sample_wise_grads_per_batch=True).influence(test)
     torch.testing.assert_close(ours, peer, rtol=1e-10, atol=1e-12)
-    assert model.encoder.calls == 1 + 3  # one test batch and three training batches, once each
+    assert model.encoder.calls == encoder_calls
     assert all(p.requires_grad for p in model.parameters())  # the gradient scope is undone
-
-
-def test_all_parameters_varying_recompute_everything(tmp_path):
-    torch.manual_seed(1)
-    model = Classifier().double().eval()
-    checkpoints = save_checkpoints(model, tmp_path, {"encoder", "block", "head"})
-    data = TensorDataset(torch.randn(8, 5, 6, dtype=torch.float64), torch.randint(0, 3, (8,)))
-    test = (torch.randn(2, 5, 6, dtype=torch.float64), torch.randint(0, 3, (2,)))
-    paths = [p for p, _ in checkpoints]
-    peer = CaptumTracInCP(model, data, paths, load_checkpoint, layers=["block", "head"],
-                          loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=4).influence(test)
-    model.encoder.calls = 0
-    ours = TracInCP(model, data, paths, load_checkpoint, layers=["block", "head"],
-                    loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4,
-                    sample_wise_grads_per_batch=True).influence(test)
-    torch.testing.assert_close(ours, peer, rtol=1e-10, atol=1e-12)
-    assert model.encoder.calls == 3 * (1 + 2)
 
 
 def test_memo_ignores_outputs_changed_in_place_and_training_mode():
