@@ -132,7 +132,7 @@ def test_fitted_projection_keeps_gradients_in_the_sample_subspace():
 
     sample, (a, g) = factors(16), factors(6)
     exact = layer_vectors(layer, a, g, None, None)
-    fitted = make_projections([("fc", layer)], 16, 0, "pca", [[sample]], [1.0])
+    fitted = make_projections([("fc", layer)], 16, 0, "pca", [[sample], [factors(16)]], [1.0, 0.5])  # 2 checkpoints
     assert {k: v.shape for k, v in fitted.items()} == {"fc.in": (41, 4), "fc.out": (30, 4)}  # rank 3 + bias, 4
     vectors = layer_vectors(layer, a, g, fitted["fc.in"].double(), fitted["fc.out"].double())
     torch.testing.assert_close(vectors @ vectors.T, exact @ exact.T, rtol=1e-5, atol=0)  # float32 projections

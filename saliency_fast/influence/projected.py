@@ -126,7 +126,12 @@ def fit_layer(module: nn.Linear, factors: Sequence[tuple[torch.Tensor, torch.Ten
         return None, None
     # float32 is enough for the leading eigenvectors, and twice as fast as float64 here
     sides = [(_with_ones(a, module).float(), g.float(), float(w)) for (a, g), w in zip(factors, weights)]
-    c_in = sum(w * (a.flatten(0, 1).T @ (g @ g.transpose(1, 2) @ a).flatten(0, 1)) for a, g, w in sides)
+    first = sides[0][0]
+    if all(torch.equal(a, first) for a, _, _ in sides[1:]):  # inputs the checkpoints share: one product
+        mixed = sum(w * (g @ g.transpose(1, 2)) for _, g, w in sides)
+        c_in = first.flatten(0, 1).T @ (mixed @ first).flatten(0, 1)
+    else:
+        c_in = sum(w * (a.flatten(0, 1).T @ (g @ g.transpose(1, 2) @ a).flatten(0, 1)) for a, g, w in sides)
     c_out = sum(w * (g.flatten(0, 1).T @ (a @ a.transpose(1, 2) @ g).flatten(0, 1)) for a, g, w in sides)
     v_in = torch.linalg.eigh(c_in)[1].flip(1)[:, : min(d_in, projection_dim)]
     v_out = torch.linalg.eigh(c_out)[1].flip(1)[:, : min(d_out, projection_dim)]
