@@ -56,6 +56,10 @@ def extensions():
     # written with one (GCC contracts a * b + c by default in C++, even across intrinsics, wherever
     # the target has FMA), so every CPU rounds as the reference does
     cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
+    # at::parallel_for is a header template: without OpenMP in *our* compile it runs every kernel on
+    # one thread whatever torch.get_num_threads() says. Linking -fopenmp resolves to the libgomp.so.1
+    # torch has already loaded (one runtime, one thread pool).
+    openmp = ["-fopenmp"]
     if build_cuda():
         os.environ.setdefault("CUDA_HOME", _cuda_home())
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
@@ -66,12 +70,14 @@ def extensions():
                 "saliency_fast._C",
                 sources,
                 include_dirs=include_dirs + _wheel_cuda_includes(),
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+                extra_compile_args={"cxx": cxx_flags + openmp, "nvcc": ["-O3"]},
+                extra_link_args=openmp,
             )
         ]
     return [
         cpp_extension.CppExtension(
-            "saliency_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
+            "saliency_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags + openmp},
+            extra_link_args=openmp,
         )
     ]
 

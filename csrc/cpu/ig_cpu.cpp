@@ -31,8 +31,11 @@ using cpu::widen;
 // Elements per tile: 64 KiB of float per buffer (the sums stay in L2) while each step's gradients
 // arrive as a 64 KiB (float32) run the prefetchers follow; measured against 8 and 16 KiB tiles.
 constexpr int64_t kTile = 16384;
-// ig_interpolate's tile: each step's output is written as one 64 KiB (float32) run.
-constexpr int64_t kInterpolateTile = 16384;
+// ig_interpolate's tile: the widened baseline and x - baseline (2 x 8 KiB) stay in L1 while every
+// step writes its run of the output (8 KiB in float32, 4 KiB in the half types). Measured against
+// 8192- and 16384-element tiles (whose scratch spills to L2): the half types' stores, which cost
+// more instructions per byte, keep up with a plain fill only when their inputs come from L1.
+constexpr int64_t kInterpolateTile = 2048;
 // Outputs at least this big are written past the caches (non-temporal stores): larger than any
 // last-level cache slice a thread sees, they would be evicted before the caller reads them.
 constexpr int64_t kStreamingBytes = int64_t(32) << 20;
