@@ -79,7 +79,7 @@ class LastTokenLogits(nn.Module):
         return self.model.lm_head(hidden)
 
 
-def build(layers: int, vocab_size: int):
+def build(layers: int, vocab_size: int, device: str = "cpu"):
     embedding = minilm_word_embeddings()[:vocab_size]
     torch.manual_seed(0)
     tok = bert_tokenizer()
@@ -89,6 +89,7 @@ def build(layers: int, vocab_size: int):
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         model.transformer.wte.weight.copy_(embedding)  # tied with the LM head
+    model.to(device)
     return LastTokenLogits(model).eval(), model.transformer.wte.weight
 
 
@@ -101,10 +102,10 @@ def token_ids(count: int, tokens: int, vocab_size: int) -> torch.Tensor:
     return torch.randint(1000, vocab_size, (count, tokens), generator=generator)
 
 
-def timed(fn) -> tuple[object, Timing]:
+def timed(fn, device: str = "cpu") -> tuple[object, Timing]:
     """fn's value and the Timing of its one cold call (no warm-up: the first call is the workload)."""
     value = {}
-    timing = interleaved({"call": lambda: value.update(result=fn())}, runs=1, warmup=0)["call"]
+    timing = interleaved({"call": lambda: value.update(result=fn())}, runs=1, warmup=0, device=device)["call"]
     return value["result"], timing
 
 
@@ -123,9 +124,10 @@ def inseq_first_call(forward, embedding, ids, base, targets, args):
     """inseq's DIG from nothing: its neighbour graph (pickle cache off), then one call per sentence."""
     peer = inseq_classes()(forward)
     with tempfile.TemporaryDirectory() as tmp:
-        _, graph_time = timed(lambda: peer.load_monotonic_path_builder(
-            "bench-dig", vocabulary_embeddings=embedding.detach(), special_tokens=[], cache_dir=pathlib.Path(tmp),
-            n_neighbors=args.neighbors, save_cache=False, overwrite_cache=True))
+        _, graph_time = timed(lambda: peer.load_monotonic_path_builder(  # scikit-learn: host memory
+            "bench-dig", vocabulary_embeddings=embedding.detach().cpu(), special_tokens=[],
+            cache_dir=pathlib.Path(tmp), n_neighbors=args.neighbors, save_cache=False, overwrite_cache=True),
+            args.device)
     rows = [peer.attribute(ids[i : i + 1], baselines=base[i : i + 1], target=targets[i], n_steps=args.steps,
                            method=args.strategy) for i in range(ids.shape[0])]
     return peer, torch.cat(rows).detach(), graph_time
@@ -139,18 +141,18 @@ def ours_first_call(forward, embedding, ids, targets, args, pad_id, dtype=None):
     return dig.attribute(ids, target=targets)
 
 
-def gradient_floor(forward, paths, targets) -> float:
+def gradient_floor(forward, paths, targets, device: str) -> float:
     """Forward + backward of the model over the path points DIG needs (all but the input)."""
     points = paths[:-1].reshape(-1, *paths.shape[2:])
     target = _common.Target.parse(targets, paths.shape[1])
     with _common.frozen_parameters(forward):
-        return timed(lambda: _common.input_gradients(forward, (points,), target, None))[1].median
+        return timed(lambda: _common.input_gradients(forward, (points,), target, None), device)[1].median
 
 
 def path_rows(peer, embedding, ids, base, args, index):
     n_anchors, steps = dig_paths.step_plan(args.steps, "inseq")
     plan = dict(n_anchors=n_anchors, monotonize_steps=steps, strategy=args.strategy)
-    ours, ours_time = timed(lambda: dig_paths.build_paths(ids, base, embedding, index, **plan))
+    ours, ours_time = timed(lambda: dig_paths.build_paths(ids, base, embedding, index, **plan), args.device)
 
     @functools.cache
     def neighbors(word):  # the same lists, ready, for the plain loop
@@ -159,13 +161,13 @@ def path_rows(peer, embedding, ids, base, args, index):
     for word in ids.unique().tolist() + index._known.nonzero().squeeze(1).tolist():
         neighbors(word)
     plain, plain_time = timed(lambda: dig_paths.build_paths_reference(ids, base, embedding.detach(), neighbors,
-                                                                      **plan))
+                                                                      **plan), args.device)
     print(f"path building, our plain loop of the official algorithm (not a peer): {plain_time.median:.2f} s, "
           f"max diff from ours {max_rel_diff(ours, plain):.1e}")
     theirs, theirs_time = timed(lambda: torch.stack([
         peer.path_builder.scale_inputs(ids[i : i + 1], base[i : i + 1], n_steps=args.steps,
                                        scale_strategy=args.strategy).detach()
-        for i in range(ids.shape[0])], dim=1))
+        for i in range(ids.shape[0])], dim=1), args.device)
     return ours, [("DIG path building, neighbour lists ready", "inseq 0.7.1 path builder", theirs_time, ours_time,
                    max_rel_diff(ours, theirs), "float32", "equal-work", None)]
 
@@ -174,7 +176,7 @@ def search_rows(embedding, visited, args, graph_time):
     rows = []
     for backend in ("torch", "faiss-cpu"):
         index = knn.NeighborIndex(embedding, args.neighbors, backend)
-        _, seconds = timed(lambda: index.neighbors(visited))
+        _, seconds = timed(lambda: index.neighbors(visited), args.device)
         rows.append((f"DIG neighbour search ({visited.numel()} visited words, {backend})",
                      "inseq 0.7.1 (scikit-learn graph of the vocabulary)", graph_time, seconds, None, "float32",
                      "design", f"different work: ours searches the {visited.numel()} words DIG visits, inseq "
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["greedy", "maxcount"], default="greedy")
     parser.add_argument("--no-completeness", action="store_true", help="skip the real-MiniLM completeness check")
     parser.add_argument("--threads", type=int, help="torch intra-op threads for everyone (default: torch's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model and inputs live")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     if args.threads:
@@ -225,26 +228,26 @@ def main() -> None:
     if args.quick:
         args.layers, args.steps = 2, 12
 
-    forward, embedding = build(args.layers, vocab_size)
-    ids = token_ids(sentences, tokens, vocab_size)
+    forward, embedding = build(args.layers, vocab_size, args.device)
+    ids = token_ids(sentences, tokens, vocab_size).to(args.device)
     pad_id = bert_tokenizer().pad_token_id
     base = torch.full_like(ids, pad_id)
     with torch.no_grad():
         targets = forward(embedding[ids]).argmax(-1).tolist()
     print(f"GPT-2 {args.layers} layers x 384 on the MiniLM vocabulary ({vocab_size} words), {sentences} x {tokens} "
           f"tokens, {args.strategy}, {args.neighbors} neighbours, {args.steps} points; torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}, device {args.device}")
 
     (peer, theirs, graph_time), peer_time = timed(lambda: inseq_first_call(forward, embedding, ids, base, targets,
-                                                                          args))
-    ours, ours_time = timed(lambda: ours_first_call(forward, embedding, ids, targets, args, pad_id))
+                                                                          args), args.device)
+    ours, ours_time = timed(lambda: ours_first_call(forward, embedding, ids, targets, args, pad_id), args.device)
     ours_bf16, ours_bf16_time = timed(lambda: ours_first_call(forward, embedding, ids, targets, args, pad_id,
-                                                              torch.bfloat16))
+                                                              torch.bfloat16), args.device)
     peer_s, ours_s = peer_time.median, ours_time.median
     index = knn.neighbor_index(embedding.detach(), args.neighbors)
     visited = index._known.nonzero().squeeze(1)
     paths, path_rows_found = path_rows(peer, embedding, ids, base, args, index)
-    floor_s = gradient_floor(forward, paths, targets)
+    floor_s = gradient_floor(forward, paths, targets, args.device)
     bf16_diff = max_rel_diff(ours_bf16, theirs)
     rows = [("DIG first call (search + paths + gradients)", "inseq 0.7.1", peer_time, ours_time,
              max_rel_diff(ours, theirs), "float32", "equal-work", None),
@@ -272,7 +275,7 @@ def main() -> None:
         found.append(row(f"{w} [{sentences}x{tokens}, {args.layers}L, k={args.neighbors}, {args.strategy}]", p,
                          peer_t, ours_t, max_diff=d, peer_dtype="float32", ours_dtype=ours_dtype,
                          floor_s=floor_s if w.startswith("DIG first call") else None, kind=kind,
-                         accuracy=note if kind == "less-work" else None))
+                         accuracy=note if kind == "less-work" else None, device=args.device))
         if kind == "design":
             found[-1]["note"] = note
     write_rows(args.json, found)

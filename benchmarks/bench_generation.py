@@ -56,7 +56,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from benchmarks._results import row, write_rows  # noqa: E402
-from benchmarks._timing import interleaved  # noqa: E402
+from benchmarks._timing import interleaved, median_time  # noqa: E402
 from saliency_fast.hf.causal_pass import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
 CASES = {"16+16": (16, 16), "32+64": (32, 64)}
@@ -129,7 +129,7 @@ def compare(args) -> None:
 
     inseq_version = importlib.metadata.version("inseq")
     model, tok = build(arch=args.arch)
-    explainer = saliency_fast.Explainer(model, tok)
+    explainer = saliency_fast.Explainer(model, tok, device=args.device)
     _, inseq_tok = build(n_layer=1, arch=args.arch)  # inseq reconfigures its tokenizer: give it its own copy
     vocab = model.config.vocab_size
     print(f"backend={saliency_fast.ops.active_backend()} threads={torch.get_num_threads()} "
@@ -143,7 +143,7 @@ def compare(args) -> None:
         prompt, full = texts(*CASES[case], vocab=vocab)
         for method in args.methods:
             kwargs = {"n_steps": args.n_steps} if method == "integrated_gradients" else {}
-            im = inseq.load_model(model, method, tokenizer=inseq_tok)
+            im = inseq.load_model(model, method, tokenizer=inseq_tok, device=args.device)
             # the same runs and warm-ups for everyone; the long cases once each (inseq's 32+64 IG
             # alone takes minutes), so that the whole benchmark stays under 10 minutes
             long_case = (method != "saliency" and case != "16+16") or args.quick
@@ -164,7 +164,10 @@ def compare(args) -> None:
                     outputs[name], engines[name] = result.scores, result.metadata["engine"]["name"]
 
                 fns[name] = run_ours
-            timings = interleaved(fns, runs=runs, warmup=warmup)
+            timings = interleaved(fns, runs=runs, warmup=warmup, device=args.device)
+            copies = args.n_steps if method == "integrated_gradients" else 1
+            floor = median_time(lambda: forward_backward(explainer, full, copies), runs=max(runs, 3), warmup=1,
+                                device=args.device)
             t_inseq, c_inseq = timings["inseq"].median, timings["inseq"].cpu_median
             for name in [n for n in fns if n != "inseq"]:
                 t_ours, c_ours = timings[name].median, timings[name].cpu_median
@@ -177,10 +180,19 @@ def compare(args) -> None:
                 rows.append(row(
                     f"generation {arch}{case} tokens, {method} {name}", f"inseq {inseq_version} float32",
                     timings["inseq"], timings[name], max_diff=error, peer_dtype="float32", ours_dtype=name,
-                    floor_s=None, kind="less-work" if less else "equal-work",
+                    floor_s=floor, kind="less-work" if less else "equal-work", device=args.device,
                     accuracy=f"ours bf16 vs inseq fp32: max rel. diff {error:.1e}; inseq in bf16 not measured"
                     if less else None))
     write_rows(args.json, rows)
+
+
+def forward_backward(explainer, full: str, copies: int) -> None:
+    """The floor: one forward of the model over the whole sequence (``copies`` times in one batch:
+    IG's path points) and one backward of the target tokens' probabilities summed, to the embeddings."""
+    ids = torch.tensor([explainer.tokenizer(full)["input_ids"]] * copies, device=explainer.device)
+    embeds = explainer.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = explainer.model(inputs_embeds=embeds, use_cache=False).logits[:, :-1]
+    logits.float().softmax(-1).gather(-1, ids[:, 1:, None]).sum().backward()
 
 
 def long_child(args) -> None:
@@ -279,6 +291,7 @@ def main() -> None:
                         help="then the last K steps at GPT-2-small width, 12 layers (0: skip)")
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (both sides)")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     args.cases = ["16+16"] if args.quick else args.cases.split(",")

@@ -75,8 +75,8 @@ class GPT2NextLogits(nn.Module):
         return list(self.model.transformer.h)
 
 
-def build(name: str, batch: int, tokens: int, seed: int = 0):
-    """``(forward, embeddings, target)`` of the named 6-block model."""
+def build(name: str, batch: int, tokens: int, seed: int = 0, device: str = "cpu"):
+    """``(forward, embeddings, target)`` of the named 6-block model, on ``device``."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     if name == "minilm":
@@ -88,8 +88,9 @@ def build(name: str, batch: int, tokens: int, seed: int = 0):
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=6)).eval()
         ids = torch.randint(0, model.config.vocab_size, (batch, tokens), generator=generator)
         forward, target = GPT2NextLogits(model), 464
+    forward.to(device)
     with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)
+        embeds = model.get_input_embeddings()(ids.to(device))
     return forward, embeds, target
 
 
@@ -119,7 +120,7 @@ def model_floor(forward, x: torch.Tensor, target: int, steps: int, chunk_steps: 
 
 
 def bench_model(name: str, args, repeats: int, warmup: int) -> list[dict]:
-    forward, x, target = build(name, args.batch, args.tokens)
+    forward, x, target = build(name, args.batch, args.tokens, device=args.device)
     blocks = forward.blocks
     b = torch.zeros_like(x)
     common = dict(target=target, n_steps=args.steps, method="gausslegendre",
@@ -151,8 +152,8 @@ def bench_model(name: str, args, repeats: int, warmup: int) -> list[dict]:
             saliency_fast.LayerIntegratedGradients(forward, block).attribute(x, b, **common) for block in blocks]),
     }
     shape = f"{name} 6 blocks, {args.batch}x{args.tokens} tokens, {args.steps} steps"
-    print(f"\n{shape}, internal_batch_size {args.internal_batch_size}")
-    timings = interleaved(contenders, runs=repeats, warmup=warmup, progress=True)
+    print(f"\n{shape}, internal_batch_size {args.internal_batch_size}, device {args.device}")
+    timings = interleaved(contenders, runs=repeats, warmup=warmup, progress=True, device=args.device)
     median = {key: t.median for key, t in timings.items()}
     all_vs_ii = relative_difference(results["ours_all"], results["captum_ii"])
     layer_vs_lig = relative_difference(results["ours_layer"], results["captum_lig"])
@@ -168,7 +169,8 @@ def bench_model(name: str, args, repeats: int, warmup: int) -> list[dict]:
     ours_all = timings["ours all blocks, input path"]
     other_path = row(f"layer IG, all blocks (layers='all', input path, one pass), {shape}",
                      "captum LayerIntegratedGradients once per layer", timings["captum LIG per layer"], ours_all,
-                     max_diff=None, peer_dtype="float32", ours_dtype="float32", floor_s=floor, kind="design")
+                     max_diff=None, peer_dtype="float32", ours_dtype="float32", floor_s=floor, kind="design",
+                     device=args.device)
     other_path["note"] = ("another quantity: captum integrates along each layer's own path, ours along the "
                           "input path (the next row compares the same quantity)")
     return [
@@ -177,10 +179,10 @@ def bench_model(name: str, args, repeats: int, warmup: int) -> list[dict]:
             "captum InternalInfluence x LayerActivation change once per layer", timings["captum II x dh per layer"],
             ours_all, max_diff=all_vs_ii, peer_dtype="float32", ours_dtype="float32", floor_s=floor,
             kind="less-work", accuracy=f"the same quantity, max rel. diff {all_vs_ii:.1e}: all 6 blocks from one "
-                                       "pass against one pass per block"),
+                                       "pass against one pass per block", device=args.device),
         row(f"layer IG per block (captum's path), {shape}", "captum LayerIntegratedGradients once per layer",
             timings["captum LIG per layer"], timings["ours per layer, captum path"], max_diff=layer_vs_lig,
-            peer_dtype="float32", ours_dtype="float32", floor_s=floor),
+            peer_dtype="float32", ours_dtype="float32", floor_s=floor, device=args.device),
     ]
 
 
@@ -193,6 +195,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--internal-batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where models and inputs live")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     repeats, warmup = (1, 0) if args.quick else (args.repeats, 1)

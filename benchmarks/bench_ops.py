@@ -18,7 +18,7 @@ one process on the same inputs with the same warm-ups and runs, interleaved (ben
 Every output is compared with the peer's, and both with a float64 evaluation (the ``accuracy``).
 
     python benchmarks/bench_ops.py                   # 1 and 2 threads, 3 dtypes, all reduces
-    python benchmarks/bench_ops.py --quick           # fewer runs, reduces none and l2
+    python benchmarks/bench_ops.py --quick           # 8 steps x (2, 64, 768), 3 runs, reduces none and l2
     python benchmarks/bench_ops.py --device cuda
 """
 
@@ -143,19 +143,24 @@ def interpolate_rows(inp: Inputs, runs: int, warmup: int, device: str, label: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="fewer runs; reduces none and l2; the current threads")
+    parser.add_argument("--quick", action="store_true",
+                        help="8 steps x (2, 64, 768), 3 runs; reduces none and l2; the current threads (proves the "
+                             "rows run and match, too small to say anything about bandwidth)")
     parser.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (default 1,2)")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {list(DTYPES)}")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--shape", default="8,128,768", help="x's shape, the last dim the embedding dim")
-    parser.add_argument("--runs", type=int, help="timed runs per contender (default 21, --quick 5)")
+    parser.add_argument("--steps", type=int, help="steps of gradients (default 50, --quick 8)")
+    parser.add_argument("--shape", help="x's shape, the last dim the embedding dim (default 8,128,768; "
+                                        "--quick 2,64,768)")
+    parser.add_argument("--runs", type=int, help="timed runs per contender (default 15, --quick 3)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here (benchmarks/run_all.py)")
     args = parser.parse_args()
     status = _native.status()
     if not (status.cuda if args.device == "cuda" else status.cpu):
         sys.exit(f"no native {args.device} kernels loaded ({status.reason}); build with `make setup`")
-    runs = args.runs or (5 if args.quick else 21)
-    warmup = 2 if args.quick else 3
+    runs = args.runs or (3 if args.quick else 15)
+    warmup = 1 if args.quick else 3
+    args.steps = args.steps or (8 if args.quick else 50)
+    args.shape = args.shape or ("2,64,768" if args.quick else "8,128,768")
     reduces = ("none", "l2") if args.quick else REDUCES
     threads = [torch.get_num_threads()] if args.quick or args.device == "cuda" else \
         [int(t) for t in args.threads.split(",")]

@@ -65,22 +65,25 @@ TEXTS = [
 ALPHA = 1e-4  # the Explainer's LIME penalty: captum's 0.01 zeroes most tokens on cosine margins
 
 
-def workload(n_texts: int):
+def workload(n_texts: int, device: str = "cpu"):
     """The forward over word embeddings, the padded batch, its baselines and per-token features."""
-    explainer = saliency_fast.Explainer(*default_model(), task="zero-shot", labels=["positive", "negative"])
+    explainer = saliency_fast.Explainer(*default_model(), task="zero-shot", labels=["positive", "negative"],
+                                        device=device)
     task = explainer._make_task(choices=None, reference=None, labels=None)
     units = task.encode(TEXTS[:n_texts])
     rows, _ = task.plan(units, explainer.predict(task, units), None)
     batch = explainer._pad(units)
-    special = batch.place([u.special for u in units], torch.zeros(batch.input_ids.shape, dtype=torch.bool))
+    special = batch.place([u.special for u in units],
+                          torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=batch.input_ids.device))
     keep = ~batch.real() | special
     embeds = explainer.embedding(batch.input_ids).detach()
     baselines = explainer._baselines(batch, explainer.resolve_baseline("pad"), keep).detach()
     index = torch.tensor([r.index for r in rows])
-    args = (batch.attention_mask, batch.token_type_ids, batch.position_ids, index, torch.zeros_like(index), None)
+    args = tuple(None if a is None else a.to(device) for a in (
+        batch.attention_mask, batch.token_type_ids, batch.position_ids, index, torch.zeros_like(index), None))
     forward = functools.partial(explainer_module._score_forward_by_length, task, "margin")
     n_tokens = embeds.shape[1]
-    feature_mask = torch.arange(n_tokens).view(1, n_tokens, 1)
+    feature_mask = torch.arange(n_tokens, device=device).view(1, n_tokens, 1)
     return forward, embeds, baselines, args, feature_mask
 
 
@@ -123,8 +126,8 @@ def contenders(method: str, forward, per_eval: int):
     return {"ours": saliency_fast.KernelShap(forward), "captum": captum.attr.KernelShap(forward)}
 
 
-def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int) -> list[dict]:
-    forward, embeds, baselines, args, feature_mask = workload(n_texts)
+def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int, device: str) -> list[dict]:
+    forward, embeds, baselines, args, feature_mask = workload(n_texts, device)
     methods = contenders(method, forward, per_eval)
 
     def call(name: str, ppe: int):
@@ -160,7 +163,7 @@ def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int) -> 
           f"{floors['ours'].token_rows()}", flush=True)
     # the floors (each side's forwards replayed alone) take turns with the contenders
     calls.update({"ours forwards": floors["ours"].replay, "captum forwards": floors["captum"].replay})
-    timings = interleaved(calls, runs=runs, warmup=0)  # the calls above were each one's warm-up
+    timings = interleaved(calls, runs=runs, warmup=0, device=device)  # the calls above were each one's warm-up
     timings = {name: dataclasses.replace(t, warmup=1) for name, t in timings.items()}
     per_token = minilm_flops_per_token(round(float(lengths.mean())))
     for name, f in floors.items():
@@ -172,7 +175,7 @@ def run(method: str, n_samples: int, per_eval: int, runs: int, n_texts: int) -> 
     return [
         _results.row(workload_name, f"captum 0.9.0 {method} ({peer.split(' ', 1)[1]})", timings[peer],
                      timings["ours"], max_diff=diffs["ours"], peer_dtype="float32", ours_dtype="float32",
-                     floor_s=timings["ours forwards"].median, accuracy=work)
+                     floor_s=timings["ours forwards"].median, accuracy=work, device=device)
         for peer in (f"captum ppe={per_eval}", "captum ppe=1")
     ]
 
@@ -185,7 +188,7 @@ def main() -> None:
     parser.add_argument("--per-eval", type=int, default=50, help="perturbations_per_eval (ours and captum's row)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--methods", default="lime,kernel_shap", help="comma-separated: lime, kernel_shap")
-    parser.add_argument("--device", default="cpu", choices=["cpu"], help="measured on the CPU only so far")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (everyone)")
     parser.add_argument("--json", help="also write the rows for benchmarks/run_all.py here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -195,7 +198,7 @@ def main() -> None:
     if not methods or any(m not in ("lime", "kernel_shap") for m in methods):
         parser.error(f"--methods: lime and/or kernel_shap, got {args.methods!r}")
     for method in methods:
-        for row in run(method, samples, args.per_eval, runs, args.texts):
+        for row in run(method, samples, args.per_eval, runs, args.texts, args.device):
             rows.append(row)
             print(f"{row['workload']:<60} vs {row['peer']:<32} captum {row['peer_s']:7.2f} s  ours "
                   f"{row['ours_s']:7.2f} s  {row['ratio']:5.2f}x  max diff {row['max_diff']:.1e}", flush=True)

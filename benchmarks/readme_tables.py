@@ -121,10 +121,13 @@ def main() -> None:
     mode.add_argument("--write", action="store_true", help="replace the tables in README.md")
     mode.add_argument("--check", action="store_true", help="exit 1 when README.md's tables differ")
     args = parser.parse_args()
-    generated = tables(json.loads(RESULTS.read_text()))
+    results = json.loads(RESULTS.read_text())
+    generated = tables(results)
     if not (args.write or args.check):
         print(generated)
         return
+    if args.write and results.get("quick"):  # quick sizes prove the scripts run; their ratios mean nothing
+        sys.exit("benchmarks/results.json holds a --quick run: the README tables come from a full run")
     readme = README.read_text()
     wanted = readme_with(readme, generated)
     if args.write:

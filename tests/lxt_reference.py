@@ -201,8 +201,8 @@ def generation_relevance(model, ids: list[int], n_prompt: int, family: str, rule
     out = torch.full((len(ids) - n_prompt, len(ids)), float("nan"), dtype=torch.float64)
     with lxt_rules(model, family, rule):
         for row, t in enumerate(range(n_prompt, len(ids))):
-            embeds = embedding(torch.tensor([ids[:t]])).detach().requires_grad_(True)
+            embeds = embedding(torch.tensor([ids[:t]], device=embedding.weight.device)).detach().requires_grad_(True)
             logit = model(inputs_embeds=embeds, use_cache=False).logits[0, -1, ids[t]]
             logit.backward()
-            out[row, :t] = (embeds * embeds.grad).sum(-1)[0].detach().double()
+            out[row, :t] = (embeds * embeds.grad).sum(-1)[0].detach().double().cpu()
     return out

@@ -104,6 +104,30 @@ def test_every_bench_script_is_found_and_takes_device_and_quick():
     assert run_all.arguments("bench_new.py", quick=False, device="cpu") == []
 
 
+def test_every_bench_script_declares_quick_and_device_cuda():
+    """run_all.py passes --quick and --device cuda to every script (a script lacking one would be
+    listed as failed, its rows missing from the tables)."""
+    for script in run_all.scripts():
+        source = (run_all.HERE / script).read_text()
+        assert 'add_argument("--quick"' in source, f"{script} has no --quick"
+        declared = [line for line in source.splitlines() if 'add_argument("--device"' in line]
+        assert declared, f"{script} has no --device"
+        assert "choices" not in declared[0] or '"cuda"' in declared[0], f"{script}: --device refuses cuda"
+
+
+def test_readme_tables_refuse_to_write_a_quick_run(tmp_path, monkeypatch):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"quick": True, "rows": [row("bench_a.py", "same")]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{readme_tables.BEGIN}\n{readme_tables.END}\n")
+    monkeypatch.setattr(readme_tables, "RESULTS", results)
+    monkeypatch.setattr(readme_tables, "README", readme)
+    monkeypatch.setattr(sys, "argv", ["readme_tables.py", "--write"])
+    with pytest.raises(SystemExit, match="--quick run"):
+        readme_tables.main()
+    assert readme.read_text() == f"{readme_tables.BEGIN}\n{readme_tables.END}\n"
+
+
 def test_a_script_writing_rows_without_the_schema_is_listed_not_kept(tmp_path, monkeypatch):
     script = tmp_path / "bench_old.py"
     script.write_text("import argparse, json\np = argparse.ArgumentParser(); p.add_argument('--json')\n"
