@@ -30,7 +30,7 @@ per ``--long-runs`` entry ``TOKENS:STEPS`` (default ``4096:16,1024:all``: the la
 1,023 prefixes of up to 1,023 tokens would take hours here.
 
     python benchmarks/bench_generation.py                 # both cases, saliency + IG
-    python benchmarks/bench_generation.py --quick         # 16 + 16 only, one timed run each
+    python benchmarks/bench_generation.py --quick         # 16 + 16 only, 2 layers, one timed run each
     python benchmarks/bench_generation.py --long          # the 4,096-token memory run only
     python benchmarks/bench_generation.py --long --long-arch llama --long-runs 1024:all
 """
@@ -128,7 +128,7 @@ def compare(args) -> None:
     import saliency_fast
 
     inseq_version = importlib.metadata.version("inseq")
-    model, tok = build(arch=args.arch)
+    model, tok = build(arch=args.arch, n_layer=2 if args.quick else 12)  # --quick: proves it runs and matches
     explainer = saliency_fast.Explainer(model, tok, device=args.device)
     _, inseq_tok = build(n_layer=1, arch=args.arch)  # inseq reconfigures its tokenizer: give it its own copy
     vocab = model.config.vocab_size
@@ -266,7 +266,7 @@ def _print_long(found: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 + 16 only, one timed repeat")
+    parser.add_argument("--quick", action="store_true", help="16 + 16 only, 2 layers, one timed repeat")
     parser.add_argument("--arch", default="gpt2", choices=sorted(ARCHS),
                         help="gpt2: GPT-2-small; llama, qwen2, gemma: 12 x 768, GQA 12/4 heads, MLP 2048, 32k words")
     parser.add_argument("--cases", default="16+16,32+64")

@@ -61,14 +61,17 @@ def _gpu(r: dict, cuda: dict) -> str:
 
 
 def _machines(rows: list[dict]) -> list[str]:
-    seen = []
+    seen, unrecorded = [], 0
     for r in rows:
-        m = r.get("machine") or {}
+        m = r.get("machine")
+        if not m:  # rows recorded by hand, outside run_all.py
+            unrecorded += 1
+            continue
         line = (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
                 + (f", GPU {m['gpu']}" if m.get("gpu") else ""))
         if line not in seen:
             seen.append(line)
-    return seen
+    return seen + ([f"not recorded for {unrecorded} rows"] if unrecorded else [])
 
 
 def tables(results: dict) -> str:

@@ -15,7 +15,9 @@ the schema's fields, or is absent is listed with the reason, never silently drop
 seconds are printed as it ends and kept in the results (``script_seconds``).
 
 ``--quick`` proves that every script runs and that its outputs match the peer's; its sizes are too
-small for the ratios to mean anything (the README tables come from a full run).
+small for the ratios to mean anything (the README tables come from a full run, and
+readme_tables.py refuses a quick one), so it runs two scripts at a time, one thread each
+(``--parallel``). A full run times one script at a time.
 
 Rows carry their own date, commit, device and thread count, so ``--update`` may keep rows of
 other days beside the rerun ones: the README shows each row's date.
@@ -24,7 +26,9 @@ other days beside the rerun ones: the README shows each row's date.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -107,6 +111,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every row runs")
     parser.add_argument("--only", help="comma-separated script names (default: every bench_*.py)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per script")
+    parser.add_argument("--parallel", type=int,
+                        help="scripts run at once, each on one thread (default: 2 with --quick, whose times mean "
+                             "nothing, else 1: a timed script runs alone)")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results.json")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows this run does not replace from the existing --out file (same mode only)")
@@ -124,14 +131,22 @@ def main() -> None:
     rows, skipped, seconds = [], {}, {}
     if args.update and args.out.exists():
         rows, skipped, seconds = _kept(json.loads(args.out.read_text()), chosen, args.quick, args.device)
-    for script in chosen:
-        print(f"running {script} ...", file=sys.stderr, flush=True)
-        found, why, seconds[script] = run_one(script, arguments(script, args.quick, args.device), args.timeout)
-        rows += found
-        if why:
-            skipped[script] = why
-        print(f"  {script}: {seconds[script]:.0f} s, {len(found)} rows{f' ({why})' if why else ''}", file=sys.stderr,
-              flush=True)
+    parallel = args.parallel or (2 if args.quick else 1)
+    if parallel > 1:  # the children inherit it: two scripts on two cores, not four threads fighting
+        os.environ["OMP_NUM_THREADS"] = "1"
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        print(f"running {', '.join(chosen)} ({parallel} at a time) ...", file=sys.stderr, flush=True)
+        futures = {pool.submit(run_one, script, arguments(script, args.quick, args.device), args.timeout): script
+                   for script in chosen}
+        for future in concurrent.futures.as_completed(futures):
+            script = futures[future]
+            found, why, seconds[script] = future.result()
+            rows += found
+            if why:
+                skipped[script] = why
+            print(f"  {script}: {seconds[script]:.0f} s, {len(found)} rows{f' ({why})' if why else ''}",
+                  file=sys.stderr, flush=True)
     order = {s: i for i, s in enumerate(known)}
     rows.sort(key=lambda r: order.get(r["script"], len(order)))  # table order, also after --update
     args.out.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows, "skipped": skipped,
@@ -141,8 +156,8 @@ def main() -> None:
     print(tables(json.loads(args.out.read_text())))
     for script, why in skipped.items():
         print(f"\n- {script}: {why}")
-    print("\nseconds per script: " + ", ".join(f"{s} {sec:.0f}" for s, sec in seconds.items())
-          + f"; this run {sum(seconds[s] for s in chosen):.0f} s", file=sys.stderr)
+    print("\nseconds per script: " + ", ".join(f"{s} {seconds[s]:.0f}" for s in chosen)
+          + f"; this run {time.perf_counter() - started:.0f} s of wall time", file=sys.stderr)
     print(f"\nwrote {args.out}; `python benchmarks/readme_tables.py --write` puts the tables in README.md",
           file=sys.stderr)
 
