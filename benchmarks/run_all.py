@@ -99,7 +99,7 @@ def _kept(previous: dict, rerun: list[str], quick: bool, device: str) -> tuple[l
     if previous.get("quick") != quick:
         sys.exit(f"--update: the existing results are from a {'quick' if previous.get('quick') else 'full'} run; "
                  "rerun everything or match its mode")
-    replaced = lambda r: r["script"] in rerun and r.get("device", "cpu") == device  # noqa: E731
+    replaced = lambda r: r.get("script") in rerun and r.get("device", "cpu") == device  # noqa: E731
     return ([r for r in previous["rows"] if not replaced(r)],
             {s: why for s, why in previous.get("skipped", {}).items() if s not in rerun},
             {s: sec for s, sec in previous.get("script_seconds", {}).items() if s not in rerun})
@@ -148,7 +148,7 @@ def main() -> None:
             print(f"  {script}: {seconds[script]:.0f} s, {len(found)} rows{f' ({why})' if why else ''}",
                   file=sys.stderr, flush=True)
     order = {s: i for i, s in enumerate(known)}
-    rows.sort(key=lambda r: order.get(r["script"], len(order)))  # table order, also after --update
+    rows.sort(key=lambda r: order.get(r.get("script"), len(order)))  # table order, also after --update
     args.out.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows, "skipped": skipped,
                                     "script_seconds": seconds}, indent=2) + "\n")
     from benchmarks.readme_tables import tables

@@ -90,6 +90,17 @@ def test_update_replaces_only_the_rerun_scripts_on_the_same_device(tmp_path, mon
     assert found["script_seconds"] == {"bench_ops.py": 3.0, "bench_dig.py": 1.0}
 
 
+def test_update_keeps_rows_recorded_by_hand_without_a_script(tmp_path, monkeypatch):
+    out = tmp_path / "results.json"
+    by_hand = {k: v for k, v in row("bench_generation.py", "llama by hand").items() if k not in ("script", "machine")}
+    out.write_text(json.dumps({"quick": False, "rows": [by_hand, row("bench_dig.py", "old dig")]}))
+    monkeypatch.setattr(run_all, "run_one", lambda script, extra, timeout: ([row(script, "new dig")], None, 1.0))
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--only", "bench_dig.py", "--update", "--out", str(out)])
+    run_all.main()
+    assert [r["workload"] for r in json.loads(out.read_text())["rows"]] == ["new dig", "llama by hand"]
+    assert "not recorded for 1 rows" in readme_tables.tables(json.loads(out.read_text()))
+
+
 def test_update_refuses_to_mix_quick_and_full_rows(tmp_path, monkeypatch):
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"quick": False, "rows": []}))
