@@ -1,6 +1,6 @@
 """Run every benchmark of this repo, write benchmarks/results.json and print the README tables.
 
-    python benchmarks/run_all.py                  # the full runs (each script under 10 minutes, ~35 in all here)
+    python benchmarks/run_all.py                  # the full runs (each under 10 minutes, ~40 in all here)
     python benchmarks/run_all.py --quick          # every script's quick mode (under 2 minutes in all)
     python benchmarks/run_all.py --device cuda    # every row on the GPU (every script takes --device)
     python benchmarks/run_all.py --only bench_dig.py --update   # rerun one, keep the other rows
