@@ -15,8 +15,8 @@ The same ``internal_batch_size`` (rows per forward), warm-up and runs for everyo
 (benchmarks/_timing.py): one untimed call on the first 2 texts each, then ``--runs`` (1) timed calls
 on all of them (a call on 32 texts takes tens of seconds; the script stays under 10 minutes). The
 accuracy column holds the completeness error ``|sum(attributions) - (F(x) - F(baseline))| /
-|F(x) - F(baseline)|`` each side reaches (median and largest over the texts) and the steps ours used; ``floor`` is one forward + backward of the
-model over the same texts times ``--steps`` points.
+|F(x) - F(baseline)|`` each side reaches (median and largest over the texts) and the steps ours
+used; ``floor`` is one forward + backward of the model over the same texts times ``--steps`` points.
 
     python benchmarks/bench_auto_steps.py            # 32 texts, a warm-up (2 texts) and 1 run each
     python benchmarks/bench_auto_steps.py --quick    # 2 texts, 16 fixed steps, 1 run
@@ -146,7 +146,7 @@ def main() -> None:
             torch.autograd.grad(forward(leaf, chunk_mask).sum(), leaf)
 
     with _common.frozen_parameters(forward):
-        floor = median_time(forward_backward, runs=runs, warmup=1, device=args.device)
+        floor = median_time(forward_backward, runs=runs, warmup=0, device=args.device)  # a minute a call: no warm-up
 
     with torch.no_grad():
         change = forward(x, mask) - forward(baseline, mask)

@@ -1,7 +1,7 @@
 """Run every benchmark of this repo, write benchmarks/results.json and print the README tables.
 
-    python benchmarks/run_all.py                  # the full runs (each under 10 minutes, ~40 in all here)
-    python benchmarks/run_all.py --quick          # every script's quick mode (under 2 minutes in all)
+    python benchmarks/run_all.py                  # the full runs (each under 10 minutes, ~40-55 in all here)
+    python benchmarks/run_all.py --quick          # every script's quick mode (~3 CPU minutes in all)
     python benchmarks/run_all.py --device cuda    # every row on the GPU (every script takes --device)
     python benchmarks/run_all.py --only bench_dig.py --update   # rerun one, keep the other rows
     python benchmarks/readme_tables.py --write    # then regenerate the README tables from results.json
@@ -107,7 +107,7 @@ def _kept(previous: dict, rerun: list[str], quick: bool, device: str) -> tuple[l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="each script's quick mode (under 2 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="each script's quick mode (about 3 CPU minutes in all)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every row runs")
     parser.add_argument("--only", help="comma-separated script names (default: every bench_*.py)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per script")
