@@ -255,13 +255,21 @@ def main() -> None:
     else:
         peer = outputs["captum exact"]
         max_diff = float((ours - peer).abs().max() / peer.abs().max())
-        assert max_diff < 1e-5, f"our exact scores differ from captum's: {max_diff:.2e} (relative to the largest)"
+        accuracy = None
+        if max_diff >= 1e-5:  # float32 rounding on one side or both: float64 (untimed) says whose
+            model.double()
+            truth = ours_exact(train, test).double()
+            model.float()
+            errors = [float((side.double() - truth).abs().max() / truth.abs().max()) for side in (ours, peer)]
+            accuracy = f"vs float64: ours {errors[0]:.1e}, captum {errors[1]:.1e}"
+            print(f"exact: max |ours - captum| / max |captum| = {max_diff:.2e}; {accuracy}")
+            assert errors[0] < 1e-5, f"our exact scores differ from float64's: {errors[0]:.2e}"
         overlap = top_overlap(peer, outputs["ours projected"][0])
         print(f"exact: max |ours - captum| / max |captum| = {max_diff:.2e}; "
               f"projected top-10 overlap with the exact top-10: {overlap:.3f}")
         rows.append(row(f"TracInCP exact, MiniLM last block + head, {sizes}", "captum 0.9.0 TracInCP",
                         timings["captum exact"], timings["ours exact"], max_diff=max_diff, peer_dtype="float32",
-                        ours_dtype="float32", floor_s=None, device=args.device))
+                        ours_dtype="float32", floor_s=None, accuracy=accuracy, device=args.device))
         rows.append(row(f"TracIn projected {args.projection_dim}/layer + FAISS top-10, {sizes}",
                         "captum 0.9.0 TracInCP (exact)", timings["captum exact"], timings["ours projected"],
                         max_diff=None, peer_dtype="float32", ours_dtype="float32", floor_s=None, kind="less-work",
