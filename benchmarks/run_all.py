@@ -1,7 +1,7 @@
 """Run every benchmark of this repo, write benchmarks/results.json and print the README tables.
 
     python benchmarks/run_all.py                  # the full runs (each under 10 minutes, ~40-55 in all here)
-    python benchmarks/run_all.py --quick          # every script's quick mode (~3 CPU minutes in all)
+    python benchmarks/run_all.py --quick          # every script's quick mode (90 s on the quiet 2-core VM)
     python benchmarks/run_all.py --device cuda    # every row on the GPU (every script takes --device)
     python benchmarks/run_all.py --only bench_dig.py --update   # rerun one, keep the other rows
     python benchmarks/readme_tables.py --write    # then regenerate the README tables from results.json
